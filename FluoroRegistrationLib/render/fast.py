@@ -1,0 +1,191 @@
+"""The fast renderer: ray marching through slices, each slice warped to the detector by a homography.
+
+For one pose, pick the grid axis ``a`` (i, j or k) most parallel to the viewing direction. Every
+ray crosses every slice ``a = s`` once; the crossing point is where the slice plane maps to that
+pixel, and a plane maps to the image by a 3x3 homography. So the DRR is
+
+    I(u, v) = l(u, v) * sum_s  bilinear(slice_s, H_s (u, v, 1))
+
+with ``H_s`` the pixel -> slice-coordinates homography and ``l`` the ray's length between two
+consecutive slices (mm). On a slice plane trilinear interpolation *is* bilinear interpolation, so
+this samples the trilinear interpolant of the volume at one point per slice (a step of one voxel
+along the dominant axis): the same samples as trilinear ray marching, computed by 2D lookups that
+stay in cache. Rays are clipped to the bone's box by rendering only the detector rectangle its box
+projects to.
+
+Gradients with respect to the pose flow through ``grid_sample`` (to the sample coordinates) and a
+hand-written backward of the homography map (:class:`_HomographyGrid`), both exact derivatives of
+the forward function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..geometry import Camera
+from ..volume import RenderVolume
+from .checks import check_in_front, check_poses
+
+# (slice axis a) -> (in-plane column axis b, in-plane row axis c); axes numbered i=0, j=1, k=2
+_PLANE_AXES = {2: (0, 1), 1: (0, 2), 0: (1, 2)}
+# permutation of mu (D=k, H=j, W=i) giving [slice, row c, column b]
+_PERMUTE = {2: (0, 1, 2), 1: (1, 0, 2), 0: (2, 0, 1)}
+
+
+class _HomographyGrid(torch.autograd.Function):
+    """grid[s, b, y, x] = dehomogenise(H[b, s] @ (u_x, v_y, 1)) over a pixel rectangle; exact backward.
+
+    Shapes: H (B, S, 3, 3); u (w,), v (h,) pixel coordinates -> grid (S, B * h, w, 2) in
+    grid_sample's layout. Coordinates are clamped to [-2, 2] (far outside the slice: the sample is
+    zero there and so is its gradient), so rays nearly parallel to a slice give no inf or NaN.
+    """
+
+    @staticmethod
+    def forward(ctx, H, u, v):
+        Hs = H.transpose(0, 1)  # (S, B, 3, 3)
+        def row(r):  # (S, B, h, w): H[r,0] u + H[r,1] v + H[r,2], as an outer sum
+            return (Hs[..., r, 0, None, None] * u + Hs[..., r, 2, None, None]) + Hs[..., r, 1, None, None] * v[:, None]
+        inv_c = row(2).reciprocal_()
+        gx = row(0).mul_(inv_c)
+        gy = row(1).mul_(inv_c)
+        grid = torch.stack([gx, gy], -1).nan_to_num_(nan=2.0).clamp_(-2.0, 2.0)
+        ctx.save_for_backward(grid, inv_c, u, v)
+        S, B, h, w = inv_c.shape
+        return grid.view(S, B * h, w, 2)
+
+    @staticmethod
+    def backward(ctx, grad_grid):
+        grid, inv_c, u, v = ctx.saved_tensors
+        S, B, h, w = inv_c.shape
+        g = grad_grid.view(S, B, h, w, 2) * inv_c[..., None]
+        coef = torch.cat([g, -(g * grid).sum(-1, keepdim=True)], -1)  # (S, B, h, w, 3)
+        by_col = coef.sum(2)  # (S, B, w, 3)
+        by_row = coef.sum(3)  # (S, B, h, 3)
+        grad = torch.stack([(by_col * u[:, None]).sum(2), (by_row * v[:, None]).sum(2), by_col.sum(2)], -1)
+        return grad.transpose(0, 1), None, None  # (B, S, 3 rows r, 3 columns)
+
+
+def _slice_stack(volume: RenderVolume, axis: int) -> torch.Tensor:
+    """(S, 1, n_c, n_b) contiguous slices of the volume perpendicular to ``axis`` (cached)."""
+    key = (axis, volume.mu.dtype, volume.mu.device, volume.mu.data_ptr())
+    stack = volume._slices.get(key)
+    if stack is None:
+        stack = volume.mu.permute(*_PERMUTE[axis]).contiguous()[:, None]
+        volume._slices.clear() if len(volume._slices) > 6 else None
+        volume._slices[key] = stack
+    return stack
+
+
+def _slice_axis(camera_from_index: torch.Tensor, volume: RenderVolume) -> torch.Tensor:
+    """(B,) the grid axis most parallel to the ray through the grid's centre, per pose."""
+    D, H, W = volume.mu.shape
+    centre = torch.tensor([(W - 1) / 2, (H - 1) / 2, (D - 1) / 2, 1.0], dtype=torch.float64,
+                          device=camera_from_index.device)
+    view = (camera_from_index @ centre)[:, :3]
+    view = view / view.norm(dim=-1, keepdim=True)
+    cols = camera_from_index[:, :3, :3]
+    cosines = (view[:, :, None] * cols).sum(1).abs() / cols.norm(dim=1)
+    return cosines.argmax(-1)
+
+
+def _detector_window(corners_cam: torch.Tensor, camera: Camera) -> tuple[int, int, int, int] | None:
+    """Pixel rectangle (r0, r1, c0, c1), end-exclusive, covering the projected box at all poses."""
+    u = camera.u0 + camera.fx * corners_cam[..., 0] / corners_cam[..., 2]
+    v = camera.v0 + camera.fy * corners_cam[..., 1] / corners_cam[..., 2]
+    c0 = max(0, math.floor(float(u.min())))
+    c1 = min(camera.cols, math.ceil(float(u.max())) + 1)
+    r0 = max(0, math.floor(float(v.min())))
+    r1 = min(camera.rows, math.ceil(float(v.max())) + 1)
+    if c0 >= c1 or r0 >= r1:
+        return None
+    return r0, r1, c0, c1
+
+
+def _march(slices: torch.Tensor, H: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Sum over slices of bilinear lookups: slices (S, 1, n_c, n_b), H (B, S, 3, 3), u (w,), v (h,) -> (B, h, w)."""
+    grid = _HomographyGrid.apply(H, u, v)
+    samples = F.grid_sample(slices, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    B, h, w = H.shape[0], v.shape[0], u.shape[0]
+    return samples.sum(0).view(B, h, w)
+
+
+def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samples):
+    """Render poses that share a slice axis over a detector window -> (B, h, w)."""
+    dtype, device = volume.mu.dtype, volume.mu.device
+    r0, r1, c0, c1 = window
+    b_axis, c_axis = _PLANE_AXES[axis]
+    slices = _slice_stack(volume, axis)
+    S, _, n_c, n_b = slices.shape
+    K = camera.K(torch.float64, device)
+    m = camera_from_index[:, :3, :]  # (B, 3, 4), float64
+    s = torch.arange(S, dtype=torch.float64, device=device)
+    third = s[None, :, None] * m[:, None, :, axis] + m[:, None, :, 3]  # (B, S, 3)
+    G = K @ torch.stack([m[:, None, :, b_axis].expand_as(third), m[:, None, :, c_axis].expand_as(third), third], -1)
+    normalise = torch.tensor([[2.0 / max(n_b - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(n_c - 1, 1), -1.0], [0, 0, 1.0]],
+                             dtype=torch.float64, device=device)
+    H = (normalise @ torch.linalg.inv(G)).to(dtype)  # (B, S, 3, 3)
+
+    u = torch.arange(c0, c1, dtype=dtype, device=device)
+    v = torch.arange(r0, r1, dtype=dtype, device=device)
+
+    # ray length between consecutive slices: |d| / |(index_from_camera_3x3 d)_axis|, d = K^-1 (u, v, 1)
+    d = torch.stack([((u - camera.u0) / camera.fx).expand(len(v), -1),
+                     ((v - camera.v0) / camera.fy)[:, None].expand(-1, len(u)),
+                     torch.ones(len(v), len(u), dtype=dtype, device=device)], -1)  # (h, w, 3)
+    row = torch.linalg.inv(camera_from_index[:, :3, :3])[:, axis, :].to(dtype)  # (B, 3)
+    step_mm = d.norm(dim=-1) / (d @ row.T).abs().permute(2, 0, 1)  # (B, h, w)
+
+    B, h = H.shape[0], len(v)
+    rows_per_chunk = max(1, max_samples // (S * B * len(u)))
+    if rows_per_chunk >= h:
+        total = _march(slices, H, u, v)
+    else:
+        parts = []
+        for start in range(0, h, rows_per_chunk):
+            piece = v[start:start + rows_per_chunk]
+            if H.requires_grad:
+                parts.append(checkpoint(_march, slices, H, u, piece, use_reentrant=False))
+            else:
+                parts.append(_march(slices, H, u, piece))
+        total = torch.cat(parts, 1)
+    return total * step_mm
+
+
+def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.Tensor,
+                max_samples: int = 8_000_000) -> torch.Tensor:
+    """Fast DRR of one render volume at B poses (trilinear samples, one per slice).
+
+    Args:
+        volume: the attenuation grid (D, H, W), zero on its border.
+        camera: intrinsics; the detector is (rows, cols).
+        camera_from_volume: (B, 4, 4) or (4, 4) poses, any float dtype; differentiable.
+        max_samples: samples held at once; larger jobs are split over pixels (and recomputed in
+            the backward pass), so memory stays bounded at any detector size.
+    Returns:
+        (B, 1, rows, cols) line integrals in the volume's dtype.
+    """
+    poses = check_poses(camera_from_volume)
+    corners = check_in_front(volume, camera, poses)
+    B = poses.shape[0]
+    dtype, device = volume.mu.dtype, volume.mu.device
+    window = _detector_window(corners, camera)
+    if window is None:
+        return torch.zeros(B, 1, camera.rows, camera.cols, dtype=dtype, device=device) + 0 * poses.sum()
+    r0, r1, c0, c1 = window
+    camera_from_index = poses.to(torch.float64) @ volume.volume_from_index.to(device)
+    axes = _slice_axis(camera_from_index.detach(), volume)
+    groups = axes.unique()
+    if len(groups) == 1:
+        crop = _render_axis_group(volume, camera, camera_from_index, int(groups[0]), window, max_samples)
+    else:
+        crop = torch.zeros(B, r1 - r0, c1 - c0, dtype=dtype, device=device)
+        for axis in groups.tolist():
+            sel = (axes == axis).nonzero().squeeze(-1)
+            part = _render_axis_group(volume, camera, camera_from_index[sel], axis, window, max_samples)
+            crop = crop.index_put((sel,), part)
+    image = F.pad(crop, (c0, camera.cols - c1, r0, camera.rows - r1))
+    return image[:, None]

@@ -1,0 +1,282 @@
+"""CT volumes and labelmaps in the LPS volume frame, and the per-bone crops the renderer draws.
+
+Arrays are stored as ITK/SimpleITK give them: shape (Z, Y, X), indexed ``[k, j, i]``; voxel
+``(i, j, k)`` has its centre at ``volume_from_index @ (i, j, k, 1)`` in LPS millimetres.
+SimpleITK reads NIfTI, NRRD, MetaImage and DICOM into LPS (a NIfTI RAS affine has its first two
+rows negated), as CONVENTIONS.md requires.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import FluoroRegError
+
+MU_WATER_PER_MM = 0.02  # linear attenuation of water at fluoroscopy energies (about 60 keV), 1/mm
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class ImageVolume:
+    """A scalar volume on a grid.
+
+    Attributes:
+        array: (Z, Y, X) numpy array, ``[k, j, i]``.
+        volume_from_index: (4, 4) float64 numpy affine, index (i, j, k) -> LPS mm.
+        path: where it was read from (for messages), or a description.
+    """
+
+    array: np.ndarray
+    volume_from_index: np.ndarray
+    path: str = "<memory>"
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """(sx, sy, sz) voxel size in mm."""
+        return np.linalg.norm(self.volume_from_index[:3, :3], axis=0)
+
+    @classmethod
+    def from_spacing(cls, array, spacing, origin=(0.0, 0.0, 0.0), direction=None, path="<memory>"):
+        """Build from spacing (sx, sy, sz), origin (voxel 0's centre, LPS) and a 3x3 direction matrix."""
+        direction = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+        affine = np.eye(4)
+        affine[:3, :3] = direction * np.asarray(spacing, float)[None, :]
+        affine[:3, 3] = origin
+        return cls(np.asarray(array), affine, path)
+
+    def same_grid(self, other: "ImageVolume", tol: float = 1e-3) -> bool:
+        return self.array.shape == other.array.shape and np.allclose(
+            self.volume_from_index, other.volume_from_index, atol=tol)
+
+
+# --------------------------------------------------------------------------------------- reading
+def _read_sitk(path: Path):
+    import SimpleITK as sitk
+
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise FluoroRegError(f"no DICOM series found in folder {path}; pass a folder of .dcm files or a volume file")
+        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+        reader.SetFileNames(files)
+        return reader.Execute()
+    return sitk.ReadImage(str(path))
+
+
+def read_image(path, what: str = "volume") -> ImageVolume:
+    """Read a volume file (NIfTI, NRRD, MetaImage) or a DICOM series folder into the LPS frame."""
+    path = Path(path)
+    if not path.exists():
+        raise FluoroRegError(f"{what} not found: {path}; check the path")
+    try:
+        image = _read_sitk(path)
+    except FluoroRegError:
+        raise
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
+        raise FluoroRegError(
+            f"cannot read {what} {path} ({first.strip()[:120]}); use NIfTI, NRRD, MetaImage or a DICOM folder"
+        ) from None
+    if image.GetDimension() != 3:
+        raise FluoroRegError(f"{what} {path} has {image.GetDimension()} dimensions; a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise FluoroRegError(f"{what} {path} has {image.GetNumberOfComponentsPerPixel()} components; a scalar volume is needed")
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(image)
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    vol = ImageVolume.from_spacing(array, image.GetSpacing(), image.GetOrigin(), direction, str(path))
+    if array.size == 0:
+        raise FluoroRegError(f"{what} {path} is empty (no voxels)")
+    return vol
+
+
+def write_image(vol: ImageVolume, path) -> None:
+    """Write a volume with its LPS geometry (format from the suffix)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(vol.array)
+    spacing = vol.spacing
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in vol.volume_from_index[:3, 3]))
+    image.SetDirection(tuple(float(d) for d in (vol.volume_from_index[:3, :3] / spacing[None, :]).ravel()))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def load_ct(path) -> ImageVolume:
+    """Read a CT in Hounsfield units; rejects empty, constant or non-finite volumes."""
+    ct = read_image(path, "CT")
+    ct.array = ct.array.astype(np.float32, copy=False)
+    if not np.isfinite(ct.array).all():
+        raise FluoroRegError(f"CT {ct.path} contains NaN or infinite values; fix or mask them before registration")
+    if float(ct.array.max()) == float(ct.array.min()):
+        raise FluoroRegError(f"CT {ct.path} is constant ({float(ct.array.min())} everywhere); pass a real CT volume")
+    return ct
+
+
+def load_labels(path, ct: ImageVolume) -> ImageVolume:
+    """Read a labelmap and check that it lies on the CT's grid."""
+    labels = read_image(path, "labelmap")
+    if not labels.same_grid(ct):
+        raise FluoroRegError(
+            f"labelmap {labels.path} ({'x'.join(map(str, labels.array.shape[::-1]))} voxels) is not on the CT's grid "
+            f"({'x'.join(map(str, ct.array.shape[::-1]))}); resample it onto the CT first"
+        )
+    arr = labels.array
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
+            raise FluoroRegError(f"labelmap {labels.path} holds non-integer values; pass integer label ids")
+    labels.array = arr.astype(np.int32)
+    return labels
+
+
+def read_label_names(spec) -> dict[str, int]:
+    """Label names from a JSON file ``{"femur": 1, ...}``, a dict, or ``"femur=1,tibia=2"``."""
+    if isinstance(spec, dict):
+        names = spec
+    elif isinstance(spec, (str, Path)) and Path(spec).suffix.lower() == ".json":
+        path = Path(spec)
+        if not path.is_file():
+            raise FluoroRegError(f"label names file not found: {path}; pass a JSON file like {{\"femur\": 1}}")
+        try:
+            names = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise FluoroRegError(f"label names {path} is not valid JSON ({err.msg})") from None
+    else:
+        names = {}
+        for item in str(spec).split(","):
+            if "=" not in item:
+                raise FluoroRegError(f"label names '{spec}' must look like femur=1,tibia=2 or be a .json file")
+            key, value = item.split("=", 1)
+            names[key.strip()] = value.strip()
+    try:
+        return {str(k): int(v) for k, v in names.items()}
+    except (TypeError, ValueError):
+        raise FluoroRegError("label names must map names to integer ids, e.g. {\"femur\": 1}") from None
+
+
+def hu_to_mu(hu, mu_water: float = MU_WATER_PER_MM):
+    """CT numbers to linear attenuation (1/mm): mu = mu_water (1 + HU / 1000), clamped at 0."""
+    if isinstance(hu, torch.Tensor):
+        return (mu_water * (1 + hu / 1000.0)).clamp_min(0)
+    return np.clip(mu_water * (1 + np.asarray(hu, np.float32) / 1000.0), 0, None)
+
+
+# --------------------------------------------------------------------------------------- bones
+@dataclass
+class RenderVolume:
+    """An attenuation grid the renderers draw: one bone's crop, or a whole volume.
+
+    Attributes:
+        mu: (D, H, W) tensor of linear attenuation (1/mm), ``[k, j, i]``, with a border of zeros at
+            least one voxel wide (so trilinear lookups and exact traversal agree at the edges).
+        volume_from_index: (4, 4) float64 tensor, this grid's index (i, j, k) -> LPS mm.
+        name: bone name (or "volume").
+        centroid: (3,) float64 tensor, centre of the bone's voxels in LPS mm.
+        points: (N, 3) float64 tensor, a fixed sample of the bone's voxel centres (LPS mm).
+        surface: (M, 3) float64 tensor, a fixed sample of the bone's surface voxel centres (LPS mm).
+    """
+
+    mu: torch.Tensor
+    volume_from_index: torch.Tensor
+    name: str = "volume"
+    centroid: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    surface: torch.Tensor | None = None
+    label_mask: torch.Tensor | None = None
+    _slices: dict = field(default_factory=dict, repr=False)
+
+    def to(self, device=None, dtype=None) -> "RenderVolume":
+        move = (lambda t: None if t is None else t.to(device=device))
+        return RenderVolume(self.mu.to(device=device, dtype=dtype), move(self.volume_from_index), self.name,
+                            move(self.centroid), move(self.points), move(self.surface), move(self.label_mask))
+
+    def box_corners_index(self) -> torch.Tensor:
+        """(8, 3) corners of the grid's extent (voxel faces) in index coordinates."""
+        D, H, W = self.mu.shape
+        lo, hi = -0.5, torch.tensor([W, H, D], dtype=torch.float64) - 0.5
+        corners = [[x, y, z] for z in (lo, hi[2]) for y in (lo, hi[1]) for x in (lo, hi[0])]
+        return torch.tensor(corners, dtype=torch.float64, device=self.volume_from_index.device)
+
+
+def _sample_rows(points: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if len(points) <= n:
+        return points
+    rng = np.random.default_rng(seed)
+    return points[np.sort(rng.choice(len(points), n, replace=False))]
+
+
+def bone_volume(ct: ImageVolume, labels: ImageVolume, label_id: int, name: str, margin: int = 2,
+                n_points: int = 4096, mu_water: float = MU_WATER_PER_MM, dtype=torch.float32) -> RenderVolume:
+    """The crop of one label: attenuation inside the label, zero outside, box plus ``margin`` voxels.
+
+    Raises FluoroRegError if the label id is not present in the labelmap.
+    """
+    mask = labels.array == label_id
+    if not mask.any():
+        present = sorted(int(v) for v in np.unique(labels.array) if v != 0)
+        raise FluoroRegError(
+            f"label {name}={label_id} is not in labelmap {labels.path} (ids present: {present}); fix the label names")
+    ks, js, is_ = np.nonzero(mask)
+    lo = np.array([ks.min(), js.min(), is_.min()]) - margin
+    hi = np.array([ks.max(), js.max(), is_.max()]) + margin + 1
+    # crop inside the volume, then pad with zeros where the margin leaves it
+    clo, chi = np.maximum(lo, 0), np.minimum(hi, mask.shape)
+    sl = tuple(slice(a, b) for a, b in zip(clo, chi))
+    mu = np.where(mask[sl], hu_to_mu(ct.array[sl], mu_water), 0.0).astype(np.float32)
+    pad = [(int(a - b), int(c - d)) for a, b, c, d in zip(clo, lo, hi, chi)]
+    mu = np.pad(mu, pad)
+    inside = np.pad(mask[sl], pad)
+    shift = np.eye(4)
+    shift[:3, 3] = lo[::-1]  # (i0, j0, k0)
+    affine = ct.volume_from_index @ shift
+    index_points = np.stack([is_, js, ks, np.ones_like(is_)], 1).astype(np.float64)
+    points = (index_points @ ct.volume_from_index.T)[:, :3]
+    surface = _surface_points(mask, ct.volume_from_index)
+    return RenderVolume(
+        mu=torch.from_numpy(mu).to(dtype), volume_from_index=torch.from_numpy(affine), name=name,
+        centroid=torch.from_numpy(points.mean(0)), points=torch.from_numpy(_sample_rows(points, n_points, label_id)),
+        surface=torch.from_numpy(_sample_rows(surface, n_points, label_id + 1)),
+        label_mask=torch.from_numpy(inside),
+    )
+
+
+def _surface_points(mask: np.ndarray, volume_from_index: np.ndarray) -> np.ndarray:
+    """Centres (N, 3) in mm of the label's voxels that have a 6-neighbour outside it."""
+    padded = np.pad(mask, 1)
+    interior = padded[1:-1, 1:-1, 1:-1].copy()
+    for axis in range(3):
+        for step in (-1, 1):
+            interior &= np.roll(padded, step, axis)[1:-1, 1:-1, 1:-1]
+    ks, js, is_ = np.nonzero(mask & ~interior)
+    idx = np.stack([is_, js, ks, np.ones_like(is_)], 1).astype(np.float64)
+    return (idx @ volume_from_index.T)[:, :3]
+
+
+def whole_volume(ct: ImageVolume, mu_water: float = MU_WATER_PER_MM, dtype=torch.float32) -> RenderVolume:
+    """The whole CT as one render volume (soft tissue included), padded by one voxel of zeros."""
+    mu = np.pad(hu_to_mu(ct.array, mu_water), 1).astype(np.float32)
+    shift = np.eye(4)
+    shift[:3, 3] = -1
+    affine = ct.volume_from_index @ shift
+    D, H, W = ct.array.shape
+    centre = ct.volume_from_index @ np.array([(W - 1) / 2, (H - 1) / 2, (D - 1) / 2, 1.0])
+    return RenderVolume(torch.from_numpy(mu).to(dtype), torch.from_numpy(affine), "volume",
+                        centroid=torch.from_numpy(centre[:3]))
+
+
+def bone_volumes(ct: ImageVolume, labels: ImageVolume, names: dict[str, int], bones=None,
+                 **kwargs) -> dict[str, RenderVolume]:
+    """Crops for the named bones (all names when ``bones`` is None), in the order asked."""
+    bones = list(names) if bones is None else list(bones)
+    unknown = [b for b in bones if b not in names]
+    if unknown:
+        raise FluoroRegError(f"bone(s) {', '.join(unknown)} not in the label names ({', '.join(names)}); "
+                             "use one of those or add it to the label names")
+    return {b: bone_volume(ct, labels, names[b], b, **kwargs) for b in bones}

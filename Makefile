@@ -1,0 +1,34 @@
+# FluoroRegistration: set-up, demo, tests, benchmarks. Everything installs into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench bench-peer-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fluororeg demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "slow"
+
+# The peer renderer for the side-by-side benchmark; never a dependency of the project.
+bench-peer-deps: $(STAMP)
+	$(PY) -m pip install -q --no-deps diffdrr==0.6.1
+	$(PY) -m pip install -q nibabel torchio pandas roma kornia einops fastcore timm imageio seaborn
+
+bench: $(STAMP)
+	$(PY) benchmarks/render.py
+
+clean:
+	rm -rf $(VENV) demo_out
