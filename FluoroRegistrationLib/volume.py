@@ -91,9 +91,14 @@ def read_image(path, what: str = "volume") -> ImageVolume:
 
     array = sitk.GetArrayFromImage(image)
     direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    vol = ImageVolume.from_spacing(array, image.GetSpacing(), image.GetOrigin(), direction, str(path))
-    if array.size == 0:
-        raise FluoroRegError(f"{what} {path} is empty (no voxels)")
+    return check_not_empty(ImageVolume.from_spacing(array, image.GetSpacing(), image.GetOrigin(), direction,
+                                                    str(path)), what)
+
+
+def check_not_empty(vol: ImageVolume, what: str = "volume") -> ImageVolume:
+    """Raise if the volume has no voxels."""
+    if vol.array.size == 0:
+        raise FluoroRegError(f"{what} {vol.path} is empty (no voxels); pass a volume with data")
     return vol
 
 

@@ -1,0 +1,175 @@
+"""Volume reading into LPS, labelmaps, label names, HU -> mu, crops, and the errors for bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from FluoroRegistrationLib import FluoroRegError
+from FluoroRegistrationLib.volume import (
+    ImageVolume, bone_volume, bone_volumes, hu_to_mu, load_ct, load_labels, read_image, read_label_names,
+    whole_volume, write_image)
+
+
+def make_pair(tmp_path, suffix=".nii.gz"):
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1000, 1500, (12, 10, 14)).astype(np.int16)
+    labels = np.zeros_like(hu, dtype=np.uint8)
+    labels[3:7, 2:6, 4:10] = 1
+    labels[8:11, 5:9, 1:5] = 2
+    direction = np.array([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]])  # a rotated grid, to exercise the affine
+    ct = ImageVolume.from_spacing(hu, (0.8, 0.9, 1.5), origin=(10.0, -20.0, 5.0), direction=direction)
+    lab = ImageVolume.from_spacing(labels, (0.8, 0.9, 1.5), origin=(10.0, -20.0, 5.0), direction=direction)
+    write_image(ct, tmp_path / f"ct{suffix}")
+    write_image(lab, tmp_path / f"labels{suffix}")
+    return ct, lab
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_volume_formats_roundtrip_in_lps(tmp_path, suffix):
+    ct, _ = make_pair(tmp_path, suffix)
+    back = load_ct(tmp_path / f"ct{suffix}")
+    assert np.array_equal(back.array, ct.array.astype(np.float32))
+    assert np.allclose(back.volume_from_index, ct.volume_from_index, atol=1e-5)
+
+
+def test_nifti_ras_affine_becomes_lps(tmp_path):
+    # a NIfTI whose sform says: voxel (i, j, k) -> RAS (i, j, k) mm; in LPS that is (-i, -j, k)
+    nib = pytest.importorskip("nibabel")
+    data = np.zeros((4, 5, 6), np.int16)  # nibabel arrays are (i, j, k)
+    data[1, 2, 3] = 1000
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "ras.nii.gz"))
+    vol = read_image(tmp_path / "ras.nii.gz")
+    point = vol.volume_from_index @ np.array([1, 2, 3, 1.0])
+    assert point[:3].tolist() == pytest.approx([-1.0, -2.0, 3.0])
+    assert vol.array[3, 2, 1] == 1000
+
+
+def test_dicom_series_folder(tmp_path):
+    hu = (np.arange(4 * 6 * 5).reshape(4, 6, 5) * 10 - 500).astype(np.int16)
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((0.7, 0.7, 2.0))
+    image.SetOrigin((-5.0, 3.0, 100.0))
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(hu.shape[0]):
+        sl = image[:, :, k]
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")  # series uid
+        sl.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0020|0013", str(k))
+        sl.SetMetaData("0008|0060", "CT")
+        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.Execute(sl)
+    vol = load_ct(folder)
+    assert vol.array.shape == (4, 6, 5)
+    assert np.array_equal(vol.array, hu.astype(np.float32))
+    assert vol.volume_from_index[:3, 3].tolist() == pytest.approx([-5.0, 3.0, 100.0])
+    assert vol.spacing.tolist() == pytest.approx([0.7, 0.7, 2.0])
+
+
+def test_hu_to_mu():
+    assert hu_to_mu(np.array([-1000.0, 0.0, 1000.0, -2000.0])).tolist() == pytest.approx([0, 0.02, 0.04, 0])
+    assert hu_to_mu(torch.tensor([0.0]), mu_water=0.03).item() == pytest.approx(0.03)
+
+
+def test_label_names_from_json_dict_and_string(tmp_path):
+    (tmp_path / "labels.json").write_text(json.dumps({"femur": 1, "tibia": "2"}))
+    assert read_label_names(tmp_path / "labels.json") == {"femur": 1, "tibia": 2}
+    assert read_label_names("femur=1, tibia=2") == {"femur": 1, "tibia": 2}
+    assert read_label_names({"patella": 3}) == {"patella": 3}
+
+
+def test_bone_crop_centroid_points_and_mask(tmp_path):
+    ct, lab = make_pair(tmp_path)
+    bone = bone_volume(ct, lab, 1, "femur", margin=2)
+    assert bone.mu.shape == (4 + 4, 4 + 4, 6 + 4)
+    inside = lab.array == 1
+    ks, js, is_ = np.nonzero(inside)
+    idx = np.stack([is_, js, ks, np.ones_like(is_)], 1)
+    expected = (idx @ ct.volume_from_index.T)[:, :3].mean(0)
+    assert bone.centroid.tolist() == pytest.approx(expected.tolist())
+    assert int(bone.label_mask.sum()) == int(inside.sum())
+    # the crop's affine puts its voxels where the CT's are
+    p = bone.volume_from_index.numpy() @ np.array([2, 2, 2, 1.0])  # crop voxel (2,2,2) = CT (4,2,3)
+    assert p[:3].tolist() == pytest.approx((ct.volume_from_index @ np.array([4, 2, 3, 1.0]))[:3].tolist())
+    assert bone.mu[2, 2, 2].item() == pytest.approx(float(hu_to_mu(ct.array[3, 2, 4])), rel=1e-6)
+    assert (bone.mu[0] == 0).all() and (bone.mu[-1] == 0).all()  # zero border
+    assert len(bone.points) == int(inside.sum()) and len(bone.surface) > 0
+
+
+def test_whole_volume_is_padded():
+    ct = ImageVolume.from_spacing(np.zeros((3, 4, 5), np.float32), (1, 1, 1))
+    vol = whole_volume(ct)
+    assert vol.mu.shape == (5, 6, 7)
+    assert vol.mu[1, 1, 1].item() == pytest.approx(0.02)
+
+
+# ------------------------------------------------------------------ errors, one line each
+def one_line(excinfo):
+    assert "\n" not in str(excinfo.value)
+    return str(excinfo.value)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FluoroRegError, match="CT not found") as e:
+        load_ct(tmp_path / "nope.nii.gz")
+    one_line(e)
+
+
+def test_unreadable_file(tmp_path):
+    (tmp_path / "junk.nii.gz").write_bytes(b"this is not a volume")
+    with pytest.raises(FluoroRegError, match="cannot read CT") as e:
+        load_ct(tmp_path / "junk.nii.gz")
+    one_line(e)
+
+
+def test_labelmap_on_another_grid(tmp_path):
+    ct, lab = make_pair(tmp_path)
+    other = ImageVolume.from_spacing(lab.array[:, :, :-1], (0.8, 0.9, 1.5), origin=(10.0, -20.0, 5.0))
+    write_image(other, tmp_path / "other.nii.gz")
+    with pytest.raises(FluoroRegError, match="not on the CT's grid .*; resample it onto the CT") as e:
+        load_labels(tmp_path / "other.nii.gz", load_ct(tmp_path / "ct.nii.gz"))
+    one_line(e)
+
+
+def test_label_not_present(tmp_path):
+    ct, lab = make_pair(tmp_path)
+    with pytest.raises(FluoroRegError, match=r"label patella=3 is not in labelmap .*ids present: \[1, 2\]") as e:
+        bone_volume(ct, lab, 3, "patella")
+    one_line(e)
+    with pytest.raises(FluoroRegError, match="bone\\(s\\) fibula not in the label names"):
+        bone_volumes(ct, lab, {"femur": 1}, ["fibula"])
+
+
+def test_empty_and_constant_volumes(tmp_path):
+    write_image(ImageVolume.from_spacing(np.zeros((4, 4, 4), np.int16), (1, 1, 1)), tmp_path / "zero.nii.gz")
+    with pytest.raises(FluoroRegError, match="is constant") as e:
+        load_ct(tmp_path / "zero.nii.gz")
+    one_line(e)
+    with pytest.raises(FluoroRegError, match="is empty"):
+        read_image_empty = ImageVolume.from_spacing(np.zeros((0, 4, 4), np.int16), (1, 1, 1))
+        from FluoroRegistrationLib.volume import check_not_empty
+        check_not_empty(read_image_empty)
+
+
+def test_nan_ct(tmp_path):
+    arr = np.zeros((4, 4, 4), np.float32)
+    arr[1, 1, 1] = np.nan
+    arr[2, 2, 2] = 100
+    write_image(ImageVolume.from_spacing(arr, (1, 1, 1)), tmp_path / "nan.mha")
+    with pytest.raises(FluoroRegError, match="NaN"):
+        load_ct(tmp_path / "nan.mha")
+
+
+def test_bad_label_names(tmp_path):
+    with pytest.raises(FluoroRegError, match="femur=1,tibia=2"):
+        read_label_names("femur")
+    with pytest.raises(FluoroRegError, match="integer ids"):
+        read_label_names({"femur": "one"})
+    with pytest.raises(FluoroRegError, match="label names file not found"):
+        read_label_names(tmp_path / "missing.json")
