@@ -1,0 +1,141 @@
+"""``fluororeg``: the command line. Parsing only; the library does the work (heavy imports inside).
+
+Every error from bad input is printed as one line (``error: ...``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import FluoroRegError
+
+CONVENTIONS = (
+    "Conventions: volumes in LPS mm; poses are 4x4 camera_from_volume (p_cam = R p_vol + t); camera frame has "
+    "the source at the origin, +z towards the detector (z = sdd), +x along columns, +y along rows."
+)
+
+
+def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise FluoroRegError(f"{what} must be {n} comma-separated numbers, got '{text}'") from None
+    if len(values) == 1:
+        values = values * n
+    if len(values) != n:
+        raise FluoroRegError(f"{what} must be 1 or {n} comma-separated numbers, got '{text}'")
+    return values
+
+
+def cmd_phantom(args) -> None:
+    from .phantom import make_knee_phantom, write_phantom
+
+    spacing = _floats(args.spacing, 3, "--spacing")
+    size = _floats(args.size, 3, "--size")
+    if min(spacing) <= 0 or min(size) <= 0:
+        raise FluoroRegError("--spacing and --size must be positive")
+    phantom = make_knee_phantom(spacing_mm=spacing, flexion_deg=args.flexion, seed=args.seed, size_mm=size,
+                                side=args.side)
+    paths = write_phantom(phantom, args.out)
+    shape = "x".join(map(str, phantom.hu.shape[::-1]))
+    print(f"knee phantom ({shape} voxels, flexion {args.flexion:g} deg) -> " + ", ".join(map(str, paths.values())))
+
+
+def cmd_render(args) -> None:
+    import torch
+
+    from .files import read_poses, save_image
+    from .geometry import Camera
+    from .render import render
+    from .volume import bone_volumes, load_ct, load_labels, read_label_names, whole_volume
+
+    camera = Camera.from_json(args.calib)
+    poses = read_poses(args.pose)
+    ct = load_ct(args.ct)
+    if args.bones:
+        if not args.labels:
+            raise FluoroRegError("--bones needs --labels (the labelmap of the CT)")
+        labels = load_labels(args.labels, ct)
+        names = read_label_names(args.label_names or _default_label_names(args.labels))
+        bones = [b.strip() for b in args.bones.split(",") if b.strip()]
+        missing = [b for b in bones if b not in poses]
+        if missing:
+            raise FluoroRegError(f"no pose for {', '.join(missing)} in {args.pose}; add one per rendered bone")
+        vols = list(bone_volumes(ct, labels, names, bones).values())
+        pose_list = [poses[b] for b in bones]
+    else:
+        if len(poses) != 1 and "volume" not in poses:
+            raise FluoroRegError(f"{args.pose} holds several poses; pass --bones, or name the whole-CT pose 'volume'")
+        vols = [whole_volume(ct)]
+        pose_list = [poses.get("volume", next(iter(poses.values())))]
+    with torch.no_grad():
+        image = render(vols, camera, [p.to(torch.float32) for p in pose_list], args.method)
+    meta = save_image(image[0, 0], args.out)
+    print(f"DRR {camera.rows}x{camera.cols} ({args.method}) -> {args.out} (pixel = value x {meta['scale']:.6g})")
+
+
+def _default_label_names(labels_path):
+    from pathlib import Path
+
+    candidate = Path(str(labels_path).replace(".nii.gz", "").replace(".nrrd", "").replace(".mha", "") + ".json")
+    if candidate.is_file():
+        return candidate
+    sibling = Path(labels_path).parent / "labels.json"
+    if sibling.is_file():
+        return sibling
+    raise FluoroRegError("no label names: pass --label-names labels.json (or femur=1,tibia=2)")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, spacing_mm=args.spacing)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluororeg", description="Differentiable 2D/3D registration of bones "
+                                     "to fluoroscopy. " + CONVENTIONS)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantom", help="write the built-in procedural knee phantom (CT + labels)")
+    p.add_argument("--out", required=True, help="output folder (ct.nii.gz, labels.nii.gz, labels.json)")
+    p.add_argument("--spacing", default="1.0", help="voxel size in mm: one value or sx,sy,sz (default 1)")
+    p.add_argument("--size", default="160,160,240", help="extent in mm x,y,z (default 160,160,240)")
+    p.add_argument("--flexion", type=float, default=0.0, help="knee flexion in degrees (default 0)")
+    p.add_argument("--side", choices=["right", "left"], default="right")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("render", help="render a DRR of a CT (or of some bones) at given poses",
+                       epilog=CONVENTIONS)
+    p.add_argument("--ct", required=True, help="CT volume (NIfTI, NRRD, MetaImage or DICOM folder)")
+    p.add_argument("--labels", help="labelmap on the CT's grid (needed with --bones)")
+    p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
+    p.add_argument("--calib", required=True, help="calibration JSON (CONVENTIONS.md)")
+    p.add_argument("--pose", required=True, help="poses JSON, one camera_from_volume per bone")
+    p.add_argument("--bones", help="comma-separated bones to render, each at its own pose (default: whole CT)")
+    p.add_argument("--method", choices=["fast", "exact"], default="fast")
+    p.add_argument("--out", required=True, help="output image: .png (16-bit) or .npy (float)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("demo", help="the built-in example: phantom, C-arm, DRRs and pictures")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--spacing", type=float, default=1.0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except FluoroRegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
