@@ -20,7 +20,9 @@ about the flexion axis ``flexion_axis = (1, 0, 0)`` through ``knee_centre_mm`` (
 femoral condyles), right-handed: ``p' = c + R_x(flexion) (p - c)`` with
 ``R_x(a) = [[1,0,0],[0,cos a,-sin a],[0,sin a,cos a]]``. Positive flexion swings the tibia's distal
 end toward +y (posterior), as a flexing knee does. The patella rotates about the same axis by
-0.65 x flexion; the femur never moves.
+0.65 x flexion and slides 12 (1 - cos(flexion)) mm toward the axis (along its own posterior
+direction), so it stays ~5-7 mm in front of the trochlea/condyles; the femur never moves. The
+femur-tibia gap stays ~4.5 mm for 0-90 deg (the model is meant for -10..100 deg).
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ LABELS = {"femur": 1, "tibia": 2, "patella": 3, "fibula": 4}
 # Knee centre (on the flexion axis) relative to the volume centre, mm (LPS). The femoral condyles
 # reach 22 mm below it and the tibial plateau 25.5 mm below, so the joint line is at z ~ 0.
 _KNEE_OFFSET = (0.0, 0.0, 24.0)
-_PATELLA_RATIO = 0.65
+_PATELLA_RATIO = 0.65   # patella rotation / knee flexion
+_PATELLA_SLIDE = 12.0   # mm; the patella also slides slide*(1-cos(flexion)) toward the axis
 HU = dict(air=-1000.0, skin=25.0, fat=-100.0, muscle=50.0, tendon=90.0, cartilage=100.0,
           marrow=30.0)
 
@@ -112,7 +115,8 @@ def _femur(x, y, z):
     d = _smin(d, _ellipsoid(x, y, z, (0, -6, 22), (30, 17, 22)), 8)       # metaphyseal flare
     d = _smin(d, _capsule(x, y, z, (0, -5, 22), (0, -2, 85), 17, 14), 14)  # metaphysis
     d = _smin(d, _capsule(x, y, z, (0, -2, 70), (-30, 0, 420), 14, 13.5), 8)   # shaft
-    notch = _smax(_ellipse2(x, z + 22, 10.5, 27), -(y + 10), 2)            # intercondylar notch
+    roof = ((z + 22) * 25 - (y + 10) * 27) / 36.8                          # Blumensaat's line
+    notch = _smax(_ellipse2(x, z + 22, 10.5, 27), roof, 3)                 # intercondylar notch
     return _smax(d, -notch, 2)
 
 
@@ -131,9 +135,9 @@ def _tibia(x, y, z):
 
 
 def _patella(x, y, z):
-    d = _ellipsoid(x, y, z, (0, -52, 9), (22, 10, 22.5))
-    d = _smin(d, _ellipsoid(x, y, z, (0, -46, 11), (9, 5, 16)), 3)        # articular ridge
-    return _smin(d, _ellipsoid(x, y, z, (0, -52, -7), (12, 7, 10)), 4)    # inferior apex
+    d = _ellipsoid(x, y, z, (0, -51, 9), (22, 10, 22.5))
+    d = _smin(d, _ellipsoid(x, y, z, (0, -45, 11), (9, 5, 16)), 3)        # articular ridge
+    return _smin(d, _ellipsoid(x, y, z, (0, -51, -7), (12, 7, 10)), 4)    # inferior apex
 
 
 def _fibula(x, y, z):
@@ -145,10 +149,10 @@ def _fibula(x, y, z):
 #        (t_epiphysis, t_shaft, z_from, z_to) cortical thickness vs local z, cartilage region)
 _BONES = {
     "femur": (_femur, ((-45, -41, -25), (50, 28, 455)), "femur", (1.2, 3.5, 35, 85),
-              lambda x, y, z: z < 25),
+              lambda x, y, z: (z < 25) & (np.abs(x) < 33)),
     "tibia": (_tibia, ((-45, -29, -355), (45, 33, -17)), "tibia", (1.2, 3.0, -60, -115),
-              lambda x, y, z: z > -30),
-    "patella": (_patella, ((-24, -65, -19), (24, -37, 33)), "patella", (1.5, 1.5, 1e3, 2e3),
+              lambda x, y, z: (z > -30) & (np.abs(x) < 36)),
+    "patella": (_patella, ((-24, -64, -19), (24, -36, 33)), "patella", (1.5, 1.5, 1e3, 2e3),
                 lambda x, y, z: y > -48),
     "fibula": (_fibula, ((-52, 10, -355), (-29, 33, -48)), "tibia", (1.2, 2.5, -65, -90),
                lambda x, y, z: np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), bool)),
@@ -224,7 +228,9 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
     c = np.array(_KNEE_OFFSET)
     m = 1.0 if side == "right" else -1.0                                 # local x = m * world x
     flex = float(flexion_deg)
-    angles = {"femur": 0.0, "tibia": flex, "patella": _PATELLA_RATIO * flex}
+    slide = _PATELLA_SLIDE * (1.0 - np.cos(np.deg2rad(flex)))
+    # bone frames: (rotation about +x through c in degrees, local posterior offset in mm)
+    frames = {"femur": (0.0, 0.0), "tibia": (flex, 0.0), "patella": (_PATELLA_RATIO * flex, slide)}
     rng = np.random.default_rng(seed)
     trab_w = _waves(rng, 32, 2.5, 5.0)
     septa_w = _waves(rng, 6, 30.0, 60.0)
@@ -239,9 +245,9 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
     for name, (_, (lo, hi), frame, _, _) in _BONES.items():
         corners = np.array([[a, b, cc] for a in (lo[0] - 4, hi[0] + 4)
                             for b in (lo[1] - 4, hi[1] + 4) for cc in (lo[2] - 4, hi[2] + 4)])
-        a = np.deg2rad(angles[frame])
-        wy = np.cos(a) * corners[:, 1] - np.sin(a) * corners[:, 2]
-        wz = np.sin(a) * corners[:, 1] + np.cos(a) * corners[:, 2]
+        a, off = np.deg2rad(frames[frame][0]), frames[frame][1]
+        wy = np.cos(a) * (corners[:, 1] + off) - np.sin(a) * corners[:, 2]
+        wz = np.sin(a) * (corners[:, 1] + off) + np.cos(a) * corners[:, 2]
         wx = m * corners[:, 0]
         rng_ = []
         for ax_i, w in zip(range(3), (wx, wy, wz)):
@@ -251,11 +257,12 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
         boxes[name] = rng_
 
     # tendons: world endpoints (patellar tendon: patella apex -> tibial tuberosity)
-    def to_world(p, ang):
-        yl, zl = _rot(-ang, np.float32(p[1]), np.float32(p[2]))
+    def to_world(p, frame):
+        ang, off = frames[frame]
+        yl, zl = _rot(-ang, np.float32(p[1] + off), np.float32(p[2]))
         return (p[0], float(yl), float(zl))
-    pt = (to_world((0, -54, -13), angles["patella"]), to_world((0, -26, -56), flex))
-    qt = (to_world((0, -56, 29), angles["patella"]), (0, -38, 110))
+    pt = (to_world((0, -53, -13), "patella"), to_world((0, -26, -56), "tibia"))
+    qt = (to_world((0, -55, 29), "patella"), (0, -38, 110))
 
     slab = max(1, int(4_000_000 // (n[0] * n[1])))
     for k0 in range(0, n[2], slab):
@@ -289,7 +296,8 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
             if bk0 >= bk1 or i0 >= i1 or j0 >= j1:
                 continue
             bx = xl[:, :, i0:i1]
-            by_, bz = _rot(angles[frame], Y[:, j0:j1], Z[bk0:bk1])
+            by_, bz = _rot(frames[frame][0], Y[:, j0:j1], Z[bk0:bk1])
+            by_ = by_ - np.float32(frames[frame][1])
             d = sdf(bx, by_, bz)
             sub = (slice(bk0, bk1), slice(j0, j1), slice(i0, i1))
             inside = (d <= 0) & (lab[sub] == 0)

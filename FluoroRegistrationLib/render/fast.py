@@ -47,26 +47,36 @@ class _HomographyGrid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, H, u, v):
         Hs = H.transpose(0, 1)  # (S, B, 3, 3)
-        def row(r):  # (S, B, h, w): H[r,0] u + H[r,1] v + H[r,2], as an outer sum
-            return (Hs[..., r, 0, None, None] * u + Hs[..., r, 2, None, None]) + Hs[..., r, 1, None, None] * v[:, None]
+        S, B, h, w = Hs.shape[0], Hs.shape[1], v.shape[0], u.shape[0]
+
+        def row(r, out=None):  # (S, B, h, w) = H[r,0] u + H[r,1] v + H[r,2], as an outer sum
+            a = torch.addcmul(Hs[..., r, 2, None, None], Hs[..., r, 0, None, None], u)  # (S, B, 1, w)
+            return torch.add(a, Hs[..., r, 1, None, None] * v[:, None], out=out)
+
         inv_c = row(2).reciprocal_()
-        gx = row(0).mul_(inv_c)
-        gy = row(1).mul_(inv_c)
-        grid = torch.stack([gx, gy], -1).nan_to_num_(nan=2.0).clamp_(-2.0, 2.0)
-        ctx.save_for_backward(grid, inv_c, u, v)
-        S, B, h, w = inv_c.shape
-        return grid.view(S, B * h, w, 2)
+        planes = torch.empty(2, S, B, h, w, dtype=H.dtype, device=H.device)  # (x, y) kept planar
+        for r in (0, 1):
+            row(r, out=planes[r]).mul_(inv_c)
+        planes.nan_to_num_(nan=2.0).clamp_(-2.0, 2.0)
+        ctx.save_for_backward(planes, inv_c, u, v)
+        return planes.permute(1, 2, 3, 4, 0).reshape(S, B * h, w, 2)  # grid_sample's interleaved layout
 
     @staticmethod
     def backward(ctx, grad_grid):
-        grid, inv_c, u, v = ctx.saved_tensors
+        planes, inv_c, u, v = ctx.saved_tensors
         S, B, h, w = inv_c.shape
-        g = grad_grid.view(S, B, h, w, 2) * inv_c[..., None]
-        coef = torch.cat([g, -(g * grid).sum(-1, keepdim=True)], -1)  # (S, B, h, w, 3)
-        by_col = coef.sum(2)  # (S, B, w, 3)
-        by_row = coef.sum(3)  # (S, B, h, 3)
-        grad = torch.stack([(by_col * u[:, None]).sum(2), (by_row * v[:, None]).sum(2), by_col.sum(2)], -1)
-        return grad.transpose(0, 1), None, None  # (B, S, 3 rows r, 3 columns)
+        # d grid_x / d H[0] = uv1 / c ; d grid_y / d H[1] = uv1 / c ; d grid / d H[2] = -(grid . g) uv1 / c
+        coef = torch.empty(3, S, B, h, w, dtype=planes.dtype, device=planes.device)
+        coef[:2].copy_(grad_grid.view(S, B, h, w, 2).permute(4, 0, 1, 2, 3))  # de-interleave once
+        coef[:2].mul_(inv_c)
+        torch.mul(coef[0], planes[0], out=coef[2])
+        coef[2].addcmul_(coef[1], planes[1]).neg_()
+        # sums over pixels of coef * (u, v, 1), one pass: (..., h, w) @ (w, 2) then over rows
+        flat = coef.view(3 * S * B * h, w)
+        row_u = (flat @ u).view(3, S, B, h)  # sum over columns of coef * u
+        row_1 = flat.sum(-1).view(3, S, B, h)  # sum over columns of coef
+        grad = torch.stack([row_u.sum(-1), row_1 @ v, row_1.sum(-1)], -1)
+        return grad.permute(2, 1, 0, 3), None, None  # (B, S, 3 rows r, 3 columns)
 
 
 def _slice_stack(volume: RenderVolume, axis: int) -> torch.Tensor:
@@ -113,7 +123,7 @@ def _march(slices: torch.Tensor, H: torch.Tensor, u: torch.Tensor, v: torch.Tens
     return samples.sum(0).view(B, h, w)
 
 
-def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samples):
+def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samples, piece_samples):
     """Render poses that share a slice axis over a detector window -> (B, h, w)."""
     dtype, device = volume.mu.dtype, volume.mu.device
     r0, r1, c0, c1 = window
@@ -139,32 +149,36 @@ def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samp
     row = torch.linalg.inv(camera_from_index[:, :3, :3])[:, axis, :].to(dtype)  # (B, 3)
     step_mm = d.norm(dim=-1) / (d @ row.T).abs().permute(2, 0, 1)  # (B, h, w)
 
-    B, h = H.shape[0], len(v)
-    rows_per_chunk = max(1, max_samples // (S * B * len(u)))
-    if rows_per_chunk >= h:
-        total = _march(slices, H, u, v)
-    else:
-        parts = []
-        for start in range(0, h, rows_per_chunk):
-            piece = v[start:start + rows_per_chunk]
-            if H.requires_grad:
-                parts.append(checkpoint(_march, slices, H, u, piece, use_reentrant=False))
-            else:
-                parts.append(_march(slices, H, u, piece))
-        total = torch.cat(parts, 1)
+    B, h, w = H.shape[0], len(v), len(u)
+    recompute = H.requires_grad and S * B * h * w > max_samples  # bound memory: recompute in backward
+    poses_per_piece = max(1, min(B, piece_samples // (S * h * w)))
+    rows_per_piece = max(1, min(h, piece_samples // (S * poses_per_piece * w)))
+    pieces = []
+    for b0 in range(0, B, poses_per_piece):
+        Hb = H[b0:b0 + poses_per_piece]
+        rows = []
+        for r0_ in range(0, h, rows_per_piece):
+            vr = v[r0_:r0_ + rows_per_piece]
+            rows.append(checkpoint(_march, slices, Hb, u, vr, use_reentrant=False) if recompute
+                        else _march(slices, Hb, u, vr))
+        pieces.append(torch.cat(rows, 1) if len(rows) > 1 else rows[0])
+    total = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
     return total * step_mm
 
 
 def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.Tensor,
-                max_samples: int = 8_000_000) -> torch.Tensor:
+                max_samples: int = 16_000_000, piece_samples: int = 1_000_000) -> torch.Tensor:
     """Fast DRR of one render volume at B poses (trilinear samples, one per slice).
 
     Args:
         volume: the attenuation grid (D, H, W), zero on its border.
         camera: intrinsics; the detector is (rows, cols).
         camera_from_volume: (B, 4, 4) or (4, 4) poses, any float dtype; differentiable.
-        max_samples: samples held at once; larger jobs are split over pixels (and recomputed in
-            the backward pass), so memory stays bounded at any detector size.
+        max_samples: samples whose intermediate results may be kept for the backward pass; past
+            that, pieces are recomputed in the backward pass, so memory stays bounded at any
+            detector size and batch.
+        piece_samples: samples computed at once (pieces of poses and detector rows), sized so
+            that one piece's temporaries stay in cache.
     Returns:
         (B, 1, rows, cols) line integrals in the volume's dtype.
     """
@@ -180,12 +194,14 @@ def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.
     axes = _slice_axis(camera_from_index.detach(), volume)
     groups = axes.unique()
     if len(groups) == 1:
-        crop = _render_axis_group(volume, camera, camera_from_index, int(groups[0]), window, max_samples)
+        crop = _render_axis_group(volume, camera, camera_from_index, int(groups[0]), window, max_samples,
+                                   piece_samples)
     else:
         crop = torch.zeros(B, r1 - r0, c1 - c0, dtype=dtype, device=device)
         for axis in groups.tolist():
             sel = (axes == axis).nonzero().squeeze(-1)
-            part = _render_axis_group(volume, camera, camera_from_index[sel], axis, window, max_samples)
+            part = _render_axis_group(volume, camera, camera_from_index[sel], axis, window, max_samples,
+                                      piece_samples)
             crop = crop.index_put((sel,), part)
     image = F.pad(crop, (c0, camera.cols - c1, r0, camera.rows - r1))
     return image[:, None]
