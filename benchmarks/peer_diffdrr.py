@@ -43,6 +43,15 @@ Intensity scale (read from renderers.py, checked numerically by check_peer_diffd
     a rectangle rule over n_points samples spanning the union of all rays' volume crossings:
     also ``sum mu dl`` in mm.  No rescaling is needed (SCALE = 1.0 below) as long as the density
     holds raw mu in 1/mm and the affine is in mm.
+
+Other behaviour worth knowing when benchmarking:
+  * Trilinear's alpha range is the min/max over *all rays of the batch*, so a batched render
+    differs slightly (~3e-4 of the peak) from rendering the poses one at a time; Siddon does not.
+  * Siddon samples voxels with nearest-neighbour ``grid_sample`` (no gradient through the
+    lookup); its pose gradient flows only through the ray lengths / plane crossings.  Trilinear's
+    gradient also flows through the interpolation (checked against finite differences).
+  * Trilinear reconstructs a tent-filtered volume: sharp faces are blurred over one voxel, so
+    pixels whose rays graze a face differ from the sharp object's chord (geometry is unaffected).
 """
 
 from __future__ import annotations
