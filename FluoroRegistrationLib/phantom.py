@@ -10,9 +10,10 @@ Bones are smooth implicit shapes (signed-distance-like functions, negative insid
 from smooth unions of ellipsoids and tapered capsules. Materials follow the distance to the bone
 surface: a cortical shell (1200-1800 HU; ~1.2 mm at the epiphyses, 2.5-3.5 mm at the shafts, never
 thinner than ~1 voxel so the shell stays closed), textured trabecular bone (150-400 HU, a
-band-passed random field of 3-6 mm wavelength), marrow in the shafts (~30 HU), 2 mm cartilage
+band-passed random field of 2.5-5 mm wavelength), marrow in the shafts (~30 HU), 2 mm cartilage
 (~100 HU) on the articular surfaces (the femur-tibia bone gap is 3.5-5 mm), then muscle (~50 HU)
-with fat septa, a subcutaneous fat layer (~-100 HU), skin (~25 HU) and air (-1000 HU, noise-free).
+with fat septa, fat pads and tendons, a subcutaneous fat layer (~-100 HU, 3-14 mm), skin (~25 HU,
+2 mm; leg cross-section ~120 mm at the knee) and air (-1000 HU, noise-free).
 Soft tissue and marrow carry Gaussian noise (std 15 HU).
 
 Flexion: the tibia, fibula and the lower leg's soft tissue rotate rigidly by ``flexion_deg``
@@ -40,7 +41,7 @@ LABELS = {"femur": 1, "tibia": 2, "patella": 3, "fibula": 4}
 _KNEE_OFFSET = (0.0, 0.0, 24.0)
 _PATELLA_RATIO = 0.65   # patella rotation / knee flexion
 _PATELLA_SLIDE = 12.0   # mm; the patella also slides slide*(1-cos(flexion)) toward the axis
-HU = dict(air=-1000.0, skin=25.0, fat=-100.0, muscle=50.0, tendon=90.0, cartilage=100.0,
+_HU = dict(air=-1000.0, skin=25.0, fat=-100.0, muscle=50.0, tendon=90.0, cartilage=100.0,
           marrow=30.0)
 
 
@@ -115,8 +116,8 @@ def _femur(x, y, z):
     d = _smin(d, _ellipsoid(x, y, z, (0, -6, 22), (30, 17, 22)), 8)       # metaphyseal flare
     d = _smin(d, _capsule(x, y, z, (0, -5, 22), (0, -2, 85), 17, 14), 14)  # metaphysis
     d = _smin(d, _capsule(x, y, z, (0, -2, 70), (-30, 0, 420), 14, 13.5), 8)   # shaft
-    roof = ((z + 22) * 25 - (y + 10) * 27) / 36.8                          # Blumensaat's line
-    notch = _smax(_ellipse2(x, z + 22, 10.5, 27), roof, 3)                 # intercondylar notch
+    roof = np.minimum(-22 + 1.08 * (y + 10), 5.0)                         # Blumensaat's line
+    notch = _ellipse2(x, z - roof + 20, 10.5, 20) / 1.47                   # arched notch
     return _smax(d, -notch, 2)
 
 
@@ -275,18 +276,18 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
         dleg = _leg(x, Y, Z, yl, zl)
         use_t = Z <= 0
         g = _field(septa_w, xl, np.where(use_t, yl, Y), np.where(use_t, zl, Z))
-        hs = np.full(dleg.shape, HU["muscle"], np.float32)
-        hs[np.abs(g) < 0.12] = HU["fat"]                                 # intermuscular septa
-        hs[_ellipsoid(xl, Y, Z, (0, 36, -5), (22, 12, 35)) < 0] = HU["fat"]   # popliteal fat
-        hs[_ellipsoid(xl, yl, zl, (0, -31, -28), (20, 7, 10)) < 0] = HU["fat"]  # Hoffa's pad
+        hs = np.full(dleg.shape, _HU["muscle"], np.float32)
+        hs[np.abs(g) < 0.12] = _HU["fat"]                                 # intermuscular septa
+        hs[_ellipsoid(xl, Y, Z, (0, 36, -5), (22, 12, 35)) < 0] = _HU["fat"]   # popliteal fat
+        hs[_ellipsoid(xl, yl, zl, (0, -31, -28), (20, 7, 10)) < 0] = _HU["fat"]  # Hoffa's pad
         for a, b in (pt, qt):
-            hs[_capsule(xl, Y, Z, a, b, 4.5, 4.5, 3.0) < 0] = HU["tendon"]
+            hs[_capsule(xl, Y, Z, a, b, 4.5, 4.5, 3.0) < 0] = _HU["tendon"]
         fat_t = np.clip(8.0 + 2.5 * g, 3.0, 14.0)
-        hs[dleg > -2.0 - fat_t] = HU["fat"]
-        hs[dleg > -2.0] = HU["skin"]
+        hs[dleg > -2.0 - fat_t] = _HU["fat"]
+        hs[dleg > -2.0] = _HU["skin"]
         noise = rng.standard_normal(hs.shape, dtype=np.float32)
         hs += 15.0 * noise
-        hs[dleg > 0] = HU["air"]
+        hs[dleg > 0] = _HU["air"]
         lab = labels[k0:k1]
         kept = []
         # --- bones (priority in LABELS order; disjoint)
@@ -315,7 +316,7 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
             trab = (w <= 0) | (gt > 8.0 * w - 3.0)
             e = noise[sub][inside]
             val = np.where(trab, np.clip(275 + 125 * np.tanh(1.2 * gt) + 10 * e, 150, 400),
-                           HU["marrow"] + 15 * e)
+                           _HU["marrow"] + 15 * e)
             cval = np.clip(1350 + 250 * w + 20 * e, 1200, 1800)
             hsub = hs[sub]
             hsub[inside] = np.where(cort, cval, val)
@@ -323,7 +324,7 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
         # --- cartilage on articular surfaces (outside every bone, inside the leg)
         for name, sub, d, bx, by_, bz, cart in kept:
             cm = (d > 0) & (d < 2.0) & (lab[sub] == 0) & (dleg[sub] < -2) & cart(bx, by_, bz)
-            hs[sub][cm] = HU["cartilage"] + 15 * noise[sub][cm]
+            hs[sub][cm] = _HU["cartilage"] + 15 * noise[sub][cm]
         hu[k0:k1] = np.rint(hs).astype(np.int16)
 
     # safety net: keep each bone's largest 6-connected component
@@ -336,7 +337,7 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
             big = np.argmax(np.bincount(cc.ravel())[1:]) + 1
             stray = (cc > 0) & (cc != big)
             labels[sl[0]][stray] = 0
-            hu[sl[0]][stray] = int(HU["muscle"])
+            hu[sl[0]][stray] = int(_HU["muscle"])
 
     return Phantom(hu=hu, labels=labels, spacing_mm=tuple(float(v) for v in h),
                    origin_mm=tuple(float(v) for v in origin), label_names=dict(LABELS),
