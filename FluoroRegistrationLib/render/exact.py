@@ -35,12 +35,12 @@ def _integrate_chunk(mu, dims, source, end, ray_len, linear):
     """Exact integrals on one chunk of rays.
 
     Args:
-        mu: (D, H, W) attenuation, [k, j, i].
+        mu: (C, D, H, W) channels (attenuation, or material densities), [c, k, j, i].
         dims: (W, H, D) grid size along (i, j, k).
         source: (B, 1, 3) source in index coordinates; end: (B, P, 3) detector points in index coords.
         ray_len: (P,) source-to-detector length of each ray in mm.
     Returns:
-        (B, P) line integrals.
+        (B, C, P) line integrals.
     """
     direction = end - source  # (B, P, 3)
     alphas, lo, hi = [], [], []
@@ -67,24 +67,24 @@ def _integrate_chunk(mu, dims, source, end, ray_len, linear):
         # Simpson on each segment: (b - a) / 6 * (f(a) + 4 f(mid) + f(b)), exact for cubics
         ends = _trilinear(mu, source[..., None, :] + allal[..., None] * direction[..., None, :], dims)
         mids = _trilinear(mu, source[..., None, :] + mid[..., None] * direction[..., None, :], dims)
-        return (seg * (ends[..., :-1] + 4 * mids + ends[..., 1:])).sum(-1) * ray_len / 6
+        return (seg[:, None] * (ends[..., :-1] + 4 * mids + ends[..., 1:])).sum(-1) * ray_len / 6
     pos = source[..., None, :] + mid[..., None] * direction[..., None, :]  # (B, P, N, 3)
     idx = torch.floor(pos.detach() + 0.5).long()
     for a, n in enumerate(dims):
         idx[..., a].clamp_(0, n - 1)
     flat = (idx[..., 2] * H + idx[..., 1]) * W + idx[..., 0]
-    values = mu.reshape(-1)[flat]
-    return (seg * values.to(seg.dtype)).sum(-1) * ray_len
+    values = mu.reshape(mu.shape[0], -1)[:, flat]  # (C, B, P, N)
+    return (seg[None] * values.to(seg.dtype)).sum(-1).transpose(0, 1) * ray_len
 
 
 def _trilinear(mu, points_index, dims):
-    """Trilinear interpolant of mu (D, H, W) at index points (B, P, N, 3) = (i, j, k) -> (B, P, N)."""
+    """Trilinear interpolant of mu (C, D, H, W) at index points (B, P, N, 3) = (i, j, k) -> (B, C, P, N)."""
     scale = torch.tensor([2.0 / max(n - 1, 1) for n in dims], dtype=points_index.dtype, device=points_index.device)
     grid = (points_index * scale - 1).to(mu.dtype)
     B, P, N, _ = grid.shape
-    out = F.grid_sample(mu[None, None].expand(B, 1, *mu.shape), grid.view(B, P, N, 1, 3), mode="bilinear",
+    out = F.grid_sample(mu[None].expand(B, *mu.shape), grid.view(B, P, N, 1, 3), mode="bilinear",
                         padding_mode="zeros", align_corners=True)
-    return out.view(B, P, N).to(points_index.dtype)
+    return out.view(B, mu.shape[0], P, N).to(points_index.dtype)
 
 
 def render_exact(volume: RenderVolume, camera: Camera, camera_from_volume: torch.Tensor,
@@ -92,15 +92,16 @@ def render_exact(volume: RenderVolume, camera: Camera, camera_from_volume: torch
     """Exact DRR of one render volume at B poses.
 
     Args:
-        volume: the attenuation grid (D, H, W).
+        volume: the attenuation grid (D, H, W), or (C, D, H, W) channels rendered together (for
+            example the partial densities of several materials).
         interpolation: "linear" (the trilinear interpolant, as the fast renderer) or "nearest"
             (voxels as constant boxes, Siddon).
         camera: the C-arm intrinsics, detector (rows, cols) = (H_img, W_img).
         camera_from_volume: (B, 4, 4) poses (or (4, 4)).
         max_elements: rays x crossings processed at once (bounds memory).
     Returns:
-        (B, 1, H_img, W_img) line integrals of attenuation, in the volume's dtype. Geometry is
-        computed in float64.
+        (B, C, H_img, W_img) line integrals (C = 1 for a (D, H, W) grid), in the volume's dtype.
+        Geometry is computed in float64.
     """
     poses = check_poses(camera_from_volume)
     check_in_front(volume, camera, poses)
@@ -112,17 +113,18 @@ def render_exact(volume: RenderVolume, camera: Camera, camera_from_volume: torch
     detector = detector.reshape(-1, 3)
     ray_len = detector.norm(dim=-1)
     source = index_from_camera[:, None, :3, 3]  # (B, 1, 3)
-    D, H, W = volume.mu.shape
+    mu = volume.mu if volume.mu.dim() == 4 else volume.mu[None]
+    C, D, H, W = mu.shape
     dims = (W, H, D)
     if interpolation not in ("linear", "nearest"):
         raise FluoroRegError(f"unknown interpolation '{interpolation}'; choose linear or nearest")
     linear = interpolation == "linear"
     B, P = poses.shape[0], detector.shape[0]
-    per_ray = (sum(dims) + 5) * (6 if linear else 1)
+    per_ray = (sum(dims) + 5) * (6 if linear else 1) * C
     chunk = max(1, max_elements // (per_ray * B))
     out = []
     for start in range(0, P, chunk):
         end = transform_points(index_from_camera, detector[start:start + chunk])
-        out.append(_integrate_chunk(volume.mu, dims, source, end, ray_len[start:start + chunk], linear))
-    image = torch.cat(out, -1).reshape(B, 1, camera.rows, camera.cols)
+        out.append(_integrate_chunk(mu, dims, source, end, ray_len[start:start + chunk], linear))
+    image = torch.cat(out, -1).reshape(B, C, camera.rows, camera.cols)
     return image.to(dtype)

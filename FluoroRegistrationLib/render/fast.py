@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import FluoroRegError
 from ..geometry import Camera
 from ..volume import RenderVolume
 from .checks import check_in_front, check_poses
@@ -84,8 +85,9 @@ def _slice_stack(volume: RenderVolume, axis: int) -> torch.Tensor:
     key = (axis, volume.mu.dtype, volume.mu.device, volume.mu.data_ptr())
     stack = volume._slices.get(key)
     if stack is None:
+        if len(volume._slices) >= 6:  # the volume's data changed since: drop stale stacks
+            volume._slices.clear()
         stack = volume.mu.permute(*_PERMUTE[axis]).contiguous()[:, None]
-        volume._slices.clear() if len(volume._slices) > 6 else None
         volume._slices[key] = stack
     return stack
 
@@ -183,6 +185,9 @@ def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.
         (B, 1, rows, cols) line integrals in the volume's dtype.
     """
     poses = check_poses(camera_from_volume)
+    if volume.mu.dim() != 3:
+        raise FluoroRegError(f"the fast renderer draws one (D, H, W) channel; got {tuple(volume.mu.shape)}, "
+                             "use the exact renderer for several channels")
     corners = check_in_front(volume, camera, poses)
     B = poses.shape[0]
     dtype, device = volume.mu.dtype, volume.mu.device
