@@ -1,0 +1,1 @@
+"""The fluoroscopy simulator: physics, detector effects, scenes."""

@@ -1,0 +1,101 @@
+"""``fluororeg simulate``: frames, masks, poses and calibrations written into a folder.
+
+Layout of ``out``:
+
+- ``frames/NNNN.png``: 16-bit PNG holding the detector's quantised levels (bone dark);
+- ``masks/NNNN_<bone>.png``: the bone's projection (0/255); ``masks/NNNN_<bone>_visible.png``:
+  where it alone projects; ``masks/NNNN_labels.png``: per pixel the id of the thickest bone there
+  (ids as in ``labels.json``);
+- ``poses.json``: ``{"NNNN": {"<bone>": {"camera_from_volume": 4x4}}}``; ``poses/NNNN.json``: the same
+  for one frame, in the poses format every command reads;
+- ``calib.json``: the nominal calibration (what a user would have); ``calib_true.json``: the C-arm
+  actually simulated;
+- ``frames.json``: per frame its knee angles; ``simulation.json``: seed, realism and beam parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..files import write_poses
+from ..geometry import Camera
+from ..volume import load_ct, load_labels, read_label_names
+from .frames import FrameSimulator, _depth_for, occlusion_masks, realism_description
+from .scene import femur_pose, knee_centre, knee_poses, sample_knee_states
+
+DEFAULT_CAMERA = Camera(sdd_mm=1000.0, rows=512, cols=512, row_spacing_mm=0.5, col_spacing_mm=0.5)
+
+
+def _png(array: np.ndarray, path: Path) -> None:
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+
+def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frames: int = 8, sequence=None,
+                    seed: int = 0, realism: str = "medium", camera: Camera | None = None,
+                    reference_flexion_deg: float | None = None, flexion_range=(0.0, 120.0),
+                    interpolation: str = "linear") -> dict:
+    """Simulate ``frames`` frames of a knee into ``out`` (see the module docstring). Returns paths."""
+    out = Path(out)
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    (out / "poses").mkdir(exist_ok=True)
+    if ct_path is None:
+        from ..phantom import make_knee_phantom, write_phantom
+
+        phantom = make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=seed)
+        paths = write_phantom(phantom, out / "phantom")
+        ct_path, labels_path, label_names = paths["ct"], paths["labels"], paths["labels_json"]
+        reference_flexion_deg = 0.0 if reference_flexion_deg is None else reference_flexion_deg
+    ct = load_ct(ct_path)
+    labels = load_labels(labels_path, ct)
+    names = read_label_names(label_names)
+    camera = camera or DEFAULT_CAMERA
+    sim = FrameSimulator(ct, labels, names, realism, interpolation=interpolation)
+    centre = knee_centre(ct, labels, names)
+    generator = torch.Generator().manual_seed(seed)
+    true_camera = sim.true_camera(camera, generator)
+    camera.to_json(out / "calib.json")
+    true_camera.to_json(out / "calib_true.json")
+    states = sample_knee_states(frames, generator, sequence, flexion_range)
+    all_poses, meta = {}, {}
+    for i, state in enumerate(tqdm(states, desc="simulate", unit="frame")):
+        key = f"{i:04d}"
+        femur = femur_pose(centre, state, _depth_for(camera))
+        poses = knee_poses(centre, femur, state.flexion_deg, state.adduction_deg, state.rotation_deg,
+                           reference_flexion_deg or 0.0, bones=[p.bone for p in sim.parts])
+        result = sim.frame(true_camera, poses, generator)
+        image = result["image"].cpu().numpy()
+        if result["levels"] is None:  # realism off: float line integrals, kept exactly
+            np.save(out / "frames" / f"{key}.npy", image.astype(np.float32))
+            scaled = image / max(float(image.max()), 1e-12) * 65535
+        else:
+            scaled = image
+        _png(np.clip(np.round(scaled), 0, 65535).astype(np.uint16), out / "frames" / f"{key}.png")
+        occl = occlusion_masks(result["thickness"], result["masks"])
+        for bone, mask in result["masks"].items():
+            _png((mask.cpu().numpy() * 255).astype(np.uint8), out / "masks" / f"{key}_{bone}.png")
+            _png((occl["visible"][bone].cpu().numpy() * 255).astype(np.uint8),
+                 out / "masks" / f"{key}_{bone}_visible.png")
+        dominant = occl["dominant"].cpu().numpy()
+        ids = np.zeros(dominant.max() + 1, np.uint8)
+        for bone, j in occl["ids"].items():
+            ids[j] = names[bone]
+        _png(ids[dominant], out / "masks" / f"{key}_labels.png")
+        write_poses(out / "poses" / f"{key}.json", poses)
+        all_poses[key] = {b: {"camera_from_volume": T.tolist()} for b, T in poses.items()}
+        meta[key] = {"flexion_deg": state.flexion_deg, "adduction_deg": state.adduction_deg,
+                     "rotation_deg": state.rotation_deg, "levels": result["levels"]}
+    (out / "poses.json").write_text(json.dumps(all_poses, indent=1) + "\n")
+    (out / "frames.json").write_text(json.dumps(meta, indent=1) + "\n")
+    record = {"seed": seed, "frames": frames, "sequence": sequence, "ct": str(ct_path), "labels": str(labels_path),
+              "label_names": names, "knee_centre_mm": [float(c) for c in centre],
+              "interpolation": interpolation, "realism": realism_description(sim.realism, sim.spectrum)}
+    (out / "simulation.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return {"out": str(out), "frames": frames}
