@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realism", choices=["off", "low", "medium", "high"], default="medium")
     p.add_argument("--calib", help="nominal calibration JSON (default: 512x512, 0.5 mm pixels, sdd 1000 mm)")
     p.add_argument("--size", type=int, help="resample the detector to size x size pixels")
-    p.add_argument("--interpolation", choices=["linear", "nearest"], default="linear",
-                   help="voxel model of the exact renderer used to simulate")
+    p.add_argument("--interpolation", choices=["nearest", "linear"], default="nearest",
+                   help="voxel model of the exact renderer used to simulate (default nearest: Siddon)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 

@@ -66,12 +66,13 @@ def test_spectrum_and_beam_hardening():
     assert mu_eff[0] > mu_eff[1] > mu_eff[2]
 
 
-def test_realism_off_equals_the_exact_renderer(knee):
+@pytest.mark.parametrize("interpolation", ["nearest", "linear"])
+def test_realism_off_equals_the_exact_renderer(knee, interpolation):
     ph, ct, labels = knee
-    sim = FrameSimulator(ct, labels, ph.label_names, "off")
+    sim = FrameSimulator(ct, labels, ph.label_names, "off", interpolation=interpolation)
     T = lateral_view(ph.knee_centre_mm, 700.0)
     frame = sim.frame(CAM, {b: T for b in ph.label_names}, torch.Generator().manual_seed(0))
-    exact = render(whole_volume(ct), CAM, T, "exact")[0, 0].double()
+    exact = render(whole_volume(ct), CAM, T, "exact", interpolation=interpolation)[0, 0].double()
     assert torch.allclose(frame["image"], exact, rtol=1e-5, atol=1e-6), float((frame["image"] - exact).abs().max())
 
 

@@ -286,14 +286,17 @@ def quantum_noise(intensity_rel: torch.Tensor, photons_per_pixel: Optional[float
 
 
 def to_display(intensity_rel: torch.Tensor, model: DetectorModel,
-               field_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, dict]:
+               field_mask: Optional[torch.Tensor] = None,
+               window_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, dict]:
     """Map ``(..., H, W)`` I/I0 to the output image: ``-log(I/I0)`` for ``output="log"`` (I/I0
     clamped at ``0.5 / photons_per_pixel``, or 1e-6), then per frame the window (the
     ``model.window`` percentiles of the values inside ``field_mask``) to [0, 1] (a flat field
     gives 0.5), ``gamma``, and ``bits`` quantisation to integer levels (float tensor in
     ``[0, 2**bits - 1]``). Outside the field the image is 0. Returns the image and
     ``{"low", "high"}`` (per-frame window bounds in the pre-window unit, ``None`` when no window),
-    ``"percentiles"``, ``"levels"`` (``2**bits - 1`` or ``None``) and ``"output"``."""
+    ``"percentiles"``, ``"levels"`` (``2**bits - 1`` or ``None``) and ``"output"``.
+    ``window_mask`` (H, W), when given, restricts the window's percentiles further (for example to
+    the anatomy, so that air around it burns out to white as under automatic brightness control)."""
     x = intensity_rel
     H, W = x.shape[-2:]
     field = (torch.ones(H, W, dtype=torch.bool, device=x.device) if field_mask is None
@@ -303,7 +306,10 @@ def to_display(intensity_rel: torch.Tensor, model: DetectorModel,
         x = -torch.log(x.clamp(min=floor))
     lo = hi = None
     if model.window is not None:
-        vals = torch.where(field, x, torch.full_like(x, float("nan"))).reshape(*x.shape[:-2], -1)
+        chosen = field if window_mask is None else field & window_mask.to(device=x.device, dtype=torch.bool)
+        if not chosen.any():
+            chosen = field
+        vals = torch.where(chosen, x, torch.full_like(x, float("nan"))).reshape(*x.shape[:-2], -1)
         q = torch.tensor([model.window[0] / 100, model.window[1] / 100], dtype=x.dtype,
                          device=x.device)
         qs = torch.nanquantile(vals, q, dim=-1)  # (2, ...)
@@ -325,7 +331,7 @@ def to_display(intensity_rel: torch.Tensor, model: DetectorModel,
 
 def detect(transmission: torch.Tensor, pixel_spacing_mm: Pair = 1.0,
            principal_point: Optional[Sequence[float]] = None, model: Optional[DetectorModel] = None,
-           generator: Optional[torch.Generator] = None) -> dict:
+           generator: Optional[torch.Generator] = None, window_mask: Optional[torch.Tensor] = None) -> dict:
     """Turn the primary transmission ``I/I0`` ((H, W) or (B, H, W), energy-integrated, in [0, 1])
     into a detected frame: heel -> scatter (added) -> focal spot + detector blur -> quantum +
     electronic noise -> distortion -> vignetting -> collimation -> display mapping.
@@ -363,6 +369,8 @@ def detect(transmission: torch.Tensor, pixel_spacing_mm: Pair = 1.0,
     x = vignette(x, model.vignetting, centre)
     field = collimation_mask(H, W, model.collimation_radius, centre, device=x.device)
     x = torch.where(field, x, torch.zeros_like(x))
-    image, window = to_display(x, model, field)
+    if window_mask is not None and model.distortion_k:
+        window_mask = distort_image(window_mask.to(x.dtype), model.distortion_k, centre) > 0.5
+    image, window = to_display(x, model, field, window_mask)
     return {"image": image, "levels": window["levels"], "intensity": x, "field": field,
             "window": window}

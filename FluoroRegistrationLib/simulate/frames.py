@@ -49,15 +49,15 @@ PRESETS = {
     "low": Realism("low", polyenergetic=True, kvp=70.0, detector=DetectorModel(
         photons_per_pixel=8000.0, electronic_noise=2.0, focal_spot_mm=0.3, detector_blur_px=0.5,
         scatter_to_primary=0.2, heel=0.06, distortion_k=0.01, vignetting=0.1, collimation_radius=0.98,
-        gamma=1.0, bits=12), sdd_error_mm=2.0, principal_point_error_px=1.0),
+        gamma=0.6, bits=12), sdd_error_mm=2.0, principal_point_error_px=1.0),
     "medium": Realism("medium", polyenergetic=True, kvp=68.0, detector=DetectorModel(
         photons_per_pixel=2000.0, electronic_noise=5.0, focal_spot_mm=0.6, detector_blur_px=0.8,
         scatter_to_primary=0.5, heel=0.12, distortion_k=0.03, vignetting=0.2, collimation_radius=0.95,
-        gamma=0.8, bits=12), sdd_error_mm=5.0, principal_point_error_px=2.0),
+        gamma=0.5, bits=12), sdd_error_mm=5.0, principal_point_error_px=2.0),
     "high": Realism("high", polyenergetic=True, kvp=65.0, filtration_mm_al=3.5, detector=DetectorModel(
         photons_per_pixel=500.0, electronic_noise=8.0, focal_spot_mm=0.6, detector_blur_px=1.2,
         scatter_to_primary=0.8, heel=0.18, distortion_k=0.05, vignetting=0.3, collimation_radius=0.92,
-        gamma=0.7, bits=8), sdd_error_mm=10.0, principal_point_error_px=4.0),
+        gamma=0.45, bits=8), sdd_error_mm=10.0, principal_point_error_px=4.0),
 }
 
 
@@ -75,13 +75,20 @@ class FrameSimulator:
         ct, labels: the CT (HU) and its labelmap on the same grid.
         names: label names -> ids.
         realism: a :class:`Realism` (or a preset name).
-        interpolation: the exact renderer's voxel model ("linear" or "nearest").
+        interpolation: the exact renderer's voxel model: "nearest" (Siddon, voxels as boxes; the
+            default, a different discretisation from the registration's trilinear one) or "linear".
+        render_factor: line integrals are computed on a detector grid this many times coarser and
+            resampled (bilinear) to the frame; "auto" picks the largest factor whose pixels, seen at
+            the object (0.7 x sdd), stay under 1/1.4 of the CT's smallest voxel, so nothing the CT
+            resolves is lost. 1 renders every pixel.
     """
 
     def __init__(self, ct: ImageVolume, labels: ImageVolume, names: dict[str, int], realism="medium",
-                 interpolation: str = "linear", mu_water: float = MU_WATER_PER_MM):
+                 interpolation: str = "nearest", mu_water: float = MU_WATER_PER_MM, render_factor="auto"):
         self.realism = get_realism(realism) if isinstance(realism, str) else realism
         self.interpolation = interpolation
+        self.render_factor = render_factor
+        self.voxel_mm = float(min(ct.spacing))
         if self.realism.polyenergetic:
             self.materials = MATERIAL_ORDER
             channels = decompose(ct.array)
@@ -112,18 +119,29 @@ class FrameSimulator:
         missing = [p.bone for p in self.parts if p.bone not in poses]
         if missing:
             raise FluoroRegError(f"no pose for {', '.join(missing)}; the simulator moves every labelled bone")
+        factor = self._factor(camera)
+        coarse = camera if factor == 1 else camera.resized(max(1, round(camera.rows / factor)),
+                                                              max(1, round(camera.cols / factor)))
+
+        def full(img):  # (B, C, h, w) on the coarse grid -> (B, C, rows, cols)
+            if factor == 1:
+                return img
+            return torch.nn.functional.interpolate(img, size=camera.shape, mode="bilinear", align_corners=False)
+
         with torch.no_grad():
             areal = None
             for part in self.parts:
-                img = render(part.volume, camera, poses[part.bone], "exact", interpolation=self.interpolation)
+                img = render(part.volume, coarse, poses[part.bone], "exact", interpolation=self.interpolation)
                 areal = img if areal is None else areal + img
+            areal = full(areal)
             if self.realism.polyenergetic:
                 primary = transmission(areal.double(), self.materials, self.spectrum)[0]
             else:
                 primary = torch.exp(-areal[0, 0].double())
-            out = detect(primary, (camera.row_spacing_mm, camera.col_spacing_mm), (camera.u0, camera.v0),
-                         self.realism.detector, generator)
-            thickness = {b: project_label(v, camera, poses[b], "exact", interpolation="nearest")[0, 0].double()
+            exposure, anatomy = self._exposure(primary)
+            out = detect(exposure, (camera.row_spacing_mm, camera.col_spacing_mm), (camera.u0, camera.v0),
+                         self.realism.detector, generator, window_mask=anatomy)
+            thickness = {b: full(project_label(v, coarse, poses[b], "exact", interpolation="nearest"))[0, 0].double()
                          for b, v in self.bones.items()}
         k = self.realism.detector.distortion_k
         if k:
@@ -132,6 +150,23 @@ class FrameSimulator:
         masks = {b: (t > 0.5) & field_mask for b, t in thickness.items()}
         return {"image": out["image"], "levels": out["levels"], "transmission": primary, "masks": masks,
                 "thickness": thickness}
+
+
+    def _exposure(self, primary: torch.Tensor):
+        """Automatic brightness control: scale I/I0 so the anatomy's median pixel receives the preset
+        quanta, and window on the anatomy (air burns out). Realism "off" keeps I/I0 as it is."""
+        if not self.realism.polyenergetic:
+            return primary, None
+        anatomy = primary < 0.7 * primary.max()
+        if not anatomy.any():
+            return primary, None
+        return primary / primary[anatomy].median(), anatomy
+
+    def _factor(self, camera: Camera) -> int:
+        if self.render_factor != "auto":
+            return max(1, int(self.render_factor))
+        pixel_at_object = 0.7 * min(camera.row_spacing_mm, camera.col_spacing_mm)
+        return max(1, int(self.voxel_mm / (1.4 * pixel_at_object)))
 
 
 def occlusion_masks(thickness: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict:

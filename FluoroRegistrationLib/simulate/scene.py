@@ -1,8 +1,9 @@
 """Scenes for the simulator: the CT cut into moving parts, and plausible knee poses and motions.
 
 Parts. Each bone moves rigidly with its own pose; the soft tissue around it moves with it: every
-voxel that is not bone goes to the part of its nearest bone (a Voronoi split of the CT), so all the
-CT's tissue is in exactly one part, and at the CT's own relative poses the parts add up to the CT.
+voxel that is not bone is shared among the bones by its distance to each (a soft Voronoi split,
+see :func:`split_parts`), so all the CT's tissue is accounted for once, and at the CT's own relative
+poses the parts add up to the CT.
 
 Knee kinematics (in the CT's volume frame, CONVENTIONS.md LPS). The knee frame has its origin at the
 knee centre ``c``, x medio-lateral (LPS x), y antero-posterior (LPS y), z along the leg (LPS z);
@@ -41,28 +42,39 @@ class Part:
 
 
 def split_parts(ct: ImageVolume, labels: ImageVolume, names: dict[str, int], channels: dict[str, np.ndarray],
-                margin: int = 1) -> list[Part]:
+                margin: int = 1, blend_mm: float = 8.0) -> list[Part]:
     """Cut per-voxel channels (each (Z, Y, X), e.g. material densities) into one part per bone.
 
-    Every voxel goes to the bone whose label is nearest (itself, for bone voxels).
+    Bone voxels go to their bone. Every other voxel is shared among the bones by weights
+    ``softmax(-distance_to_bone / blend_mm)`` (weights under 2 % dropped), so the soft tissue
+    between two bones fades from one part into the other instead of ending at a sharp cut when the
+    bones move apart; the weights of a voxel sum to 1, so at the CT's own poses the parts add up
+    to the CT exactly.
     """
     from scipy import ndimage
 
     ids = {name: i for name, i in names.items() if (labels.array == i).any()}
     if not ids:
         raise FluoroRegError("no labelled bone in the labelmap; the simulator needs at least one bone label")
+    spacing = ct.spacing[::-1]
     bone_mask = np.isin(labels.array, list(ids.values()))
-    _, nearest = ndimage.distance_transform_edt(~bone_mask, sampling=ct.spacing[::-1], return_indices=True)
-    owner = labels.array[tuple(nearest)]
+    dist = np.stack([ndimage.distance_transform_edt(labels.array != i, sampling=spacing) for i in ids.values()])
+    logits = -(dist - dist.min(0, keepdims=True)) / max(blend_mm, 1e-6)
+    weights = np.exp(logits)
+    weights /= weights.sum(0, keepdims=True)
+    weights[weights < 0.02] = 0.0
+    weights /= weights.sum(0, keepdims=True)
+    for n, i in enumerate(ids.values()):  # bone voxels belong to their bone alone
+        weights[n][bone_mask] = (labels.array[bone_mask] == i)
     stack = np.stack(list(channels.values()))  # (C, Z, Y, X)
     parts = []
-    for name, i in ids.items():
-        mine = owner == i
-        ks, js, is_ = np.nonzero(mine)
+    for n, name in enumerate(ids):
+        w = weights[n]
+        ks, js, is_ = np.nonzero(w > 0)
         lo = np.array([ks.min(), js.min(), is_.min()])
         hi = np.array([ks.max(), js.max(), is_.max()]) + 1
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-        data = np.where(mine[sl][None], stack[(slice(None),) + sl], 0.0).astype(np.float32)
+        data = (stack[(slice(None),) + sl] * w[sl][None]).astype(np.float32)
         data = np.pad(data, [(0, 0)] + [(margin, margin)] * 3)
         shift = np.eye(4)
         shift[:3, 3] = (lo - margin)[::-1]

@@ -40,7 +40,7 @@ def _png(array: np.ndarray, path: Path) -> None:
 def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frames: int = 8, sequence=None,
                     seed: int = 0, realism: str = "medium", camera: Camera | None = None,
                     reference_flexion_deg: float | None = None, flexion_range=(0.0, 120.0),
-                    interpolation: str = "linear") -> dict:
+                    interpolation: str = "nearest") -> dict:
     """Simulate ``frames`` frames of a knee into ``out`` (see the module docstring). Returns paths."""
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
