@@ -109,6 +109,63 @@ def cmd_simulate(args) -> None:
           "calib.json (nominal), calib_true.json (simulated)")
 
 
+def cmd_register(args) -> None:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .files import read_poses
+    from .frame import load_frame, read_frame_array
+    from .geometry import Camera
+    from .register import RegistrationOptions, register
+    from .register.overlay import draw_overlay
+    from .volume import bone_volumes, load_ct, load_labels, read_label_names
+
+    camera = Camera.from_json(args.calib)
+    frame = load_frame(args.frame, camera, polarity=args.polarity)
+    ct = load_ct(args.ct)
+    labels = load_labels(args.labels, ct)
+    names = read_label_names(args.label_names or _default_label_names(args.labels))
+    wanted = [b.strip() for b in args.bone.split(",") if b.strip()]
+    bones = bone_volumes(ct, labels, names, wanted)
+    init = read_poses(args.init)
+    missing = [b for b in wanted if b not in init]
+    if missing:
+        raise FluoroRegError(f"no initial pose for {', '.join(missing)} in {args.init}; add one per bone")
+    masks = {}
+    for item in args.mask or []:
+        if "=" not in item:
+            raise FluoroRegError(f"--mask must look like femur=mask.png, got '{item}'")
+        bone, path = item.split("=", 1)
+        arr = read_frame_array(path)
+        camera.check_frame(*arr.shape, what=f"mask {path}")
+        masks[bone.strip()] = torch.from_numpy(arr > 0.5 * arr.max())
+    rng, deg = _floats(args.range, 2, "--range")
+    options = RegistrationOptions(similarity=args.similarity, search_range_mm=rng, search_range_deg=deg,
+                                  global_search=not args.no_global_search, seed=args.seed)
+    bar = tqdm(desc="register", unit="it")
+
+    def progress(stage, iteration, similarity, pose):
+        bar.set_postfix_str(f"{stage} it {iteration} similarity {similarity:.4f}")
+        bar.update()
+
+    result = register(bones, frame.image, camera, {b: init[b] for b in wanted}, masks=masks, field=frame.field,
+                      options=options, progress=progress)
+    bar.close()
+    out = {b: r.to_dict() for b, r in result.bones.items()}
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    for b, r in result.bones.items():
+        print(f"{b}: similarity {r.similarity:.4f}, {r.iterations} iterations, {r.seconds:.1f} s ({r.stop_reason})")
+    print(f"wrote {args.out}")
+    if args.overlay:
+        raw = read_frame_array(args.frame)
+        draw_overlay(args.overlay, raw, camera, bones, result.poses(), {b: init[b] for b in wanted})
+        print(f"wrote {args.overlay}")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -158,6 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxel model of the exact renderer used to simulate (default nearest: Siddon)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("register", help="find each bone's pose from one fluoroscopy frame", epilog=CONVENTIONS)
+    p.add_argument("--ct", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
+    p.add_argument("--bone", required=True, help="bone(s) to register, e.g. femur or femur,tibia")
+    p.add_argument("--frame", required=True, help="fluoroscopy frame (PNG, TIFF, .npy, DICOM)")
+    p.add_argument("--calib", required=True, help="calibration JSON of the frame")
+    p.add_argument("--init", required=True, help="initial poses JSON (one camera_from_volume per bone)")
+    p.add_argument("--mask", action="append", help="bone=mask.png: the bone's 2D region (repeatable)")
+    p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
+    p.add_argument("--similarity", default="gcc", help="gcc, ncc, patch-ncc, multiscale-ncc, patch-gncc")
+    p.add_argument("--range", default="20,15", help="global search half-widths: mm,deg (default 20,15)")
+    p.add_argument("--no-global-search", action="store_true", help="refine from the initial pose only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--overlay", help="PNG of the registered outlines over the frame")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("demo", help="the built-in example: phantom, C-arm, DRRs and pictures")
     p.add_argument("--out", default="demo_out")

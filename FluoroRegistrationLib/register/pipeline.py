@@ -1,0 +1,235 @@
+"""The registration job: each bone's pose from one frame, by global search then coarse-to-fine Adam.
+
+Swappable parts: the renderer (``render_fast``), the similarity (``options.similarity``, a name in
+:data:`~FluoroRegistrationLib.similarity.SIMILARITIES`), the pose parameterisation
+(:class:`~FluoroRegistrationLib.geometry.CentredParameterization` about the bone's centroid) and the
+optimisers (:func:`simulated_annealing`, :func:`adam_refine`). Only the bone's own labels are
+rendered; a 2D mask per bone (ground truth, a file, or a segmentation network's output) restricts
+the similarity to the bone's region.
+
+    result = register(bones, frame, camera, initial_poses, masks=..., options=RegistrationOptions())
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import FluoroRegError
+from ..geometry import Camera, CentredParameterization, transform_points
+from ..render import render
+from ..volume import RenderVolume
+from .optimize import Cancelled, StageLog, adam_refine, simulated_annealing
+
+
+@dataclass
+class RegistrationOptions:
+    """Settings of :func:`register` (units in the names; angles in degrees here, as a person sets them)."""
+
+    similarity: str = "gcc"
+    global_search: bool = True
+    search_range_mm: float = 20.0  # half-width of the global search box, each translation axis
+    search_range_deg: float = 15.0  # half-width of the global search box, each rotation axis
+    search_level: int = 64  # detector size (longest side) of the global search
+    search_steps: int = 30
+    search_candidates: int = 48
+    levels: tuple = (64, 128, 256)  # detector sizes (longest side) of the refinement pyramid
+    iterations: tuple = (60, 50, 40)  # Adam iterations at each level
+    learning_rate: float = 0.6  # in units of one step: 1 deg (rotations) and 1 mm (translations)
+    rotation_step_deg: float = 1.0
+    translation_step_mm: float = 1.0
+    mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size
+    seed: int = 0
+    device: str | None = None
+
+
+@dataclass
+class BoneResult:
+    """One bone's registration."""
+
+    bone: str
+    camera_from_volume: torch.Tensor  # (4, 4) float64
+    initial: torch.Tensor  # (4, 4) float64
+    similarity: float  # similarity (1 = identical) at the finest level, at the result
+    iterations: int
+    seconds: float
+    stop_reason: str
+    loss_history: list
+    stages: list
+
+    def to_dict(self) -> dict:
+        return {"camera_from_volume": self.camera_from_volume.tolist(), "similarity": self.similarity,
+                "iterations": self.iterations, "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason,
+                "stages": [{"name": s.name, "iterations": s.iterations, "seconds": round(s.seconds, 3),
+                            "stop_reason": s.stop_reason, "final_loss": s.losses[-1] if s.losses else None}
+                           for s in self.stages]}
+
+
+@dataclass
+class RegistrationResult:
+    """Every bone's result, and the options used."""
+
+    bones: dict = field(default_factory=dict)
+    options: RegistrationOptions | None = None
+    seconds: float = 0.0
+
+    def poses(self) -> dict[str, torch.Tensor]:
+        return {b: r.camera_from_volume for b, r in self.bones.items()}
+
+    def to_dict(self) -> dict:
+        return {b: r.to_dict() for b, r in self.bones.items()}
+
+
+def _pool(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return image if tuple(image.shape[-2:]) == size else F.adaptive_avg_pool2d(image, size)
+
+
+def _level_size(camera: Camera, longest: int) -> tuple[int, int]:
+    f = max(1.0, max(camera.rows, camera.cols) / longest)
+    return max(8, round(camera.rows / f)), max(8, round(camera.cols / f))
+
+
+def _check_in_view(bone: RenderVolume, camera: Camera, pose: torch.Tensor) -> None:
+    c = transform_points(pose, bone.centroid[None].to(pose))[0]
+    if c[2] <= 0:
+        raise FluoroRegError(f"initial pose puts {bone.name} behind the X-ray source (depth {float(c[2]):.0f} mm); "
+                             "check the initial pose file")
+    u, v = camera.project(c).tolist()
+    if not (0 <= u < camera.cols and 0 <= v < camera.rows):
+        raise FluoroRegError(f"initial pose puts {bone.name}'s centre outside the field of view (pixel {u:.0f}, {v:.0f} "
+                             f"of {camera.cols}x{camera.rows}); start from a pose that shows the bone")
+
+
+class _Objective:
+    """loss(x) at one pyramid level for one bone: x (B, 6) -> (B,)."""
+
+    def __init__(self, bone, camera, par, frame, weights, loss_fn):
+        self.bone, self.camera, self.par, self.frame, self.weights, self.loss_fn = \
+            bone, camera, par, frame, weights, loss_fn
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        poses = self.par.pose(x).to(self.bone.mu.dtype)
+        drr = render(self.bone, self.camera, poses, "fast")
+        return self.loss_fn(drr, self.frame, self.weights)
+
+
+def _weights(mask, field, size, camera_size, dilation_fraction):
+    """Similarity weights at one level: the dilated bone mask inside the collimated field."""
+    w = torch.ones(1, 1, *size) if field is None else (_pool(field.float(), size) > 0.999).float()
+    if mask is not None:
+        m = (_pool(mask.float(), size) > 0.25).float()
+        r = max(1, round(dilation_fraction * max(size)))
+        m = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+        w = w * m
+    if w.sum() == 0:
+        raise FluoroRegError("the mask is empty inside the collimated field at this level; check the mask image")
+    return w
+
+
+def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,
+                  mask: torch.Tensor | None = None, field: torch.Tensor | None = None,
+                  options: RegistrationOptions | None = None, progress=None, cancel=None) -> BoneResult:
+    """Register one bone. Shapes: frame, mask, field (1, 1, H, W) on the camera's grid; initial (4, 4).
+
+    ``progress(stage, iteration, similarity, pose)`` is called every iteration (pose: (4, 4));
+    ``cancel()`` returning True stops with :class:`Cancelled`.
+    """
+    from ..similarity import get_similarity
+
+    options = options or RegistrationOptions()
+    loss_fn = get_similarity(options.similarity)
+    camera.check_frame(frame.shape[-2], frame.shape[-1])
+    initial = initial.to(torch.float64)
+    _check_in_view(bone, camera, initial)
+    t0 = time.perf_counter()
+    par = CentredParameterization(bone.centroid.to(torch.float64), initial)
+    generator = torch.Generator().manual_seed(options.seed)
+    deg = math.pi / 180
+    scales = torch.tensor([options.rotation_step_deg * deg] * 3 + [options.translation_step_mm] * 3,
+                          dtype=torch.float64)
+
+    def report(stage, iteration, loss, x):
+        if cancel is not None and cancel():
+            raise Cancelled(f"registration of {bone.name} cancelled during {stage}")
+        if progress is not None:
+            progress(stage, iteration, 1.0 - loss, par.pose(x.detach()))
+
+    def objective_at(longest):
+        size = _level_size(camera, longest)
+        cam = camera.resized(*size)
+        return _Objective(bone, cam, par, _pool(frame, size), _weights(mask, field, size, None,
+                                                                      options.mask_dilation_fraction), loss_fn)
+
+    x = torch.zeros(6, dtype=torch.float64)
+    stages: list[StageLog] = []
+    if options.global_search:
+        ranges = torch.tensor([options.search_range_deg * deg] * 3 + [options.search_range_mm] * 3,
+                              dtype=torch.float64)
+        x, _, log = simulated_annealing(objective_at(options.search_level), x, ranges, generator,
+                                        steps=options.search_steps, candidates=options.search_candidates,
+                                        report=report)
+        stages.append(log)
+    for longest, iterations in zip(options.levels, options.iterations):
+        x, _, log = adam_refine(objective_at(longest), x, scales, iterations=iterations, lr=options.learning_rate,
+                                report=report, name=f"refine {longest}px")
+        stages.append(log)
+    with torch.no_grad():
+        final_loss = float(objective_at(max(options.levels))(x[None])[0])
+    history = [v for s in stages for v in s.losses]
+    return BoneResult(bone.name, par.pose(x).detach(), initial, 1.0 - final_loss,
+                      sum(s.iterations for s in stages), time.perf_counter() - t0,
+                      stages[-1].stop_reason if stages else "no stage", history, stages)
+
+
+def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera,
+             initial_poses: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None = None,
+             field: torch.Tensor | None = None, options: RegistrationOptions | None = None, progress=None,
+             cancel=None) -> RegistrationResult:
+    """Register every bone in ``bones`` (name -> render volume) to one frame.
+
+    Args:
+        bones: the bones' render volumes (``bone_volumes``), each drawn alone at its own pose.
+        frame: (1, 1, H, W) or (H, W) attenuation-like frame (bone bright), H x W = camera.rows x cols.
+        camera: the calibration.
+        initial_poses: bone -> (4, 4) ``camera_from_volume`` start.
+        masks: optional bone -> (1, 1, H, W) or (H, W) weights in [0, 1] (the bone's 2D region).
+        field: optional (1, 1, H, W) bool, the collimated field.
+        options: :class:`RegistrationOptions`.
+        progress: ``progress(stage, iteration, similarity, pose)``, stage names the bone.
+        cancel: ``cancel() -> bool``; True stops with :class:`Cancelled`.
+    Returns:
+        :class:`RegistrationResult` with one :class:`BoneResult` per bone.
+    """
+    options = options or RegistrationOptions()
+    frame = _as_image(frame, "frame")
+    if not torch.isfinite(frame).all():
+        raise FluoroRegError("the frame contains NaN or infinite values; fix or crop the frame")
+    masks = {b: _as_image(m, f"mask of {b}") for b, m in (masks or {}).items()}
+    unknown = [b for b in masks if b not in bones]
+    if unknown:
+        raise FluoroRegError(f"mask given for {', '.join(unknown)} but no such bone is registered ({', '.join(bones)})")
+    missing = [b for b in bones if b not in initial_poses]
+    if missing:
+        raise FluoroRegError(f"no initial pose for {', '.join(missing)}; add it to the initial poses")
+    result = RegistrationResult(options=options)
+    t0 = time.perf_counter()
+    for name, bone in bones.items():
+        bone_progress = None if progress is None else (
+            lambda stage, it, sim, pose, name=name: progress(f"{name}: {stage}", it, sim, pose))
+        result.bones[name] = register_bone(bone, frame, camera, initial_poses[name], masks.get(name), field,
+                                           options, bone_progress, cancel)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _as_image(x, what: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dim() == 2:
+        x = x[None, None]
+    if x.dim() != 4 or x.shape[:2] != (1, 1):
+        raise FluoroRegError(f"{what} must be (H, W) or (1, 1, H, W), got {tuple(x.shape)}")
+    return x.to(torch.float32)

@@ -1,0 +1,321 @@
+"""Image similarities between a rendered DRR and a fluoroscopy frame, for 2D/3D registration.
+
+Images are ``(B, 1, H, W)``; ``mask`` is optional, ``(B, 1, H, W)`` or ``(1, 1, H, W)``, with
+weights in [0, 1] (0 = ignore the pixel). Any of ``a``, ``b``, ``mask`` may have batch 1 and is
+broadcast (the common case: B candidate renderings against one frame). Every similarity returns
+``(B,)`` values with 1 for a perfect match; every ``*_loss`` returns ``1 - similarity`` (minimise
+it). All are differentiable in both images, in float32 and float64, on any device.
+
+Notation (w = mask weights; sums over the pixels of one batch item):
+``E_w[x] = sum(w x) / sum(w)``, ``x~ = x - E_w[x]``, ``Var_w(x) = E_w[x~^2]``,
+``Cov_w(x, y) = E_w[x~ y~]``.
+An image whose weighted variance is at rounding level (``Var_w(x) <= (16 eps_mach)^2 E_w[x^2]``)
+counts as constant: its centred values are set to exactly 0, so its similarity with anything is 0
+(NCC of a constant image is undefined) and no NaN appears, forward or backward.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import FluoroRegError
+
+__all__ = ["ncc", "gradient_correlation", "patch_ncc", "multiscale_ncc", "patch_gradient_ncc",
+           "ncc_loss", "gcc_loss", "patch_ncc_loss", "multiscale_ncc_loss",
+           "patch_gradient_ncc_loss", "SIMILARITIES", "get_similarity", "Similarity"]
+
+
+# ------------------------------------------------------------------------------------ checks
+def _check_image(name: str, x) -> None:
+    if not isinstance(x, Tensor):
+        raise FluoroRegError(f"{name} is a {type(x).__name__}, not a torch.Tensor; "
+                             "pass a (B, 1, H, W) tensor")
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise FluoroRegError(f"{name} has shape {tuple(x.shape)}; pass a (B, 1, H, W) tensor "
+                             "(add dimensions with x[None, None] or x.unsqueeze(1))")
+    if name != "mask" and not x.is_floating_point():
+        raise FluoroRegError(f"{name} has dtype {x.dtype}; pass float32 or float64 images")
+
+
+def _prepare(a: Tensor, b: Tensor, mask, stencil: bool = False):
+    """Check the inputs; return ``(a, b, w)``; with ``stencil``, w is the Sobel-shrunk mask."""
+    _check_image("a", a)
+    _check_image("b", b)
+    if a.shape[-2:] != b.shape[-2:]:
+        raise FluoroRegError(f"image sizes differ: a is {tuple(a.shape[-2:])} and b is "
+                             f"{tuple(b.shape[-2:])} (H, W); render at the frame's size or resample")
+    if a.device != b.device:
+        raise FluoroRegError(f"a is on {a.device} and b on {b.device}; move both to one device")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    sizes = [a.shape[0], b.shape[0]]
+    if mask is None:
+        w = torch.ones((1, 1) + tuple(a.shape[-2:]), dtype=dtype, device=a.device)
+    else:
+        _check_image("mask", mask)
+        if mask.shape[-2:] != a.shape[-2:]:
+            raise FluoroRegError(f"mask is {tuple(mask.shape[-2:])} but the images are "
+                                 f"{tuple(a.shape[-2:])} (H, W); pass a mask of the images' size")
+        w = mask.to(device=a.device, dtype=dtype)
+        sizes.append(w.shape[0])
+    batch = max(sizes)
+    if any(s not in (1, batch) for s in sizes):
+        raise FluoroRegError(f"batch sizes {sizes} (a, b[, mask]) do not broadcast; give each batch B or 1")
+    if stencil and min(a.shape[-2:]) < 3:
+        raise FluoroRegError(f"images of {tuple(a.shape[-2:])} are too small for the 3x3 Sobel stencil; "
+                             "pass images of at least 3x3")
+    ws = _shrink(w) if stencil else w
+    flags = torch.stack([~torch.isfinite(a).all(), ~torch.isfinite(b).all(),
+                         ((w < 0) | (w > 1) | torch.isnan(w)).any(),
+                         (ws.sum(dim=(1, 2, 3)) <= 0).any()]).tolist()
+    if flags[0] or flags[1]:
+        raise FluoroRegError(f"{'a' if flags[0] else 'b'} contains NaN or Inf values; "
+                             "fix the image (e.g. torch.nan_to_num) before comparing")
+    if flags[2]:
+        raise FluoroRegError("mask weights must lie in [0, 1] (and not be NaN); "
+                             "clamp or rescale the mask, e.g. mask.clamp(0, 1)")
+    if flags[3]:
+        items = torch.nonzero(ws.sum(dim=(1, 2, 3)) <= 0).flatten().tolist()
+        why = (" after shrinking it to the pixels whose 3x3 Sobel neighbourhood lies inside it"
+               if stencil and bool((w.sum(dim=(1, 2, 3)) > 0).all()) else "")
+        raise FluoroRegError(f"mask is empty{why} (batch item(s) {items}); "
+                             "pass a mask with enough nonzero pixels over the bone")
+    return a, b, ws
+
+
+def _check_patch(patch) -> int:
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 3 or patch % 2 == 0:
+        raise FluoroRegError(f"patch size {patch!r} is not an odd integer >= 3; use e.g. patch=11")
+    return patch
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _shrink(w: Tensor) -> Tensor:
+    """Sobel-valid mask ``(., 1, H-2, W-2)``: ``w(p) [w > 0 on all of p's 3x3 neighbourhood]``."""
+    support = (w > 0).to(w.dtype)
+    inside = -F.max_pool2d(-support, 3, stride=1)  # 3x3 min, 'valid' (no padding)
+    return w[..., 1:-1, 1:-1] * inside
+
+
+def _sobel(x: Tensor):
+    """3x3 Sobel gradients on the valid interior: ``(B, 1, H, W) -> 2 x (B, 1, H-2, W-2)``.
+
+    ``gx = x (*) [[-1,0,1],[-2,0,2],[-1,0,1]] / 8`` (cross-correlation, x = columns), ``gy`` its
+    transpose; computed separably with slices (exact, fast in float64, any device).
+    """
+    dx = x[..., 2:] - x[..., :-2]
+    dy = x[..., 2:, :] - x[..., :-2, :]
+    gx = (dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]) / 8
+    gy = (dy[..., :-2] + 2 * dy[..., 1:-1] + dy[..., 2:]) / 8
+    return gx, gy
+
+
+def _box(x: Tensor, patch: int) -> Tensor:
+    """Mean over the ``patch x patch`` window at every pixel, zero-padded, same size as ``x``.
+
+    Separable window sums built by doubling (O(log patch) exact slice additions, no prefix-sum
+    cancellation); faster than pooling kernels on small images and the same on any device.
+    """
+    r = patch // 2
+    x = F.pad(x, (r, r, r, r))
+    for dim in (-1, -2):
+        n = x.shape[dim] - patch + 1
+        out, part, width, offset, rest = None, x, 1, 0, patch
+        while rest:
+            if rest & 1:
+                piece = part.narrow(dim, offset, n)
+                out = piece if out is None else out + piece
+                offset += width
+            rest >>= 1
+            if rest:
+                m = part.shape[dim] - width
+                part = part.narrow(dim, 0, m) + part.narrow(dim, width, m)
+                width *= 2
+        x = out
+    return x / patch ** 2
+
+
+def _wsum(x: Tensor) -> Tensor:
+    return x.sum(dim=(1, 2, 3))
+
+
+def _centre(x: Tensor, w: Tensor):
+    """``(x~, Var_w(x))`` per batch item; rounding-level (constant) images give exactly zero."""
+    mass = _wsum(w)
+    mean = _wsum(w * x) / mass
+    xc = x - mean.view(-1, 1, 1, 1)
+    var = _wsum(w * xc * xc) / mass
+    tol = 16 * torch.finfo(x.dtype).eps
+    live = (var > tol ** 2 * (_wsum(w * x * x) / mass)).to(x.dtype)
+    return xc * live.view(-1, 1, 1, 1), var * live
+
+
+def _ncc(a: Tensor, b: Tensor, w: Tensor, eps: float) -> Tensor:
+    ac, va = _centre(a, w)
+    bc, vb = _centre(b, w)
+    cov = _wsum(w * ac * bc) / _wsum(w)
+    return cov / torch.sqrt(va * vb + eps ** 2)
+
+
+def _standardise(x: Tensor, w: Tensor) -> Tensor:
+    xc, var = _centre(x, w)
+    return xc * torch.rsqrt(torch.where(var > 0, var, torch.ones_like(var))).view(-1, 1, 1, 1)
+
+
+def _patch_ncc(a: Tensor, b: Tensor, w: Tensor, patch: int, eps: float) -> Tensor:
+    a, b = _standardise(a, w), _standardise(b, w)
+    a, b, w = torch.broadcast_tensors(a, b, w)
+    # one box filter for all six (zero-padded: outside the image counts as weight 0)
+    stats = _box(torch.cat([w, w * a, w * b, w * a * a, w * b * b, w * a * b], dim=1), patch)
+    mass, sa, sb, saa, sbb, sab = stats.split(1, dim=1)
+    valid = mass > 1e-6
+    m = torch.where(valid, mass, torch.ones_like(mass))
+    ma, mb = sa / m, sb / m
+    va = (saa / m - ma * ma).clamp_min(0)
+    vb = (sbb / m - mb * mb).clamp_min(0)
+    cov = sab / m - ma * mb
+    t = va * vb
+    tol = 16 * torch.finfo(a.dtype).eps  # rounding floor of v = E[x^2] - mu^2: tol * E[x^2]
+    floor = eps ** 2 + tol ** 2 * (va + ma * ma) * (vb + mb * mb)
+    local = cov / torch.sqrt(t + floor)
+    weight = torch.where(valid, mass, torch.zeros_like(mass)) * t / (t + floor)
+    return _wsum(weight * local) / _wsum(weight).clamp_min(torch.finfo(a.dtype).tiny)
+
+
+# ------------------------------------------------------------------------------ similarities
+def ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """Weighted Pearson correlation ``Cov_w(a, b) / sqrt(Var_w(a) Var_w(b) + eps^2)``.
+
+    Args: a, b: ``(B, 1, H, W)`` (batch 1 broadcasts); mask: ``(B|1, 1, H, W)``, weights in [0, 1].
+    Returns: ``(B,)`` in [-1, 1]; 1 for ``b = alpha a + beta`` (alpha > 0), -1 for alpha < 0.
+    """
+    a, b, w = _prepare(a, b, mask)
+    return _ncc(a, b, w, eps)
+
+
+def gradient_correlation(a: Tensor, b: Tensor, mask: Tensor | None = None,
+                         eps: float = 1e-8) -> Tensor:
+    """Gradient correlation (Penney et al. 1998): ``0.5 (NCC_w'(a_x, b_x) + NCC_w'(a_y, b_y))``.
+
+    ``a_x, a_y`` are the 3x3 Sobel gradients (see ``_sobel``) on the valid interior
+    ``(H-2, W-2)``: no padding, so no border artefacts. The mask is shrunk to the Sobel stencil,
+    ``w'(p) = w(p) [w > 0 on all of p's 3x3 neighbourhood]``, so a pixel outside the mask cannot
+    leak in through a neighbour's gradient. NCC is ``ncc`` above (weighted, mean-centred).
+
+    Args / Returns: as ``ncc``. Needs H, W >= 3 and a non-empty shrunk mask.
+    """
+    a, b, w = _prepare(a, b, mask, stencil=True)
+    (ax, ay), (bx, by) = _sobel(a), _sobel(b)
+    return 0.5 * (_ncc(ax, bx, w, eps) + _ncc(ay, by, w, eps))
+
+
+def patch_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patch: int = 11,
+              eps: float = 1e-6) -> Tensor:
+    """Weighted mean of local (patch x patch, centred at every pixel) NCCs.
+
+    Each image is first standardised globally, ``x <- x~ / sqrt(Var_w(x))`` (exact for NCC; it
+    removes float32 cancellation and makes ``eps`` relative to each image's contrast). With
+    ``box`` the mean over the window (zero-padded: outside the image counts as weight 0):
+    ``M = box(w)``, ``mu_a = box(w a) / M``, ``v_a = box(w a^2) / M - mu_a^2``,
+    ``c = box(w a b) / M - mu_a mu_b``, ``t = v_a v_b``, ``r = c / sqrt(t + f)``;
+    value ``= sum(omega r) / sum(omega)`` with ``omega = M [M > 1e-6] t / (t + f)``: local mask
+    mass times local variance presence, so windows with no mask weight or a flat image in them
+    drop out; 0 when no window has any (e.g. a constant image). The floor is
+    ``f = eps^2 + (16 eps_mach)^2 box(w a^2)/M box(w b^2)/M``: the second term (negligible in
+    float64) keeps float32 rounding noise in ``v`` from counting as local contrast.
+
+    Args: as ``ncc``; patch: odd window side >= 3 (pixels). Returns: ``(B,)``.
+    """
+    a, b, w = _prepare(a, b, mask)
+    return _patch_ncc(a, b, w, _check_patch(patch), eps)
+
+
+def multiscale_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patches=(5, 11, 23),
+                   eps: float = 1e-6) -> Tensor:
+    """``(ncc(a, b) + sum_p patch_ncc(a, b, patch=p)) / (1 + len(patches))`` (``eps``: the patches').
+
+    Args: as ``ncc``; patches: odd window sides >= 3. Returns: ``(B,)``.
+    """
+    a, b, w = _prepare(a, b, mask)
+    if isinstance(patches, int) or len(patches) == 0:
+        raise FluoroRegError(f"patches={patches!r} is not a non-empty sequence of odd sizes; "
+                             "use e.g. (5, 11, 23)")
+    total = _ncc(a, b, w, 1e-8)
+    for p in patches:
+        total = total + _patch_ncc(a, b, w, _check_patch(p), eps)
+    return total / (1 + len(patches))
+
+
+def patch_gradient_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patch: int = 11,
+                       eps: float = 1e-6) -> Tensor:
+    """Patch NCC of the Sobel gradient images (xReg's "grad-NCC", patch-wise):
+    ``0.5 (patch_ncc_w'(a_x, b_x) + patch_ncc_w'(a_y, b_y))`` on the valid interior with the
+    Sobel-shrunk mask ``w'`` exactly as in ``gradient_correlation``.
+
+    Args: as ``patch_ncc``. Returns: ``(B,)``.
+    """
+    a, b, w = _prepare(a, b, mask, stencil=True)
+    patch = _check_patch(patch)
+    (ax, ay), (bx, by) = _sobel(a), _sobel(b)
+    return 0.5 * (_patch_ncc(ax, bx, w, patch, eps) + _patch_ncc(ay, by, w, patch, eps))
+
+
+# ------------------------------------------------------------------------------------ losses
+def _as_loss(similarity, name: str):
+    @functools.wraps(similarity)  # same signature (a, b, mask=None, ...)
+    def loss(*args, **kwargs) -> Tensor:
+        return 1 - similarity(*args, **kwargs)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = f"``1 - {similarity.__name__}(a, b, mask, ...)``: ``(B,)`` loss to minimise."
+    return loss
+
+
+ncc_loss = _as_loss(ncc, "ncc_loss")
+gcc_loss = _as_loss(gradient_correlation, "gcc_loss")
+patch_ncc_loss = _as_loss(patch_ncc, "patch_ncc_loss")
+multiscale_ncc_loss = _as_loss(multiscale_ncc, "multiscale_ncc_loss")
+patch_gradient_ncc_loss = _as_loss(patch_gradient_ncc, "patch_gradient_ncc_loss")
+
+SIMILARITIES = {"gcc": gcc_loss, "ncc": ncc_loss, "patch-ncc": patch_ncc_loss,
+                "multiscale-ncc": multiscale_ncc_loss, "patch-gncc": patch_gradient_ncc_loss}
+
+
+def get_similarity(name: str):
+    """The loss registered as ``name`` (case and ``_`` / ``-`` do not matter)."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in SIMILARITIES:
+        close = difflib.get_close_matches(key, SIMILARITIES, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise FluoroRegError(f"unknown similarity '{name}'; {hint}"
+                             f"choose one of {', '.join(SIMILARITIES)}")
+    return SIMILARITIES[key]
+
+
+class Similarity(torch.nn.Module):
+    """``Similarity(name, **options)(rendered, frame, mask=None)`` -> ``(B,)`` loss, 1 - similarity.
+
+    ``options`` are the named loss's keyword arguments (e.g. ``patch=11``), checked here.
+    """
+
+    def __init__(self, name: str = "gcc", **kwargs):
+        super().__init__()
+        self.fn = get_similarity(name)
+        self.name = str(name).strip().lower().replace("_", "-")
+        options = [p for p in inspect.signature(self.fn).parameters if p not in ("a", "b", "mask")]
+        unknown = sorted(set(kwargs) - set(options))
+        if unknown:
+            raise FluoroRegError(f"similarity '{self.name}' has no option(s) {unknown}; "
+                                 f"its options are {options}")
+        self.kwargs = kwargs
+
+    def forward(self, rendered: Tensor, frame: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.fn(rendered, frame, mask=mask, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join([repr(self.name)] + [f"{k}={v!r}" for k, v in self.kwargs.items()])

@@ -1,0 +1,126 @@
+"""Registration: optimisers on known functions, the pipeline recovering a known pose, the command."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from FluoroRegistrationLib import FluoroRegError
+from FluoroRegistrationLib.cli import main
+from FluoroRegistrationLib.files import write_poses
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view
+from FluoroRegistrationLib.phantom import make_knee_phantom
+from FluoroRegistrationLib.register import (
+    Cancelled, RegistrationOptions, adam_refine, pose_errors, register, simulated_annealing)
+from FluoroRegistrationLib.render import project_label, render
+from FluoroRegistrationLib.volume import ImageVolume, bone_volumes, whole_volume
+
+F64 = torch.float64
+TARGET = torch.tensor([0.1, -0.2, 0.05, 3.0, -4.0, 6.0], dtype=F64)
+
+
+def bowl(x):  # (B, 6) -> (B,), minimum 0 at TARGET, with a weak direction (the last axis)
+    w = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.05], dtype=F64)
+    return ((x - TARGET) ** 2 * w).sum(-1)
+
+
+def test_simulated_annealing_finds_the_basin_and_is_reproducible():
+    ranges = torch.tensor([0.3] * 3 + [10.0] * 3, dtype=F64)
+    runs = [simulated_annealing(bowl, torch.zeros(6, dtype=F64), ranges, torch.Generator().manual_seed(1),
+                                steps=40, candidates=32) for _ in range(2)]
+    (x, loss, log), (x2, _, _) = runs
+    assert torch.equal(x, x2)
+    assert loss < bowl(torch.zeros(1, 6, dtype=F64))[0] * 0.1
+    assert log.iterations == 40 and log.losses[-1] == loss and log.stop_reason
+
+
+def test_adam_converges_and_stops_on_plateau():
+    scales = torch.ones(6, dtype=F64)
+    x, loss, log = adam_refine(bowl, torch.zeros(6, dtype=F64), scales, iterations=400, lr=0.5, lr_end=0.01)
+    assert torch.allclose(x[:5], TARGET[:5], atol=0.05) and loss < 0.05
+    assert "plateau" in log.stop_reason or log.iterations == 400
+
+
+@pytest.fixture(scope="module")
+def scene():
+    ph = make_knee_phantom(spacing_mm=2.0, flexion_deg=20.0, seed=0)
+    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
+    labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
+    bones = bone_volumes(ct, labels, ph.label_names, ["femur"])
+    camera = Camera(1000.0, 128, 128, 2.0, 2.0)
+    truth = lateral_view(ph.knee_centre_mm, 700.0)
+    with torch.no_grad():
+        frame = render(whole_volume(ct), camera, truth.float(), "exact", interpolation="nearest")
+        mask = project_label(bones["femur"], camera, truth.float())[0, 0] > 0.5
+    return bones, camera, truth, frame, mask
+
+
+def test_registration_recovers_a_known_pose_with_a_mask(scene):
+    bones, camera, truth, frame, mask = scene
+    par = CentredParameterization(bones["femur"].centroid, truth)
+    start = par.pose(torch.tensor([math.radians(3), math.radians(-2), math.radians(4), 4.0, -3.0, 5.0], dtype=F64))
+    calls = []
+    options = RegistrationOptions(global_search=False, levels=(64, 128), iterations=(60, 60))
+    result = register(bones, frame, camera, {"femur": start}, masks={"femur": mask}, options=options,
+                      progress=lambda *a: calls.append(a))
+    femur = result.bones["femur"]
+    before = pose_errors(start, truth, bones["femur"].centroid, bones["femur"].points)
+    after = pose_errors(femur.camera_from_volume, truth, bones["femur"].centroid, bones["femur"].points)
+    assert after["in_plane_mm"] < 0.5 and after["rotation_deg"] < 1.5 and after["mtre_mm"] < 0.5 * before["mtre_mm"]
+    assert femur.iterations == len(femur.loss_history) and femur.similarity > 0.5 and femur.stop_reason
+    assert len(calls) == femur.iterations and calls[0][0].startswith("femur: refine")
+    assert set(femur.to_dict()) >= {"camera_from_volume", "similarity", "iterations", "seconds", "stop_reason"}
+
+
+def test_cancel_stops_the_registration(scene):
+    bones, camera, truth, frame, mask = scene
+    with pytest.raises(Cancelled):
+        register(bones, frame, camera, {"femur": truth}, options=RegistrationOptions(global_search=False),
+                 cancel=lambda: True)
+
+
+def test_bad_registration_inputs(scene):
+    bones, camera, truth, frame, mask = scene
+    behind = truth.clone()
+    behind[2, 3] = -100.0
+    with pytest.raises(FluoroRegError, match="behind"):
+        register(bones, frame, camera, {"femur": behind})
+    aside = truth.clone()
+    aside[0, 3] += 400.0
+    with pytest.raises(FluoroRegError, match="outside the field of view"):
+        register(bones, frame, camera, {"femur": aside})
+    with pytest.raises(FluoroRegError, match="no initial pose for femur"):
+        register(bones, frame, camera, {})
+    with pytest.raises(FluoroRegError, match="frame is 64x64 pixels but the calibration says 128x128"):
+        register(bones, frame[..., :64, :64], camera, {"femur": truth})
+    with pytest.raises(FluoroRegError, match="mask given for tibia"):
+        register(bones, frame, camera, {"femur": truth}, masks={"tibia": mask})
+
+
+def test_register_command(scene, tmp_path, capsys):
+    bones, camera, truth, frame, mask = scene
+    ph_dir = tmp_path / "knee"
+    assert main(["phantom", "--out", str(ph_dir), "--spacing", "2", "--flexion", "20"]) == 0
+    np.save(tmp_path / "frame.npy", frame[0, 0].numpy())
+    camera.to_json(tmp_path / "calib.json")
+    par = CentredParameterization(bones["femur"].centroid, truth)
+    write_poses(tmp_path / "init.json", {"femur": par.pose(torch.tensor([0, 0, 0.05, 3.0, -2.0, 0], dtype=F64))})
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray((mask.numpy() * 255).astype(np.uint8)), str(tmp_path / "mask.png"))
+    code = main(["register", "--ct", str(ph_dir / "ct.nii.gz"), "--labels", str(ph_dir / "labels.nii.gz"),
+                 "--bone", "femur", "--frame", str(tmp_path / "frame.npy"), "--calib", str(tmp_path / "calib.json"),
+                 "--init", str(tmp_path / "init.json"), "--mask", f"femur={tmp_path / 'mask.png'}",
+                 "--polarity", "bone-bright", "--no-global-search", "--out", str(tmp_path / "result.json"),
+                 "--overlay", str(tmp_path / "overlay.png")])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "result.json").read_text())
+    T = torch.tensor(result["femur"]["camera_from_volume"], dtype=F64)
+    err = pose_errors(T, truth, bones["femur"].centroid, bones["femur"].points)
+    assert err["in_plane_mm"] < 1.0 and (tmp_path / "overlay.png").is_file()
+    code = main(["register", "--ct", str(ph_dir / "ct.nii.gz"), "--labels", str(ph_dir / "labels.nii.gz"),
+                 "--bone", "kneecap", "--frame", str(tmp_path / "frame.npy"), "--calib", str(tmp_path / "calib.json"),
+                 "--init", str(tmp_path / "init.json"), "--out", str(tmp_path / "r.json")])
+    assert code == 2 and "kneecap" in capsys.readouterr().err
