@@ -130,7 +130,7 @@ def cmd_register(args) -> None:
     labels = load_labels(args.labels, ct)
     names = read_label_names(args.label_names or _default_label_names(args.labels))
     wanted = [b.strip() for b in args.bone.split(",") if b.strip()]
-    bones = bone_volumes(ct, labels, names, wanted)
+    bones = bone_volumes(ct, labels, names, wanted, dilate=1)  # draw the partial-volume rim too
     init = read_poses(args.init)
     missing = [b for b in wanted if b not in init]
     if missing:

@@ -219,16 +219,24 @@ def _sample_rows(points: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def bone_volume(ct: ImageVolume, labels: ImageVolume, label_id: int, name: str, margin: int = 2,
-                n_points: int = 4096, mu_water: float = MU_WATER_PER_MM, dtype=torch.float32) -> RenderVolume:
+                n_points: int = 4096, mu_water: float = MU_WATER_PER_MM, dtype=torch.float32,
+                dilate: int = 0) -> RenderVolume:
     """The crop of one label: attenuation inside the label, zero outside, box plus ``margin`` voxels.
 
-    Raises FluoroRegError if the label id is not present in the labelmap.
+    ``dilate`` grows the rendered region by that many voxels (not into other labels), so the bone's
+    partial-volume rim, which a tight segmentation leaves out, is drawn too; the centroid and the
+    point samples stay those of the label itself. Raises FluoroRegError if the label id is absent.
     """
-    mask = labels.array == label_id
-    if not mask.any():
+    label = labels.array == label_id
+    if not label.any():
         present = sorted(int(v) for v in np.unique(labels.array) if v != 0)
         raise FluoroRegError(
             f"label {name}={label_id} is not in labelmap {labels.path} (ids present: {present}); fix the label names")
+    mask = label
+    if dilate > 0:
+        from scipy import ndimage
+
+        mask = ndimage.binary_dilation(label, iterations=dilate) & ((labels.array == 0) | label)
     ks, js, is_ = np.nonzero(mask)
     lo = np.array([ks.min(), js.min(), is_.min()]) - margin
     hi = np.array([ks.max(), js.max(), is_.max()]) + margin + 1
@@ -238,13 +246,14 @@ def bone_volume(ct: ImageVolume, labels: ImageVolume, label_id: int, name: str, 
     mu = np.where(mask[sl], hu_to_mu(ct.array[sl], mu_water), 0.0).astype(np.float32)
     pad = [(int(a - b), int(c - d)) for a, b, c, d in zip(clo, lo, hi, chi)]
     mu = np.pad(mu, pad)
-    inside = np.pad(mask[sl], pad)
+    inside = np.pad(label[sl], pad)
     shift = np.eye(4)
     shift[:3, 3] = lo[::-1]  # (i0, j0, k0)
     affine = ct.volume_from_index @ shift
+    ks, js, is_ = np.nonzero(label)
     index_points = np.stack([is_, js, ks, np.ones_like(is_)], 1).astype(np.float64)
     points = (index_points @ ct.volume_from_index.T)[:, :3]
-    surface = _surface_points(mask, ct.volume_from_index)
+    surface = _surface_points(label, ct.volume_from_index)
     return RenderVolume(
         mu=torch.from_numpy(mu).to(dtype), volume_from_index=torch.from_numpy(affine), name=name,
         centroid=torch.from_numpy(points.mean(0)), points=torch.from_numpy(_sample_rows(points, n_points, label_id)),

@@ -88,7 +88,7 @@ def simulated_annealing(objective, x0: torch.Tensor, ranges: torch.Tensor, gener
 
 def adam_refine(objective, x0: torch.Tensor, scales: torch.Tensor, iterations: int = 80, lr: float = 0.6,
                 lr_end: float = 0.05, patience: int = 12, tolerance: float = 1e-5, betas=(0.9, 0.999),
-                report=None, name: str = "refine") -> tuple[torch.Tensor, float, StageLog]:
+                bounds: tuple | None = None, report=None, name: str = "refine") -> tuple[torch.Tensor, float, StageLog]:
     """Adam on ``x / scales`` with one second moment shared by all six parameters, a cosine
     learning-rate schedule and an early stop on plateau.
 
@@ -102,10 +102,12 @@ def adam_refine(objective, x0: torch.Tensor, scales: torch.Tensor, iterations: i
     Args:
         objective: (1, 6) -> (1,) differentiable loss.
         x0: (6,) start; scales: (6,) units of one optimiser step (e.g. 1 deg in rad, 1 mm).
+        bounds: optional (low (6,), high (6,)) box in x that every step is projected back into.
     """
     log = StageLog(name)
     t0 = time.perf_counter()
     z = (x0 / scales).clone().requires_grad_()
+    lo, hi = (None, None) if bounds is None else (bounds[0] / scales, bounds[1] / scales)
     m = torch.zeros_like(z)
     v = torch.zeros((), dtype=z.dtype)
     b1, b2 = betas
@@ -133,5 +135,7 @@ def adam_refine(objective, x0: torch.Tensor, scales: torch.Tensor, iterations: i
             m_hat = m / (1 - b1 ** (it + 1))
             v_hat = v / (1 - b2 ** (it + 1))
             z -= step_lr * m_hat / (v_hat.sqrt() + 1e-12)
+            if lo is not None:
+                z.copy_(torch.maximum(torch.minimum(z, hi), lo))
     log.seconds = time.perf_counter() - t0
     return (best_z * scales).detach(), best_loss, log

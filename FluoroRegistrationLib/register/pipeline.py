@@ -32,7 +32,8 @@ class RegistrationOptions:
 
     similarity: str = "gcc"
     global_search: bool = True
-    search_range_mm: float = 20.0  # half-width of the global search box, each translation axis
+    search_range_mm: float = 20.0  # half-width of the global search box, in-plane translation axes
+    search_range_depth_mm: float = 0.0  # half-width along the beam (0: depth left to the refinement)
     search_range_deg: float = 15.0  # half-width of the global search box, each rotation axis
     search_level: int = 64  # detector size (longest side) of the global search
     search_steps: int = 30
@@ -40,8 +41,10 @@ class RegistrationOptions:
     levels: tuple = (64, 128, 256)  # detector sizes (longest side) of the refinement pyramid
     iterations: tuple = (60, 50, 40)  # Adam iterations at each level
     learning_rate: float = 0.6  # in units of one step: 1 deg (rotations) and 1 mm (translations)
-    rotation_step_deg: float = 1.0
-    translation_step_mm: float = 1.0
+    rotation_step_deg: float = 1.0  # in-plane rotation (about the beam)
+    out_of_plane_rotation_step_deg: float = 2.0  # rotations about the camera's x and y axes
+    translation_step_mm: float = 1.0  # in-plane translation
+    depth_step_mm: float = 4.0  # translation along the beam (weakly seen in one view: larger unit)
     mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size
     seed: int = 0
     device: str | None = None
@@ -149,8 +152,8 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
     par = CentredParameterization(bone.centroid.to(torch.float64), initial)
     generator = torch.Generator().manual_seed(options.seed)
     deg = math.pi / 180
-    scales = torch.tensor([options.rotation_step_deg * deg] * 3 + [options.translation_step_mm] * 3,
-                          dtype=torch.float64)
+    scales = torch.tensor([options.out_of_plane_rotation_step_deg * deg] * 2 + [options.rotation_step_deg * deg]
+                          + [options.translation_step_mm] * 2 + [options.depth_step_mm], dtype=torch.float64)
 
     def report(stage, iteration, loss, x):
         if cancel is not None and cancel():
@@ -166,16 +169,19 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
 
     x = torch.zeros(6, dtype=torch.float64)
     stages: list[StageLog] = []
+    # the refinement stays inside the search box around the initial pose (depth: the in-plane range),
+    # so a weakly constrained parameter cannot run away
+    box = torch.tensor([options.search_range_deg * deg] * 3 + [options.search_range_mm] * 3, dtype=torch.float64)
     if options.global_search:
-        ranges = torch.tensor([options.search_range_deg * deg] * 3 + [options.search_range_mm] * 3,
-                              dtype=torch.float64)
+        ranges = torch.tensor([options.search_range_deg * deg] * 3 + [options.search_range_mm] * 2
+                              + [options.search_range_depth_mm], dtype=torch.float64)
         x, _, log = simulated_annealing(objective_at(options.search_level), x, ranges, generator,
                                         steps=options.search_steps, candidates=options.search_candidates,
                                         report=report)
         stages.append(log)
     for longest, iterations in zip(options.levels, options.iterations):
         x, _, log = adam_refine(objective_at(longest), x, scales, iterations=iterations, lr=options.learning_rate,
-                                report=report, name=f"refine {longest}px")
+                                bounds=(-box, box), report=report, name=f"refine {longest}px")
         stages.append(log)
     with torch.no_grad():
         final_loss = float(objective_at(max(options.levels))(x[None])[0])
