@@ -127,3 +127,23 @@ def test_register_command(scene, tmp_path, capsys):
                  "--bone", "kneecap", "--frame", str(tmp_path / "frame.npy"), "--calib", str(tmp_path / "calib.json"),
                  "--init", str(tmp_path / "init.json"), "--out", str(tmp_path / "r.json")])
     assert code == 2 and "kneecap" in capsys.readouterr().err
+
+
+def test_distortion_in_the_calibration_is_undone_before_registering(tmp_path):
+    from FluoroRegistrationLib.simulate.detector import distort_image
+
+    cam = Camera(1000.0, 64, 64, 2.0, 2.0, u0=30.0, v0=34.0, distortion_k=0.04)
+    cam.to_json(tmp_path / "c.json")
+    back = Camera.from_json(tmp_path / "c.json")
+    assert back == cam and json.loads((tmp_path / "c.json").read_text())["distortion"]["k"] == 0.04
+    assert cam.resized(32, 32).distortion_k == 0.04
+    y, x = torch.meshgrid(torch.arange(64.0, dtype=F64), torch.arange(64.0, dtype=F64), indexing="ij")
+    image = torch.exp(-((x - 50) ** 2 + (y - 12) ** 2) / 18.0)
+    distorted = distort_image(image, cam.distortion_k, (cam.u0, cam.v0))
+    restored = distort_image(distorted, cam.distortion_k, (cam.u0, cam.v0), inverse=True)
+
+    def centroid(img):
+        return torch.stack([(img * x).sum(), (img * y).sum()]) / img.sum()
+
+    assert (centroid(distorted) - centroid(image)).norm() > 0.5  # the pincushion moved the blob outwards
+    assert (centroid(restored) - centroid(image)).norm() < 0.1  # and undistorting brings it back

@@ -28,6 +28,9 @@ class Camera:
         rows, cols: detector size in pixels (H, W).
         row_spacing_mm, col_spacing_mm: pixel pitch on the detector (mm).
         u0, v0: principal point in pixels (column, row); defaults to the image centre.
+        distortion_k: image-intensifier pincushion of the frames, ``r_d = r_u (1 + k r_u^2)`` about
+            the principal point, ``r`` in units of the half-diagonal (from a grid calibration);
+            0 for flat-panel detectors. Registration undistorts frames with it.
     """
 
     sdd_mm: float
@@ -37,6 +40,7 @@ class Camera:
     col_spacing_mm: float
     u0: float | None = None
     v0: float | None = None
+    distortion_k: float = 0.0
 
     def __post_init__(self):
         for name in ("sdd_mm", "row_spacing_mm", "col_spacing_mm"):
@@ -123,12 +127,15 @@ class Camera:
 
     # ----------------------------------------------------------------- files
     def to_dict(self) -> dict:
-        """The calibration as CONVENTIONS.md's JSON object."""
-        return {
+        """The calibration as CONVENTIONS.md's JSON object (plus ``distortion`` when it is non-zero)."""
+        out = {
             "sdd_mm": self.sdd_mm, "rows": self.rows, "cols": self.cols,
             "row_spacing_mm": self.row_spacing_mm, "col_spacing_mm": self.col_spacing_mm,
             "principal_point": {"col": self.u0, "row": self.v0},
         }
+        if self.distortion_k:
+            out["distortion"] = {"model": "radial", "k": self.distortion_k}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "calibration") -> "Camera":
@@ -144,6 +151,7 @@ class Camera:
                 row_spacing_mm=float(data["row_spacing_mm"]), col_spacing_mm=float(data["col_spacing_mm"]),
                 u0=None if pp.get("col") is None else float(pp["col"]),
                 v0=None if pp.get("row") is None else float(pp["row"]),
+                distortion_k=float((data.get("distortion") or {}).get("k", 0.0)),
             )
         except (TypeError, ValueError) as err:
             if isinstance(err, FluoroRegError):

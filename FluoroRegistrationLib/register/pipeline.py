@@ -215,6 +215,18 @@ def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera
     if not torch.isfinite(frame).all():
         raise FluoroRegError("the frame contains NaN or infinite values; fix or crop the frame")
     masks = {b: _as_image(m, f"mask of {b}") for b, m in (masks or {}).items()}
+    if camera.distortion_k:  # undo the image intensifier's pincushion before comparing with DRRs
+        from dataclasses import replace
+
+        from ..simulate.detector import distort_image
+
+        def undistort(img):
+            return distort_image(img, camera.distortion_k, (camera.u0, camera.v0), inverse=True)
+
+        frame = undistort(frame)
+        masks = {b: undistort(m) for b, m in masks.items()}
+        field = None if field is None else undistort(field.float()) > 0.5
+        camera = replace(camera, distortion_k=0.0)
     unknown = [b for b in masks if b not in bones]
     if unknown:
         raise FluoroRegError(f"mask given for {', '.join(unknown)} but no such bone is registered ({', '.join(bones)})")

@@ -226,9 +226,11 @@ def undistort_points(uv: torch.Tensor, k: float, centre: Sequence[float],
 
 
 def distort_image(image: torch.Tensor, k: float, centre: Optional[Sequence[float]] = None,
-                  half_diagonal_px: Optional[float] = None) -> torch.Tensor:
+                  half_diagonal_px: Optional[float] = None, inverse: bool = False) -> torch.Tensor:
     """Resample ``(..., H, W)`` so that the output pixel at a distorted position shows the content of
     its undistorted position (bilinear; positions outside the input take the edge value).
+    ``inverse=True`` undoes it: the output pixel at an undistorted position shows the input at its
+    distorted position (what a registration does to a distorted frame).
     ``centre`` defaults to the image centre, ``half_diagonal_px`` to :func:`half_diagonal`."""
     if k == 0:
         return image
@@ -237,7 +239,7 @@ def distort_image(image: torch.Tensor, k: float, centre: Optional[Sequence[float
     R = half_diagonal(H, W) if half_diagonal_px is None else half_diagonal_px
     v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64, device=image.device),
                           torch.arange(W, dtype=torch.float64, device=image.device), indexing="ij")
-    src = undistort_points(torch.stack([u, v], -1), k, centre, R)
+    src = (distort_points if inverse else undistort_points)(torch.stack([u, v], -1), k, centre, R)
     grid = torch.stack([2 * src[..., 0] / max(W - 1, 1) - 1, 2 * src[..., 1] / max(H - 1, 1) - 1], -1)
     x = image.reshape(-1, 1, H, W)
     grid = grid.to(x.dtype).unsqueeze(0).expand(x.shape[0], H, W, 2)

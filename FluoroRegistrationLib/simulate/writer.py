@@ -16,6 +16,7 @@ Layout of ``out``:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,8 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     sim = FrameSimulator(ct, labels, names, realism, interpolation=interpolation)
     centre = knee_centre(ct, labels, names)
     generator = torch.Generator().manual_seed(seed)
+    # the nominal calibration knows the intensifier's distortion (as a grid calibration would)
+    camera = replace(camera, distortion_k=sim.realism.detector.distortion_k)
     true_camera = sim.true_camera(camera, generator)
     camera.to_json(out / "calib.json")
     true_camera.to_json(out / "calib_true.json")
