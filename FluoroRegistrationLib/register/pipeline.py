@@ -146,6 +146,7 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
     options = options or RegistrationOptions()
     loss_fn = get_similarity(options.similarity)
     camera.check_frame(frame.shape[-2], frame.shape[-1])
+    camera, frame, mask, field = _undistort(camera, frame, mask, field)
     initial = initial.to(torch.float64)
     _check_in_view(bone, camera, initial)
     t0 = time.perf_counter()
@@ -215,18 +216,6 @@ def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera
     if not torch.isfinite(frame).all():
         raise FluoroRegError("the frame contains NaN or infinite values; fix or crop the frame")
     masks = {b: _as_image(m, f"mask of {b}") for b, m in (masks or {}).items()}
-    if camera.distortion_k:  # undo the image intensifier's pincushion before comparing with DRRs
-        from dataclasses import replace
-
-        from ..simulate.detector import distort_image
-
-        def undistort(img):
-            return distort_image(img, camera.distortion_k, (camera.u0, camera.v0), inverse=True)
-
-        frame = undistort(frame)
-        masks = {b: undistort(m) for b, m in masks.items()}
-        field = None if field is None else undistort(field.float()) > 0.5
-        camera = replace(camera, distortion_k=0.0)
     unknown = [b for b in masks if b not in bones]
     if unknown:
         raise FluoroRegError(f"mask given for {', '.join(unknown)} but no such bone is registered ({', '.join(bones)})")
@@ -242,6 +231,23 @@ def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera
                                            options, bone_progress, cancel)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _undistort(camera: Camera, frame, mask, field):
+    """Undo the image intensifier's pincushion (``camera.distortion_k``) on the frame, mask and field,
+    and return the camera without distortion: DRRs are rendered by an ideal pinhole."""
+    if not camera.distortion_k:
+        return camera, frame, mask, field
+    from dataclasses import replace
+
+    from ..simulate.detector import distort_image
+
+    def undo(img):
+        return distort_image(img, camera.distortion_k, (camera.u0, camera.v0), inverse=True)
+
+    mask = None if mask is None else undo(mask.float())
+    field = None if field is None else undo(field.float()) > 0.5
+    return replace(camera, distortion_k=0.0), undo(frame), mask, field
 
 
 def _as_image(x, what: str) -> torch.Tensor:
