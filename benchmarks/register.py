@@ -113,6 +113,7 @@ def main(argv=None):
     parser.add_argument("--calibration", choices=["nominal", "true"], default="nominal",
                         help="register with the nominal calibration (as a user would) or the simulated one")
     parser.add_argument("--depth-step", type=float, default=None, help="optimiser unit along the beam (mm)")
+    parser.add_argument("--similarity", default="gcc", help="gcc, ncc, patch-ncc, multiscale-ncc, patch-gncc")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the table (Markdown) here")
     args = parser.parse_args(argv)
@@ -122,13 +123,14 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     mm, deg = (float(v) for v in args.offset.split(","))
-    options = RegistrationOptions(global_search=not args.no_global_search, seed=args.seed)
+    options = RegistrationOptions(global_search=not args.no_global_search, seed=args.seed,
+                                  similarity=args.similarity)
     if args.depth_step:
         options.depth_step_mm = args.depth_step
     rows, summary = run(args.frames, args.realism, (mm, deg), args.seed, options=options, sim_dir=args.sim_dir,
                         calibration=args.calibration)
     text = table(summary, f"Registration benchmark: {args.frames} simulated frames ({args.realism} realism, "
-                          f"{args.calibration} calibration), starts up to {mm:g} mm / {deg:g} deg per axis, global search "
+                          f"{args.calibration} calibration, {args.similarity}), starts up to {mm:g} mm / {deg:g} deg per axis, global search "
                           f"{'off' if args.no_global_search else 'on'}, {args.threads} threads")
     print(text)
     if args.out:
