@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="initial poses JSON (one camera_from_volume per bone)")
     p.add_argument("--mask", action="append", help="bone=mask.png: the bone's 2D region (repeatable)")
     p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
-    p.add_argument("--similarity", default="gcc", help="gcc, ncc, patch-ncc, multiscale-ncc, patch-gncc")
+    p.add_argument("--similarity", default="patch-gncc", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
     p.add_argument("--range", default="20,15", help="global search half-widths: mm,deg (default 20,15)")
     p.add_argument("--no-global-search", action="store_true", help="refine from the initial pose only")
     p.add_argument("--seed", type=int, default=0)

@@ -113,7 +113,7 @@ def main(argv=None):
     parser.add_argument("--calibration", choices=["nominal", "true"], default="nominal",
                         help="register with the nominal calibration (as a user would) or the simulated one")
     parser.add_argument("--depth-step", type=float, default=None, help="optimiser unit along the beam (mm)")
-    parser.add_argument("--similarity", default="gcc", help="gcc, ncc, patch-ncc, multiscale-ncc, patch-gncc")
+    parser.add_argument("--similarity", default="patch-gncc", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the table (Markdown) here")
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from .optimize import Cancelled, StageLog, adam_refine, simulated_annealing
 class RegistrationOptions:
     """Settings of :func:`register` (units in the names; angles in degrees here, as a person sets them)."""
 
-    similarity: str = "gcc"
+    similarity: str = "patch-gncc"  # patch gradient-NCC: measured best (benchmarks/REGISTER_RESULTS.md); "gcc" = the study
     global_search: bool = True
     search_range_mm: float = 20.0  # half-width of the global search box, in-plane translation axes
     search_range_depth_mm: float = 0.0  # half-width along the beam (0: depth left to the refinement)
