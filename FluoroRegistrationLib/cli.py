@@ -170,6 +170,10 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     run_demo(args.out, spacing_mm=args.spacing)
+    if not args.no_register:
+        from .demo_register import run_register_demo
+
+        run_register_demo(args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the built-in example: phantom, C-arm, DRRs and pictures")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--spacing", type=float, default=1.0)
+    p.add_argument("--no-register", action="store_true", help="only the DRR part (no simulated registration)")
     p.set_defaults(func=cmd_demo)
     return parser
 
