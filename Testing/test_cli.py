@@ -121,3 +121,15 @@ def test_demo_writes_pictures(tmp_path, capsys):
     assert timings["femur_fast_vs_exact_rel_l2"] < 0.01
     poses = read_poses(tmp_path / "poses.json")
     assert set(poses) == {"volume", "femur", "tibia", "patella", "fibula"}
+
+
+@pytest.mark.slow
+def test_registration_demo_table_and_overlays(tmp_path, capsys):
+    from FluoroRegistrationLib.demo_register import run_register_demo
+
+    rows = run_register_demo(tmp_path)
+    assert {(r["bone"], r["condition"]) for r in rows} == {(b, c) for b in ("femur", "tibia")
+                                                           for c in ("masks", "no masks")}
+    femur = next(r for r in rows if r["bone"] == "femur" and r["condition"] == "masks")
+    assert femur["in_plane_mm"] < 1.0 and femur["mtre_mm"] < femur["start_mtre"]
+    assert (tmp_path / "overlay_masks.png").is_file() and "| femur | masks |" in capsys.readouterr().out
