@@ -113,7 +113,6 @@ def cmd_register(args) -> None:
     import json
     from pathlib import Path
 
-    import numpy as np
     import torch
     from tqdm import tqdm
 

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from FluoroRegistrationLib.cli import main
 from FluoroRegistrationLib.files import read_poses, write_poses

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from analytic import blob_volume, centred_affine
+from analytic import centred_affine
 from FluoroRegistrationLib import FluoroRegError
 from FluoroRegistrationLib.geometry import Camera, CentredParameterization, pose_from_rotvec
 from FluoroRegistrationLib.render import project_label, render

@@ -1,7 +1,6 @@
 """The fluoroscopy simulator: physics, scenes, ground truth, determinism and the command."""
 
 import json
-import math
 from dataclasses import replace
 
 import numpy as np

@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur", "tibia"), options=None,
         sim_dir=None, flexion_range=(0.0, 90.0), calibration="nominal"):
     """Simulate, register, and return (rows, summary); rows: one dict per (frame, bone, condition)."""
-    import numpy as np
     import SimpleITK as sitk
     import torch
     from tqdm import tqdm

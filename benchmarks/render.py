@@ -233,17 +233,17 @@ def main(argv=None):
     bar.close()
 
     report = []
-    print = _Tee(report)  # noqa: A001 - print to the terminal and keep the lines for --out
-    print(f"\nDRR benchmark: knee phantom at {args.spacing:g} mm, lateral view (sdd {DEMO_CAMERA.sdd_mm:g} mm), "
+    say = _Tee(report)  # print to the terminal and keep the lines for --out
+    say(f"\nDRR benchmark: knee phantom at {args.spacing:g} mm, lateral view (sdd {DEMO_CAMERA.sdd_mm:g} mm), "
           f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}\n")
-    print("| volume | detector | poses | renderer | forward ms | fwd+bwd ms | fwd+bwd ms / pose | peak MB | "
+    say("| volume | detector | poses | renderer | forward ms | fwd+bwd ms | fwd+bwd ms / pose | peak MB | "
           "vs exact (rel. L2) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|")
     for volume_name, size, batch, label, fwd, fb, peak, err_text in rows:
         if fwd is None:
-            print(f"| {volume_name} | {size}x{size} | {batch} | {label} | - | - | - | - | {err_text} |")
+            say(f"| {volume_name} | {size}x{size} | {batch} | {label} | - | - | - | - | {err_text} |")
             continue
-        print(f"| {volume_name} | {size}x{size} | {batch} | {label} | {fwd:.1f} | {fb:.1f} | {fb / batch:.1f} | "
+        say(f"| {volume_name} | {size}x{size} | {batch} | {label} | {fwd:.1f} | {fb:.1f} | {fb / batch:.1f} | "
               f"{peak:.0f} | {err_text} |")
     speedups = {}
     for volume_name, size, batch, label, fwd, fb, *_ in rows:
@@ -257,8 +257,8 @@ def main(argv=None):
             lines.append(f"- {key[0]} {key[1]}x{key[1]} B={key[2]}: ours {found['ours']:.1f} ms vs {best} "
                          f"{peer_times[best]:.1f} ms fwd+bwd: {peer_times[best] / found['ours']:.1f}x faster")
     if lines:
-        print("\nSpeed-up over DiffDRR's fastest renderer (forward+backward):")
-        print("\n".join(lines))
+        say("\nSpeed-up over DiffDRR's fastest renderer (forward+backward):")
+        say("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(report) + "\n")
 
@@ -268,9 +268,7 @@ class _Tee:
         self.lines = lines
 
     def __call__(self, text=""):
-        import builtins
-
-        builtins.print(text)
+        print(text)
         self.lines.append(str(text))
 
 

@@ -120,7 +120,7 @@ class _Objective:
         return self.loss_fn(drr, self.frame, self.weights)
 
 
-def _weights(mask, field, size, camera_size, dilation_fraction):
+def _weights(mask, field, size, dilation_fraction):
     """Similarity weights at one level: the dilated bone mask inside the collimated field."""
     w = torch.ones(1, 1, *size) if field is None else (_pool(field.float(), size) > 0.999).float()
     if mask is not None:
@@ -165,8 +165,8 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
     def objective_at(longest):
         size = _level_size(camera, longest)
         cam = camera.resized(*size)
-        return _Objective(bone, cam, par, _pool(frame, size), _weights(mask, field, size, None,
-                                                                      options.mask_dilation_fraction), loss_fn)
+        return _Objective(bone, cam, par, _pool(frame, size),
+                          _weights(mask, field, size, options.mask_dilation_fraction), loss_fn)
 
     x = torch.zeros(6, dtype=torch.float64)
     stages: list[StageLog] = []

@@ -14,10 +14,8 @@ the detector chain (``detector.py``). Realism presets:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import torch
 
 from ..errors import FluoroRegError
@@ -186,8 +184,3 @@ def realism_description(realism: Realism, spectrum: Spectrum) -> dict:
     d["spectrum"] = {"kvp": spectrum.kvp, "filtration_mm_al": spectrum.filtration_mm_al,
                      "mean_energy_kev": round(spectrum.mean_energy_kev, 2)}
     return d
-
-
-def _depth_for(camera: Camera) -> float:
-    """Source-to-knee distance: about 70 % of the sdd, as on a mobile C-arm."""
-    return 0.7 * camera.sdd_mm if math.isfinite(camera.sdd_mm) else 700.0

@@ -26,9 +26,10 @@ from tqdm import tqdm
 from ..files import write_poses
 from ..geometry import Camera
 from ..volume import load_ct, load_labels, read_label_names
-from .frames import FrameSimulator, _depth_for, occlusion_masks, realism_description
+from .frames import FrameSimulator, occlusion_masks, realism_description
 from .scene import femur_pose, knee_centre, knee_poses, sample_knee_states
 
+KNEE_DEPTH_FRACTION = 0.7  # source-to-knee distance / sdd, as on a mobile C-arm
 DEFAULT_CAMERA = Camera(sdd_mm=1000.0, rows=512, cols=512, row_spacing_mm=0.5, col_spacing_mm=0.5)
 
 
@@ -70,7 +71,7 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     all_poses, meta = {}, {}
     for i, state in enumerate(tqdm(states, desc="simulate", unit="frame")):
         key = f"{i:04d}"
-        femur = femur_pose(centre, state, _depth_for(camera))
+        femur = femur_pose(centre, state, KNEE_DEPTH_FRACTION * camera.sdd_mm)
         poses = knee_poses(centre, femur, state.flexion_deg, state.adduction_deg, state.rotation_deg,
                            reference_flexion_deg or 0.0, bones=[p.bone for p in sim.parts])
         result = sim.frame(true_camera, poses, generator)
