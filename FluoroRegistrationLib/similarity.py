@@ -169,10 +169,14 @@ def _standardise(x: Tensor, w: Tensor) -> Tensor:
 
 def _patch_ncc(a: Tensor, b: Tensor, w: Tensor, patch: int, eps: float) -> Tensor:
     a, b = _standardise(a, w), _standardise(b, w)
-    a, b, w = torch.broadcast_tensors(a, b, w)
-    # one box filter for all six (zero-padded: outside the image counts as weight 0)
-    stats = _box(torch.cat([w, w * a, w * b, w * a * a, w * b * b, w * a * b], dim=1), patch)
-    mass, sa, sb, saa, sbb, sab = stats.split(1, dim=1)
+    # box-filtered moments (zero-padded: outside the image counts as weight 0); those of b and w alone
+    # are filtered once, not once per batch item of a (a batch of renders against one frame)
+    wb = w * b
+    w_, wb = torch.broadcast_tensors(w, wb)
+    mass, sb, sbb = _box(torch.cat([w_, wb, wb * b], dim=1), patch).split(1, dim=1)
+    wa = w * a
+    sa, saa, sab = _box(torch.cat(torch.broadcast_tensors(wa, wa * a, wa * b), dim=1), patch).split(1, dim=1)
+    mass, sb, sbb, sa, saa, sab = torch.broadcast_tensors(mass, sb, sbb, sa, saa, sab)
     valid = mass > 1e-6
     m = torch.where(valid, mass, torch.ones_like(mass))
     ma, mb = sa / m, sb / m

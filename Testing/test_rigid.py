@@ -91,3 +91,19 @@ def test_pose_functions_are_differentiable_at_identity():
     par = CentredParameterization(torch.tensor([1.0, 2, 3], dtype=torch.float64),
                                   pose_from_rotvec(torch.zeros(3, dtype=torch.float64), torch.tensor([0, 0, 700.0], dtype=torch.float64)))
     assert torch.autograd.gradcheck(par.pose, (x,))
+
+
+def test_depth_along_the_ray_keeps_the_centre_on_its_projection_ray():
+    T0 = pose_from_rotvec(torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64), torch.tensor([40.0, -25, 700], dtype=torch.float64))
+    c = torch.tensor([10.0, -20.0, 30.0], dtype=torch.float64)
+    par = CentredParameterization(c, T0, depth_along_ray=True)
+    c0 = transform_points(T0, c[None])[0]
+    c1 = transform_points(par.pose(torch.tensor([0, 0, 0, 0, 0, 7.0], dtype=torch.float64)), c[None])[0]
+    assert float(c1[2] - c0[2]) == pytest.approx(7.0)
+    # same ray from the source: c1 is a multiple of c0
+    assert torch.allclose(c1 / c1[2], c0 / c0[2], atol=1e-12)
+    # in-plane translations stay plain camera-axis moves
+    c2 = transform_points(par.pose(torch.tensor([0, 0, 0, 1.5, -2.0, 0], dtype=torch.float64)), c[None])[0]
+    assert (c2 - c0).tolist() == pytest.approx([1.5, -2.0, 0.0])
+    xs = torch.randn(20, 6, generator=G, dtype=torch.float64) * torch.tensor([0.3] * 3 + [10.0] * 3, dtype=torch.float64)
+    assert torch.allclose(par.params(par.pose(xs)), xs, atol=1e-9)

@@ -161,21 +161,35 @@ class CentredParameterization:
     so ``x = 0`` gives ``T0``, ``w`` turns the bone about camera axes through its own centre (the centre
     does not move), and ``d`` moves the centre in mm along camera x (columns), y (rows), z (depth).
 
+    With ``depth_along_ray=True`` the third translation moves the centre along the ray from the source
+    through the reference centre ``c0`` instead of along camera z: ``d = (dx + dz c0x / c0z,
+    dy + dz c0y / c0z, dz)``, so ``dz`` changes depth (by ``dz`` mm) without moving the centre's
+    projection. In one view depth is the weakly seen parameter; this keeps it from trading off against
+    the well-seen in-plane translation when the bone is off the principal ray.
+
     Args:
         centre_volume: (3,) bone centre in the volume frame (mm), e.g. its centroid.
         reference: (4, 4) or (B, 4, 4) reference pose ``camera_from_volume``.
+        depth_along_ray: see above.
     """
 
-    def __init__(self, centre_volume: torch.Tensor, reference: torch.Tensor):
+    def __init__(self, centre_volume: torch.Tensor, reference: torch.Tensor, depth_along_ray: bool = False):
         self.centre_volume = centre_volume
         self.reference = reference
+        c0 = (reference[..., :3, :3] @ centre_volume.to(reference)[:, None]).squeeze(-1) + reference[..., :3, 3]
+        # translation map d = A @ x[3:], (..., 3, 3)
+        A = torch.eye(3, dtype=reference.dtype, device=reference.device).expand(*c0.shape[:-1], 3, 3).clone()
+        if depth_along_ray:
+            A[..., 0, 2] = c0[..., 0] / c0[..., 2]
+            A[..., 1, 2] = c0[..., 1] / c0[..., 2]
+        self._A = A
 
     def pose(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 6) parameters -> (..., 4, 4) ``camera_from_volume``."""
         R0, t0 = self.reference[..., :3, :3], self.reference[..., :3, 3]
         c = self.centre_volume.to(x)
         R = rotation_from_rotvec(x[..., :3]) @ R0
-        centre_cam = (R0 @ c) + t0 + x[..., 3:]
+        centre_cam = (R0 @ c) + t0 + (self._A.to(x) @ x[..., 3:, None]).squeeze(-1)
         t = centre_cam - (R @ c[:, None]).squeeze(-1)
         return make_pose(R, t)
 
@@ -185,4 +199,5 @@ class CentredParameterization:
         c = self.centre_volume.to(T)
         w = rotvec_from_rotation(T[..., :3, :3] @ R0.transpose(-1, -2))
         d = (T[..., :3, :3] @ c) + T[..., :3, 3] - ((R0 @ c) + t0)
+        d = torch.linalg.solve(self._A.to(T).expand(*d.shape[:-1], 3, 3), d[..., None]).squeeze(-1)
         return torch.cat([w, d], -1)

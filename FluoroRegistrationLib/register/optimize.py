@@ -28,6 +28,7 @@ class StageLog:
     iterations: int = 0
     seconds: float = 0.0
     stop_reason: str = ""
+    candidates: tuple | None = None  # (x (N, 6), loss (N,)) every pose evaluated, when a stage keeps them
 
 
 def simulated_annealing(objective, x0: torch.Tensor, ranges: torch.Tensor, generator: torch.Generator,
@@ -57,6 +58,7 @@ def simulated_annealing(objective, x0: torch.Tensor, ranges: torch.Tensor, gener
         # the loss scale for the acceptance rule: the spread of losses over a first random draw
         probe = x0 + (torch.rand(candidates, 6, generator=generator, dtype=x0.dtype) * 2 - 1) * ranges
         probe_losses = objective(probe)
+        seen_x, seen_loss = [current[None], probe], [torch.tensor([current_loss], dtype=x0.dtype), probe_losses]
         scale = float(probe_losses.std().clamp_min(1e-6))
         i = int(probe_losses.argmin())
         if float(probe_losses[i]) < best_loss:
@@ -69,6 +71,8 @@ def simulated_annealing(objective, x0: torch.Tensor, ranges: torch.Tensor, gener
             proposals = current + noise * ranges * temperature / 2
             proposals = torch.maximum(torch.minimum(proposals, x0 + ranges), x0 - ranges)
             losses = objective(proposals)
+            seen_x.append(proposals)
+            seen_loss.append(losses.to(x0.dtype))
             i = int(losses.argmin())
             cand, cand_loss = proposals[i], float(losses[i])
             accept = cand_loss < current_loss or float(torch.rand(1, generator=generator)) < math.exp(
@@ -83,6 +87,103 @@ def simulated_annealing(objective, x0: torch.Tensor, ranges: torch.Tensor, gener
                 report(name, step + 1, best_loss, best)
     log.seconds = time.perf_counter() - t0
     log.stop_reason = f"completed {steps} annealing steps"
+    log.candidates = (torch.cat(seen_x), torch.cat(seen_loss))
+    return best, best_loss, log
+
+
+def distinct_minima(x: torch.Tensor, loss: torch.Tensor, count: int, separation: torch.Tensor) -> list[torch.Tensor]:
+    """Up to ``count`` low-loss poses that differ from each other: in order of loss, a pose is kept when
+    it differs from every pose already kept by more than ``separation`` (6,) on at least one parameter.
+
+    Args:
+        x: (N, 6) poses; loss: (N,) their losses.
+    Returns:
+        list of (6,) poses, best first.
+    """
+    kept: list[torch.Tensor] = []
+    for i in torch.argsort(loss).tolist():
+        if all(bool(((x[i] - k).abs() > separation).any()) for k in kept):
+            kept.append(x[i].clone())
+            if len(kept) == count:
+                break
+    return kept
+
+
+def grid_search(objective, x0: torch.Tensor, axes: tuple, offsets: torch.Tensor, batch: int = 64, report=None,
+                name: str = "grid search") -> tuple[torch.Tensor, float, StageLog]:
+    """Evaluate ``x0`` moved by every combination of ``offsets`` on the parameters ``axes`` (a full
+    grid, batched, no gradient) and return the best (``x0`` itself is on the grid when 0 is an offset).
+
+    Used for the two out-of-plane rotations, whose wrong basins a coarse global search can prefer
+    while the rest of the pose is already right: at a finer level the right basin wins clearly.
+
+    Args:
+        objective: (B, 6) -> (B,) losses. x0: (6,). axes: parameter indices. offsets: (K,) values.
+    Returns:
+        (best x (6,), its loss, log).
+    """
+    log = StageLog(name)
+    t0 = time.perf_counter()
+    grids = torch.meshgrid(*([offsets.to(x0.dtype)] * len(axes)), indexing="ij")
+    xs = x0.repeat(grids[0].numel(), 1)
+    for axis, g in zip(axes, grids):
+        xs[:, axis] += g.flatten()
+    with torch.no_grad():
+        losses = torch.cat([objective(xs[i:i + batch]) for i in range(0, len(xs), batch)]).to(x0.dtype)
+    i = int(losses.argmin())
+    log.losses = losses.tolist()
+    log.iterations = len(xs)
+    if report is not None:
+        for k, value in enumerate(log.losses):
+            report(name, k + 1, value, xs[k])
+    log.seconds = time.perf_counter() - t0
+    log.stop_reason = f"evaluated a grid of {len(xs)} poses over parameters {tuple(axes)}"
+    return xs[i].clone(), float(losses[i]), log
+
+
+def line_search(objective, x0: torch.Tensor, axis: int, half_width: float, points: int = 25,
+                batch: int = 25, report=None, name: str = "line search") -> tuple[torch.Tensor, float, StageLog]:
+    """Minimise along one parameter: evaluate ``points`` evenly spaced values of ``x[axis]`` within
+    ``x0[axis] +- half_width`` (batched, no gradient), then refine the best by the vertex of the
+    parabola through it and its two neighbours (kept only if it is lower still).
+
+    For a parameter the similarity barely constrains (depth along the beam), gradient steps are small
+    and stop early on the shallow slope; a scan finds the bottom of a wide, flat basin directly.
+
+    Args:
+        objective: (B, 6) -> (B,) losses. x0: (6,) start.
+        report: ``report(name, k, loss, x)`` once per scanned value (the k-th; the best carries the
+            parabola's refinement).
+    Returns:
+        (best x (6,), its loss, log).
+    """
+    log = StageLog(name)
+    t0 = time.perf_counter()
+    offsets = torch.linspace(-half_width, half_width, points, dtype=x0.dtype)
+    xs = x0.repeat(points, 1)
+    xs[:, axis] += offsets
+    with torch.no_grad():
+        losses = torch.cat([objective(xs[i:i + batch]) for i in range(0, points, batch)]).to(x0.dtype)
+        i = int(losses.argmin())
+        best, best_loss = xs[i].clone(), float(losses[i])
+        if 0 < i < points - 1:
+            l0, l1, l2 = losses[i - 1], losses[i], losses[i + 1]
+            curvature = float(l0 - 2 * l1 + l2)
+            if curvature > 0:
+                shift = 0.5 * float(l0 - l2) / curvature * float(offsets[1] - offsets[0])
+                trial = best.clone()
+                trial[axis] += shift
+                trial_loss = float(objective(trial[None])[0])
+                if trial_loss < best_loss:
+                    best, best_loss = trial, trial_loss
+    log.losses = losses.tolist()
+    log.losses[i] = best_loss
+    log.iterations = points
+    if report is not None:
+        for k, value in enumerate(log.losses):
+            report(name, k + 1, value, best if k == i else xs[k])
+    log.seconds = time.perf_counter() - t0
+    log.stop_reason = f"scanned {points} values of parameter {axis} within +-{half_width:g}"
     return best, best_loss, log
 
 

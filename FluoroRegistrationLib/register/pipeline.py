@@ -23,7 +23,7 @@ from ..errors import FluoroRegError
 from ..geometry import Camera, CentredParameterization, transform_points
 from ..render import render
 from ..volume import RenderVolume
-from .optimize import Cancelled, StageLog, adam_refine, simulated_annealing
+from .optimize import Cancelled, StageLog, adam_refine, distinct_minima, grid_search, line_search, simulated_annealing
 
 
 @dataclass
@@ -38,6 +38,8 @@ class RegistrationOptions:
     search_level: int = 64  # detector size (longest side) of the global search
     search_steps: int = 30
     search_candidates: int = 48
+    starts: int = 4  # distinct minima of the global search refined through the first two levels; the best goes on
+    start_separation: float = 0.2  # minima differ by more than this fraction of the search range on some axis
     levels: tuple = (64, 128, 256)  # detector sizes (longest side) of the refinement pyramid
     iterations: tuple = (60, 50, 40)  # Adam iterations at each level
     learning_rate: float = 0.6  # in units of one step: 1 deg (rotations) and 1 mm (translations)
@@ -45,6 +47,9 @@ class RegistrationOptions:
     out_of_plane_rotation_step_deg: float = 2.0  # rotations about the camera's x and y axes
     translation_step_mm: float = 1.0  # in-plane translation
     depth_step_mm: float = 4.0  # translation along the beam (weakly seen in one view: larger unit)
+    depth_scan_mm: float = 6.0  # before each refinement level after the first: scan depth +- this (0: off)
+    tilt_probe_deg: float = 12.0  # at the second level: grid over both out-of-plane rotations, +- this (0: off)
+    tilt_probe_step_deg: float = 4.0
     mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size
     seed: int = 0
     device: str | None = None
@@ -107,16 +112,29 @@ def _check_in_view(bone: RenderVolume, camera: Camera, pose: torch.Tensor) -> No
                              f"of {camera.cols}x{camera.rows}); start from a pose that shows the bone")
 
 
+_CROP_MARGIN = 14  # >= the widest patch's half-width (23 // 2) + Sobel reach (1) + 1
+
+
 class _Objective:
-    """loss(x) at one pyramid level for one bone: x (B, 6) -> (B,)."""
+    """loss(x) at one pyramid level for one bone: x (B, 6) -> (B,).
+
+    The similarity is evaluated on the bounding box of the weights' support plus ``_CROP_MARGIN``
+    pixels: every similarity weights each pixel's terms by the mask, and the patch similarities also
+    count pixels whose window (up to 23 pixels wide) reaches into it, after a Sobel stencil (1 pixel),
+    so pixels further out cannot change the value, and a bone's box is a fraction of the frame.
+    """
 
     def __init__(self, bone, camera, par, frame, weights, loss_fn):
-        self.bone, self.camera, self.par, self.frame, self.weights, self.loss_fn = \
-            bone, camera, par, frame, weights, loss_fn
+        self.bone, self.camera, self.par, self.loss_fn = bone, camera, par, loss_fn
+        rows, cols = torch.nonzero(weights[0, 0] > 0, as_tuple=True)
+        H, W = weights.shape[-2:]
+        self.crop = (slice(max(0, int(rows.min()) - _CROP_MARGIN), min(H, int(rows.max()) + _CROP_MARGIN + 1)),
+                     slice(max(0, int(cols.min()) - _CROP_MARGIN), min(W, int(cols.max()) + _CROP_MARGIN + 1)))
+        self.frame, self.weights = frame[..., self.crop[0], self.crop[1]], weights[..., self.crop[0], self.crop[1]]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         poses = self.par.pose(x).to(self.bone.mu.dtype)
-        drr = render(self.bone, self.camera, poses, "fast")
+        drr = render(self.bone, self.camera, poses, "fast")[..., self.crop[0], self.crop[1]]
         return self.loss_fn(drr, self.frame, self.weights)
 
 
@@ -150,7 +168,7 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
     initial = initial.to(torch.float64)
     _check_in_view(bone, camera, initial)
     t0 = time.perf_counter()
-    par = CentredParameterization(bone.centroid.to(torch.float64), initial)
+    par = CentredParameterization(bone.centroid.to(torch.float64), initial, depth_along_ray=True)
     generator = torch.Generator().manual_seed(options.seed)
     deg = math.pi / 180
     scales = torch.tensor([options.out_of_plane_rotation_step_deg * deg] * 2 + [options.rotation_step_deg * deg]
@@ -162,28 +180,65 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
         if progress is not None:
             progress(stage, iteration, 1.0 - loss, par.pose(x.detach()))
 
-    def objective_at(longest):
-        size = _level_size(camera, longest)
-        cam = camera.resized(*size)
-        return _Objective(bone, cam, par, _pool(frame, size),
-                          _weights(mask, field, size, options.mask_dilation_fraction), loss_fn)
+    objectives = {}
 
-    x = torch.zeros(6, dtype=torch.float64)
+    def objective_at(longest):
+        if longest not in objectives:
+            size = _level_size(camera, longest)
+            objectives[longest] = _Objective(bone, camera.resized(*size), par, _pool(frame, size),
+                                             _weights(mask, field, size, options.mask_dilation_fraction), loss_fn)
+        return objectives[longest]
+
     stages: list[StageLog] = []
     # the refinement stays inside the search box around the initial pose (depth: the in-plane range),
     # so a weakly constrained parameter cannot run away
     box = torch.tensor([options.search_range_deg * deg] * 3 + [options.search_range_mm] * 3, dtype=torch.float64)
+    starts = [torch.zeros(6, dtype=torch.float64)]
     if options.global_search:
         ranges = torch.tensor([options.search_range_deg * deg] * 3 + [options.search_range_mm] * 2
                               + [options.search_range_depth_mm], dtype=torch.float64)
-        x, _, log = simulated_annealing(objective_at(options.search_level), x, ranges, generator,
-                                        steps=options.search_steps, candidates=options.search_candidates,
-                                        report=report)
+        best, _, log = simulated_annealing(objective_at(options.search_level), starts[0], ranges, generator,
+                                           steps=options.search_steps, candidates=options.search_candidates,
+                                           report=report)
         stages.append(log)
-    for longest, iterations in zip(options.levels, options.iterations):
-        x, _, log = adam_refine(objective_at(longest), x, scales, iterations=iterations, lr=options.learning_rate,
-                                bounds=(-box, box), report=report, name=f"refine {longest}px")
+        separation = options.start_separation * torch.cat([ranges[:5], box[5:]])
+        starts = distinct_minima(*log.candidates, max(1, options.starts), separation) or [best]
+
+    def refine(x, level_index, label="", scan=True):
+        longest = options.levels[level_index]
+        if scan and level_index > 0 and options.depth_scan_mm > 0:
+            x, _, log = line_search(objective_at(longest), x, 5, options.depth_scan_mm, report=report,
+                                    name=f"{label}depth scan {longest}px")
+            stages.append(log)
+        x, loss, log = adam_refine(objective_at(longest), x, scales, iterations=options.iterations[level_index],
+                                   lr=options.learning_rate, bounds=(-box, box), report=report,
+                                   name=f"{label}refine {longest}px")
         stages.append(log)
+        return x, loss
+
+    # each distinct start is refined at the first level and ranked at the second (after its depth
+    # scan): a coarse level can prefer a wrong out-of-plane rotation that a finer one rejects
+    if len(starts) > 1 and len(options.levels) > 1:
+        ranked = []
+        for k, x in enumerate(starts):
+            label = f"start {k + 1}/{len(starts)}: "
+            x, _ = refine(x, 0, label)
+            x, loss, log = line_search(objective_at(options.levels[1]), x, 5, max(options.depth_scan_mm, 1.0),
+                                       report=report, name=f"{label}rank {options.levels[1]}px")
+            stages.append(log)
+            ranked.append((loss, k, x))
+        x = min(ranked)[2]
+        first = 1
+        if options.tilt_probe_deg > 0:
+            n = int(options.tilt_probe_deg // options.tilt_probe_step_deg)
+            offsets = torch.arange(-n, n + 1, dtype=torch.float64) * options.tilt_probe_step_deg * deg
+            x, _, log = grid_search(objective_at(options.levels[1]), x, (0, 1), offsets, report=report,
+                                    name=f"tilt probe {options.levels[1]}px")
+            stages.append(log)
+    else:
+        x, first = starts[0], 0
+    for level_index in range(first, len(options.levels)):
+        x, _ = refine(x, level_index, scan=level_index > first or first == 0)
     with torch.no_grad():
         final_loss = float(objective_at(max(options.levels))(x[None])[0])
     history = [v for s in stages for v in s.losses]
