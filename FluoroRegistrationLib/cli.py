@@ -121,7 +121,7 @@ def cmd_register(args) -> None:
     from .geometry import Camera
     from .register import RegistrationOptions, register
     from .register.overlay import draw_overlay
-    from .volume import bone_volumes, load_ct, load_labels, read_label_names
+    from .volume import load_ct, load_labels, read_label_names, registration_volumes
 
     camera = Camera.from_json(args.calib)
     frame = load_frame(args.frame, camera, polarity=args.polarity)
@@ -129,7 +129,7 @@ def cmd_register(args) -> None:
     labels = load_labels(args.labels, ct)
     names = read_label_names(args.label_names or _default_label_names(args.labels))
     wanted = [b.strip() for b in args.bone.split(",") if b.strip()]
-    bones = bone_volumes(ct, labels, names, wanted, dilate=1)  # draw the partial-volume rim too
+    bones = registration_volumes(ct, labels, names, wanted)
     init = read_poses(args.init)
     missing = [b for b in wanted if b not in init]
     if missing:

@@ -18,7 +18,7 @@ from .frame import load_frame, read_frame_array
 from .geometry import Camera, CentredParameterization
 from .register import RegistrationOptions, pose_errors, register
 from .register.overlay import draw_overlay
-from .volume import bone_volumes, load_ct, load_labels, read_label_names
+from .volume import load_ct, load_labels, read_label_names, registration_volumes
 
 BONES = ("femur", "tibia")
 
@@ -33,7 +33,7 @@ def run_register_demo(out, seed: int = 3, realism: str = "medium") -> list[dict]
     print(f"simulated a lateral knee frame ({realism} realism) in {time.perf_counter() - t0:.0f} s -> {sim}")
     ct = load_ct(sim / "phantom" / "ct.nii.gz")
     labels = load_labels(sim / "phantom" / "labels.nii.gz", ct)
-    bones = bone_volumes(ct, labels, read_label_names(sim / "phantom" / "labels.json"), list(BONES), dilate=1)
+    bones = registration_volumes(ct, labels, read_label_names(sim / "phantom" / "labels.json"), list(BONES))
     camera = Camera.from_json(sim / "calib_true.json")  # the demo isolates the method from calibration error
     frame = load_frame(sim / "frames" / "0000.png", camera, log=False)
     truth = read_poses(sim / "poses" / "0000.json")

@@ -18,6 +18,7 @@ import torch
 from .errors import FluoroRegError
 
 MU_WATER_PER_MM = 0.02  # linear attenuation of water at fluoroscopy energies (about 60 keV), 1/mm
+SOFT_TISSUE_HU = 50.0  # the tissue around a bone (muscle, tendon), subtracted from the bone's registration DRR
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -245,12 +246,17 @@ def _sample_rows(points: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def bone_volume(ct: ImageVolume, labels: ImageVolume, label_id: int, name: str, margin: int = 2,
                 n_points: int = 4096, mu_water: float = MU_WATER_PER_MM, dtype=torch.float32,
-                dilate: int = 0) -> RenderVolume:
+                dilate: int = 0, background_hu: float | None = None) -> RenderVolume:
     """The crop of one label: attenuation inside the label, zero outside, box plus ``margin`` voxels.
 
     ``dilate`` grows the rendered region by that many voxels (not into other labels), so the bone's
     partial-volume rim, which a tight segmentation leaves out, is drawn too; the centroid and the
-    point samples stay those of the label itself. Raises FluoroRegError if the label id is absent.
+    point samples stay those of the label itself. ``background_hu``: draw the attenuation in excess
+    of tissue of that HU, ``max(mu - mu(background_hu), 0)``. In a radiograph the bone sits in soft
+    tissue, so its edge is a step of (bone - tissue), not of bone: rendered alone, the crop's border
+    would add a false edge one voxel outside the bone, which makes the bone look larger and biases the
+    registered depth away from the source (by about 1.5 mm, measured on the registration benchmark).
+    Raises FluoroRegError if the label id is absent.
     """
     label = labels.array == label_id
     if not label.any():
@@ -268,7 +274,10 @@ def bone_volume(ct: ImageVolume, labels: ImageVolume, label_id: int, name: str, 
     # crop inside the volume, then pad with zeros where the margin leaves it
     clo, chi = np.maximum(lo, 0), np.minimum(hi, mask.shape)
     sl = tuple(slice(a, b) for a, b in zip(clo, chi))
-    mu = np.where(mask[sl], hu_to_mu(ct.array[sl], mu_water), 0.0).astype(np.float32)
+    mu = hu_to_mu(ct.array[sl], mu_water)
+    if background_hu is not None:
+        mu = np.maximum(mu - hu_to_mu(np.float64(background_hu), mu_water), 0.0)
+    mu = np.where(mask[sl], mu, 0.0).astype(np.float32)
     pad = [(int(a - b), int(c - d)) for a, b, c, d in zip(clo, lo, hi, chi)]
     mu = np.pad(mu, pad)
     inside = np.pad(label[sl], pad)
@@ -320,3 +329,11 @@ def bone_volumes(ct: ImageVolume, labels: ImageVolume, names: dict[str, int], bo
         raise FluoroRegError(f"bone(s) {', '.join(unknown)} not in the label names ({', '.join(names)}); "
                              "use one of those or add it to the label names")
     return {b: bone_volume(ct, labels, names[b], b, **kwargs) for b in bones}
+
+
+def registration_volumes(ct: ImageVolume, labels: ImageVolume, names: dict[str, int], bones=None,
+                         **kwargs) -> dict[str, RenderVolume]:
+    """The bones as registration draws them: each label grown by one voxel (its partial-volume rim)
+    and drawn in excess of the surrounding soft tissue (``SOFT_TISSUE_HU``); see :func:`bone_volume`."""
+    kwargs = {"dilate": 1, "background_hu": SOFT_TISSUE_HU, **kwargs}
+    return bone_volumes(ct, labels, names, bones, **kwargs)

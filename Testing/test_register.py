@@ -15,7 +15,7 @@ from FluoroRegistrationLib.phantom import make_knee_phantom
 from FluoroRegistrationLib.register import (
     Cancelled, RegistrationOptions, adam_refine, pose_errors, register, simulated_annealing)
 from FluoroRegistrationLib.render import project_label, render
-from FluoroRegistrationLib.volume import ImageVolume, bone_volumes, whole_volume
+from FluoroRegistrationLib.volume import ImageVolume, registration_volumes, whole_volume
 
 F64 = torch.float64
 TARGET = torch.tensor([0.1, -0.2, 0.05, 3.0, -4.0, 6.0], dtype=F64)
@@ -48,7 +48,7 @@ def scene():
     ph = make_knee_phantom(spacing_mm=2.0, flexion_deg=20.0, seed=0)
     ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
     labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
-    bones = bone_volumes(ct, labels, ph.label_names, ["femur"], dilate=1)
+    bones = registration_volumes(ct, labels, ph.label_names, ["femur"])
     camera = Camera(1000.0, 128, 128, 2.0, 2.0)
     truth = lateral_view(ph.knee_centre_mm, 700.0)
     with torch.no_grad():

@@ -34,14 +34,14 @@ def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur",
     from FluoroRegistrationLib.geometry import Camera, CentredParameterization
     from FluoroRegistrationLib.register import RegistrationOptions, pose_errors, register_bone
     from FluoroRegistrationLib.simulate.writer import simulate_folder
-    from FluoroRegistrationLib.volume import bone_volumes, load_ct, load_labels, read_label_names
+    from FluoroRegistrationLib.volume import load_ct, load_labels, read_label_names, registration_volumes
 
     sim_dir = Path(sim_dir or tempfile.mkdtemp(prefix="fluororeg-regbench-"))
     if not (sim_dir / "poses.json").is_file():
         simulate_folder(sim_dir, frames=frames, seed=seed, realism=realism, flexion_range=flexion_range)
     ct = load_ct(sim_dir / "phantom" / "ct.nii.gz")
     labels = load_labels(sim_dir / "phantom" / "labels.nii.gz", ct)
-    vols = bone_volumes(ct, labels, read_label_names(sim_dir / "phantom" / "labels.json"), list(bones), dilate=1)
+    vols = registration_volumes(ct, labels, read_label_names(sim_dir / "phantom" / "labels.json"), list(bones))
     camera = Camera.from_json(sim_dir / ("calib.json" if calibration == "nominal" else "calib_true.json"))
     options = options or RegistrationOptions()
     g = torch.Generator().manual_seed(seed + 1)

@@ -40,8 +40,8 @@ class RegistrationOptions:
     search_candidates: int = 48
     starts: int = 4  # distinct minima of the global search refined through the first two levels; the best goes on
     start_separation: float = 0.2  # minima differ by more than this fraction of the search range on some axis
-    levels: tuple = (64, 128, 256)  # detector sizes (longest side) of the refinement pyramid
-    iterations: tuple = (60, 50, 40)  # Adam iterations at each level
+    levels: tuple = (64, 128, 256, 512)  # detector sizes (longest side) of the refinement pyramid
+    iterations: tuple = (60, 50, 40, 30)  # Adam iterations at each level
     learning_rate: float = 0.6  # in units of one step: 1 deg (rotations) and 1 mm (translations)
     rotation_step_deg: float = 1.0  # in-plane rotation (about the beam)
     out_of_plane_rotation_step_deg: float = 2.0  # rotations about the camera's x and y axes
@@ -51,6 +51,7 @@ class RegistrationOptions:
     tilt_probe_deg: float = 12.0  # at the second level: grid over both out-of-plane rotations, +- this (0: off)
     tilt_probe_step_deg: float = 4.0
     mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size
+    coarsen: bool = True  # coarse levels draw the bone from a coarsened grid (RenderVolume.coarsened)
     seed: int = 0
     device: str | None = None
 
@@ -182,10 +183,17 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
 
     objectives = {}
 
+    depth = float(transform_points(initial, bone.centroid[None].to(initial))[0, 2])
+    voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
+
     def objective_at(longest):
         if longest not in objectives:
             size = _level_size(camera, longest)
-            objectives[longest] = _Objective(bone, camera.resized(*size), par, _pool(frame, size),
+            level_camera = camera.resized(*size)
+            # a level whose pixels, seen at the bone, span k voxels draws the bone on a k-times coarser grid
+            pixel_at_bone = min(level_camera.row_spacing_mm, level_camera.col_spacing_mm) * depth / camera.sdd_mm
+            drawn = bone.coarsened(max(1, int(pixel_at_bone / voxel))) if options.coarsen else bone
+            objectives[longest] = _Objective(drawn, level_camera, par, _pool(frame, size),
                                              _weights(mask, field, size, options.mask_dilation_fraction), loss_fn)
         return objectives[longest]
 
