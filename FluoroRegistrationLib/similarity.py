@@ -183,11 +183,18 @@ def _patch_ncc(a: Tensor, b: Tensor, w: Tensor, patch: int, eps: float) -> Tenso
     va = (saa / m - ma * ma).clamp_min(0)
     vb = (sbb / m - mb * mb).clamp_min(0)
     cov = sab / m - ma * mb
-    t = va * vb
-    tol = 16 * torch.finfo(a.dtype).eps  # rounding floor of v = E[x^2] - mu^2: tol * E[x^2]
-    floor = eps ** 2 + tol ** 2 * (va + ma * ma) * (vb + mb * mb)
-    local = cov / torch.sqrt(t + floor)
-    weight = torch.where(valid, mass, torch.zeros_like(mass)) * t / (t + floor)
+    # v = E[x^2] - mu^2 from box sums carries rounding of up to ~tol * E[x^2]: a window where either
+    # image is flat (a bone's DRR is exactly 0 off the bone) has a variance of pure rounding, and its
+    # "correlation" is noise. Each window's weight fades to 0 as either variance falls to that level,
+    # v^4 / (v^4 + f^4) with f = tol E[x^2] (1/2 at v = f, 1e-4 at v = f / 10), so such windows count
+    # for nothing however the sums were ordered or cropped.
+    tol = 256 * torch.finfo(a.dtype).eps
+    fa, fb = tol * (va + ma * ma), tol * (vb + mb * mb)
+    local = cov / torch.sqrt(va * vb + fa * fb + eps ** 2)
+    tiny = torch.finfo(a.dtype).tiny
+    ra, rb = (va / fa.clamp_min(tiny)) ** 2, (vb / fb.clamp_min(tiny)) ** 2
+    live = (ra * ra / (ra * ra + 1)) * (rb * rb / (rb * rb + 1))
+    weight = torch.where(valid, mass, torch.zeros_like(mass)) * live
     return _wsum(weight * local) / _wsum(weight).clamp_min(torch.finfo(a.dtype).tiny)
 
 
@@ -226,12 +233,13 @@ def patch_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patch: int = 11,
     removes float32 cancellation and makes ``eps`` relative to each image's contrast). With
     ``box`` the mean over the window (zero-padded: outside the image counts as weight 0):
     ``M = box(w)``, ``mu_a = box(w a) / M``, ``v_a = box(w a^2) / M - mu_a^2``,
-    ``c = box(w a b) / M - mu_a mu_b``, ``t = v_a v_b``, ``r = c / sqrt(t + f)``;
-    value ``= sum(omega r) / sum(omega)`` with ``omega = M [M > 1e-6] t / (t + f)``: local mask
-    mass times local variance presence, so windows with no mask weight or a flat image in them
-    drop out; 0 when no window has any (e.g. a constant image). The floor is
-    ``f = eps^2 + (16 eps_mach)^2 box(w a^2)/M box(w b^2)/M``: the second term (negligible in
-    float64) keeps float32 rounding noise in ``v`` from counting as local contrast.
+    ``c = box(w a b) / M - mu_a mu_b``, ``r = c / sqrt(v_a v_b + f_a f_b + eps^2)``;
+    value ``= sum(omega r) / sum(omega)`` with ``omega = M [M > 1e-6] g(v_a / f_a) g(v_b / f_b)``,
+    ``g(s) = s^4 / (s^4 + 1)``: local mask mass times local contrast presence, so windows with no
+    mask weight or a flat image in them drop out; 0 when no window has any (e.g. a constant image).
+    ``f_x = 256 eps_mach box(w x^2) / M`` is the rounding level of ``v_x`` (negligible in float64),
+    so float32 rounding noise in a flat window never counts as contrast, and the value does not
+    depend on how far the image extends beyond the mask's windows.
 
     Args: as ``ncc``; patch: odd window side >= 3 (pixels). Returns: ``(B,)``.
     """

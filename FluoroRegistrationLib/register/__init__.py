@@ -1,8 +1,8 @@
 """Registration: poses of bones from one fluoroscopy frame (global search, then Adam, coarse to fine)."""
 
-from .metrics import pose_errors
+from .metrics import calibration_floor, pose_errors
 from .optimize import Cancelled, StageLog, adam_refine, distinct_minima, grid_search, line_search, simulated_annealing
 from .pipeline import BoneResult, RegistrationOptions, RegistrationResult, register, register_bone
 
-__all__ = ["BoneResult", "Cancelled", "RegistrationOptions", "RegistrationResult", "StageLog", "adam_refine",
+__all__ = ["BoneResult", "calibration_floor", "Cancelled", "RegistrationOptions", "RegistrationResult", "StageLog", "adam_refine",
            "distinct_minima", "grid_search", "line_search", "pose_errors", "register", "register_bone", "simulated_annealing"]

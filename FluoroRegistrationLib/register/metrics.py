@@ -38,3 +38,37 @@ def pose_errors(T_est: torch.Tensor, T_gt: torch.Tensor, centroid: torch.Tensor,
         pixel = torch.tensor([camera.col_spacing_mm, camera.row_spacing_mm], dtype=torch.float64)
         out["mpd_mm"] = float(((camera.project(p_est) - camera.project(p_gt)) * pixel).norm(dim=-1).mean())
     return out
+
+
+def calibration_floor(T_gt: torch.Tensor, centroid: torch.Tensor, points: torch.Tensor, true_camera: Camera,
+                      nominal_camera: Camera) -> tuple[torch.Tensor, dict[str, float]]:
+    """What calibration error alone costs: the pose a perfect registration would return.
+
+    A frame taken by ``true_camera`` but registered with ``nominal_camera`` (the calibration a user
+    has) is best explained by the rigid pose whose projections through the nominal camera match the
+    true projections of the bone's points (least squares on the detector, pixels). Its errors
+    against the truth are a floor no single-view registration with that calibration can beat: a
+    source-to-detector distance off by d mm moves the bone along the beam by about d x depth / sdd.
+
+    Args:
+        T_gt: (4, 4) true ``camera_from_volume``; centroid (3,), points (N, 3) of the bone (volume mm).
+    Returns:
+        (the best pose (4, 4) under the nominal camera, its :func:`pose_errors` against ``T_gt``).
+    """
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    from ..geometry import CentredParameterization
+
+    T_gt = T_gt.to(torch.float64)
+    pts = points.to(torch.float64)
+    target = true_camera.project(transform_points(T_gt, pts))
+    par = CentredParameterization(centroid.to(torch.float64), T_gt)
+
+    def residual(x):
+        T = par.pose(torch.from_numpy(x))
+        return (nominal_camera.project(transform_points(T, pts)) - target).flatten().numpy()
+
+    fit = least_squares(residual, np.zeros(6), x_scale=np.array([0.01] * 3 + [1.0] * 3), xtol=1e-12, ftol=1e-12)
+    best = par.pose(torch.from_numpy(fit.x))
+    return best, pose_errors(best, T_gt, centroid, pts, nominal_camera)

@@ -1,0 +1,127 @@
+"""The registration's search parts and what they rest on: scans, grids, distinct minima, the cropped
+objective, coarsened grids, soft-tissue background and the calibration floor, each against ground truth."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view, transform_points
+from FluoroRegistrationLib.register import (
+    RegistrationOptions, calibration_floor, distinct_minima, grid_search, line_search)
+from FluoroRegistrationLib.register.pipeline import _Objective, _weights
+from FluoroRegistrationLib.render import render
+from FluoroRegistrationLib.similarity import get_similarity
+from FluoroRegistrationLib.volume import (
+    ImageVolume, RenderVolume, SOFT_TISSUE_HU, bone_volume, hu_to_mu, registration_volumes)
+
+F64 = torch.float64
+
+
+def test_line_search_finds_the_bottom_of_a_shallow_parabola_between_grid_points():
+    target = 1.37  # not on the 0.5 grid
+    f = lambda x: 0.01 * (x[:, 5] - target) ** 2 + (x[:, :5] ** 2).sum(-1)  # noqa: E731
+    x, loss, log = line_search(f, torch.zeros(6, dtype=F64), 5, 6.0, points=25)
+    assert x[5] == pytest.approx(target, abs=1e-9) and loss == pytest.approx(0.0, abs=1e-12)
+    assert torch.all(x[:5] == 0) and log.iterations == 25 and len(log.losses) == 25
+
+
+def test_grid_search_finds_the_best_grid_point_over_two_axes():
+    best = torch.tensor([0.08, -0.04, 0, 0, 0, 0], dtype=F64)
+    f = lambda x: ((x - best) ** 2).sum(-1)  # noqa: E731
+    offsets = torch.arange(-3, 4, dtype=F64) * 0.04
+    x, loss, log = grid_search(f, torch.zeros(6, dtype=F64), (0, 1), offsets)
+    assert torch.allclose(x, best) and loss == pytest.approx(0.0, abs=1e-15) and log.iterations == 49
+
+
+def test_distinct_minima_keeps_separated_poses_in_order_of_loss():
+    x = torch.tensor([[0.0] * 6, [0.01] + [0.0] * 5, [1.0] + [0.0] * 5, [1.02] + [0.0] * 5, [0, 0, 0, 5.0, 0, 0]],
+                     dtype=F64)
+    loss = torch.tensor([0.1, 0.05, 0.2, 0.3, 0.4], dtype=F64)
+    kept = distinct_minima(x, loss, 3, torch.tensor([0.1] * 3 + [1.0] * 3, dtype=F64))
+    assert [float(k[0]) for k in kept] == [0.01, 1.0, 0.0] and float(kept[2][3]) == 5.0
+
+
+@pytest.fixture(scope="module")
+def box_volume():
+    """A 30 x 20 x 10 voxel box of mu 0.03-0.05 (textured, so no image window is flat) on a 1.5 mm
+    grid with a zero border, centred at the origin."""
+    mu = torch.zeros(14, 24, 34)
+    mu[2:12, 2:22, 2:32] = 0.03 + 0.02 * torch.rand(10, 20, 30, generator=torch.Generator().manual_seed(3))
+    A = torch.diag(torch.tensor([1.5, 1.5, 1.5, 1.0], dtype=F64))
+    A[:3, 3] = -torch.tensor([33, 23, 13], dtype=F64) * 1.5 / 2
+    return RenderVolume(mu, A, "box", centroid=torch.zeros(3, dtype=F64))
+
+
+def test_a_coarsened_grid_keeps_line_integrals_and_position(box_volume):
+    camera = Camera(1000.0, 64, 64, 2.0, 2.0)
+    pose = lateral_view(torch.zeros(3, dtype=F64), 700.0).float()
+    fine = render(box_volume, camera, pose, "fast")
+    coarse_volume = box_volume.coarsened(2)
+    assert coarse_volume is box_volume.coarsened(2) and box_volume.coarsened(1) is box_volume
+    assert float(coarse_volume.mu.sum()) * 8 == pytest.approx(float(box_volume.mu.sum()), rel=1e-6)
+    assert torch.all(coarse_volume.mu[0] == 0) and torch.all(coarse_volume.mu[:, :, -1] == 0)
+    coarse = render(coarse_volume, camera, pose, "fast")
+    # total projected mass (sum of line integrals x pixel area at the object) and its centre agree
+    assert float(coarse.sum()) == pytest.approx(float(fine.sum()), rel=0.01)
+    v, u = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    centre = lambda img: torch.stack([(img * u).sum(), (img * v).sum()]) / img.sum()  # noqa: E731
+    assert torch.allclose(centre(coarse[0, 0]), centre(fine[0, 0]), atol=0.05)
+
+
+def test_the_objective_on_the_masks_bounding_box_equals_the_whole_image(box_volume):
+    # float64, so that the two differently sized sums agree to rounding
+    box_volume = box_volume.to(dtype=F64)
+    camera = Camera(1000.0, 96, 96, 1.5, 1.5)
+    truth = lateral_view(torch.zeros(3, dtype=F64), 700.0)
+    frame = render(box_volume, camera, truth, "fast") + 0.01 * torch.rand(
+        1, 1, 96, 96, generator=torch.Generator().manual_seed(0), dtype=F64)
+    mask = torch.zeros(1, 1, 96, 96, dtype=F64)
+    mask[..., 30:60, 25:70] = 1
+    par = CentredParameterization(box_volume.centroid, truth)
+    x = torch.tensor([[0.02, -0.01, 0.03, 1.0, -2.0, 3.0], [0, 0, 0, 0, 0, 0]], dtype=F64)
+    for name in ("patch-gncc", "gcc", "ncc", "patch-ncc", "multiscale-ncc"):
+        loss_fn = get_similarity(name)
+        weights = _weights(mask, None, (96, 96), 0.0)
+        objective = _Objective(box_volume, camera, par, frame, weights, loss_fn)
+        assert objective.frame.shape[-1] < 96  # it did crop
+        whole = loss_fn(render(box_volume, camera, par.pose(x), "fast"), frame, weights)
+        assert torch.allclose(objective(x), whole, atol=1e-10), name
+
+
+def test_background_subtraction_draws_the_bone_in_excess_of_soft_tissue():
+    hu = np.full((20, 20, 20), SOFT_TISSUE_HU, np.float32)
+    hu[8:12, 8:12, 8:12] = 1000.0
+    labels = np.zeros((20, 20, 20), np.int32)
+    labels[8:12, 8:12, 8:12] = 1
+    ct, lab = ImageVolume.from_spacing(hu, (1.0,) * 3), ImageVolume.from_spacing(labels, (1.0,) * 3)
+    plain = bone_volume(ct, lab, 1, "bone", dilate=1)
+    excess = registration_volumes(ct, lab, {"bone": 1})["bone"]
+    # the dilated rim is soft tissue: drawn as mu(50 HU) plainly, as nothing in excess of it
+    assert float(plain.mu.max()) == pytest.approx(float(hu_to_mu(np.float32(1000.0))))
+    assert float(excess.mu.max()) == pytest.approx(float(hu_to_mu(np.float32(1000.0)) - hu_to_mu(np.float32(SOFT_TISSUE_HU))))
+    assert int((plain.mu > 0).sum()) > int((excess.mu > 0).sum()) == 64
+
+
+def test_calibration_floor_matches_the_geometry_of_the_error():
+    camera = Camera(1000.0, 512, 512, 0.5, 0.5)
+    centre = torch.tensor([0.0, 0.0, 24.0], dtype=F64)
+    truth = lateral_view(centre, 700.0)
+    points = torch.randn(2000, 3, generator=torch.Generator().manual_seed(0), dtype=F64) * 30 + centre
+    _, same = calibration_floor(truth, centre, points, camera, camera)
+    assert same["mtre_mm"] < 1e-6
+    depth = float(transform_points(truth, centre[None])[0, 2])
+    # sdd off by 5 mm: the bone moves along the beam by 5 x depth / sdd
+    _, e = calibration_floor(truth, centre, points, camera, replace(camera, sdd_mm=1005.0))
+    assert e["out_of_plane_mm"] == pytest.approx(5 * depth / 1000.0, rel=0.02) and e["in_plane_mm"] < 0.05
+    # principal point off by 2 px: the bone shifts across the beam by 2 px x spacing x depth / sdd
+    _, e = calibration_floor(truth, centre, points, camera, replace(camera, u0=camera.u0 + 2))
+    assert e["in_plane_mm"] == pytest.approx(2 * 0.5 * depth / 1000.0, rel=0.02)
+
+
+def test_options_default_to_a_search_that_ranks_several_starts():
+    o = RegistrationOptions()
+    assert o.starts > 1 and o.tilt_probe_deg > 0 and o.depth_scan_mm > 0 and len(o.levels) == len(o.iterations)
+    assert math.isclose(o.search_range_deg, 15.0) and math.isclose(o.search_range_mm, 20.0)
