@@ -1,0 +1,285 @@
+"""FluoroRegistrationLogic: the console API on any vtkMRMLScene (Slicer's, or slicer-core's under plain Python).
+
+Nothing here touches Slicer's GUI (no ``slicer.app``, no ``slicer.mrmlScene``): the scene is passed
+in. Conventions (CONVENTIONS.md, "In a Slicer scene"): the scene's world is the C-arm's camera frame;
+a frame volume is a single slice whose IJKToRAS puts pixel (i = col, j = row) at
+``((i - u0) col_spacing, (j - v0) row_spacing, sdd)``; a bone's pose is a linear transform node whose
+ToParent is ``camera_from_volume @ diag(-1, -1, 1, 1)`` (see :mod:`.geometry`, the only place RAS
+meets LPS).
+
+    logic = FluoroRegistrationLogic(scene)
+    logic.placeFrame(frameNode, "calib.json")
+    result = logic.register(ctNode, labelNode, frameNode, "calib.json", ["femur"], {"femur": init}, {"femur": out})
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import FluoroRegError
+from ..geometry import Camera
+from ..register import RegistrationOptions, RegistrationResult
+from ..render import project_label, render
+from ..volume import RenderVolume, registration_volumes
+from .geometry import (as_camera, calibration_text, frame_ijk_to_ras, pose_from_to_parent, source_and_principal_point,
+                       to_parent_from_pose)
+from .job import RegistrationJob
+from .nodes import (check_node, get_or_add_referenced, ijk_to_ras, image_volume, label_names, node_name, numpy_to_matrix,
+                    set_to_parent, set_volume, to_parent, volume_array)
+
+CALIBRATION_ATTRIBUTE = "FluoroRegistration.Calibration"  # a frame node's calibration (JSON), saved with the scene
+
+
+class FluoroRegistrationLogic:
+    """Scene logic of FluoroRegistration; its methods are the console API (see the README)."""
+
+    def __init__(self, scene):
+        if scene is None or not hasattr(scene, "IsA") or not scene.IsA("vtkMRMLScene"):
+            raise FluoroRegError(f"FluoroRegistrationLogic needs a vtkMRMLScene, got {type(scene).__name__}; "
+                                 "pass slicer.mrmlScene (in Slicer) or slicer.vtkMRMLScene()")
+        self.scene = scene
+        self._bone_cache: dict = {}
+
+    # ------------------------------------------------------------------------------------ frames
+    def frameImage(self, frameNode, calibration) -> np.ndarray:
+        """The frame's pixels (rows, cols) float64, after checking it is one slice of the calibration's size."""
+        camera = as_camera(calibration)
+        array = volume_array(frameNode, "frame")
+        if array.shape[0] != 1:
+            raise FluoroRegError(f"frame {node_name(frameNode)} has {array.shape[0]} slices; a frame is one slice: "
+                                 "pick one with extractFrame(node, index, outputNode) or the module's frame index")
+        camera.check_frame(array.shape[1], array.shape[2], f"frame {node_name(frameNode)}")
+        return array[0].astype(np.float64)
+
+    def extractFrame(self, stackNode, index: int, outputNode):
+        """Copy slice ``index`` of a multi-frame volume (N, rows, cols) into ``outputNode`` (1, rows, cols)."""
+        stack = volume_array(stackNode, "frame stack")
+        if not 0 <= index < stack.shape[0]:
+            raise FluoroRegError(f"frame index {index} is outside {node_name(stackNode)}'s {stack.shape[0]} frames; "
+                                 f"use 0 to {stack.shape[0] - 1}")
+        check_node(outputNode, "vtkMRMLScalarVolumeNode", "output frame")
+        set_volume(outputNode, stack[index:index + 1], ijk_to_ras(stackNode))
+        return outputNode
+
+    def placeFrame(self, frameNode, calibration):
+        """Put the frame on the detector (IJKToRAS per CONVENTIONS.md) and show the C-arm.
+
+        Adds (or updates) a markup point at the X-ray source and a line along the principal ray, both
+        referenced by the frame node; the calibration is stored on the frame as an attribute.
+        Returns (source point node, principal ray line node).
+        """
+        import vtk
+
+        camera = as_camera(calibration)
+        self.frameImage(frameNode, camera)
+        if frameNode.GetParentTransformNode() is not None:
+            raise FluoroRegError(f"frame {node_name(frameNode)} is under transform "
+                                 f"{node_name(frameNode.GetParentTransformNode())}; the frame stays in the C-arm "
+                                 "frame: remove its transform")
+        frameNode.SetIJKToRASMatrix(numpy_to_matrix(frame_ijk_to_ras(camera)))
+        frameNode.SetAttribute(CALIBRATION_ATTRIBUTE, calibration_text(camera))
+        frameNode.Modified()
+        source, principal = source_and_principal_point(camera)
+        name = node_name(frameNode)
+        sourceNode = get_or_add_referenced(frameNode, "FluoroSource", "vtkMRMLMarkupsFiducialNode", f"{name} source")
+        sourceNode.RemoveAllControlPoints()
+        sourceNode.AddControlPoint(vtk.vtkVector3d(*source), "X-ray source")
+        rayNode = get_or_add_referenced(frameNode, "FluoroPrincipalRay", "vtkMRMLMarkupsLineNode",
+                                        f"{name} principal ray")
+        rayNode.RemoveAllControlPoints()
+        rayNode.AddControlPoint(vtk.vtkVector3d(*source), "source")
+        rayNode.AddControlPoint(vtk.vtkVector3d(*principal), "principal point")
+        return sourceNode, rayNode
+
+    # ------------------------------------------------------------------------------------ bones
+    def boneIds(self, labelNode, bones) -> dict[str, int]:
+        """Bone name -> label id: ``bones`` as a dict, or names looked up in the label map's colour table."""
+        check_node(labelNode, "vtkMRMLScalarVolumeNode", "bone label map")
+        if isinstance(bones, str):
+            bones = [b.strip() for b in bones.split(",") if b.strip()]
+        if isinstance(bones, dict):
+            return {str(k): int(v) for k, v in bones.items()}
+        if not bones:
+            raise FluoroRegError("no bones given; pass names like ['femur', 'tibia'] or {'femur': 1}")
+        names = label_names(labelNode)
+        missing = [b for b in bones if b not in names]
+        if missing:
+            raise FluoroRegError(f"bone(s) {', '.join(missing)} not in label map {node_name(labelNode)} "
+                                 f"(labels present: {', '.join(names) or 'none'}); pick one of those or fix the labels")
+        return {b: names[b] for b in bones}
+
+    def boneVolumes(self, ctNode, labelNode, bones) -> dict[str, RenderVolume]:
+        """The bones as registration draws them (``registration_volumes``), cached until the nodes change."""
+        ids = self.boneIds(labelNode, bones)
+        key = (_volume_key(ctNode), _volume_key(labelNode), tuple(ids.items()))
+        if key not in self._bone_cache:
+            ct = image_volume(ctNode, "CT")
+            labels = image_volume(labelNode, "bone label map")
+            if not labels.same_grid(ct):
+                raise FluoroRegError(f"label map {node_name(labelNode)} is not on CT {node_name(ctNode)}'s grid; "
+                                     "resample it onto the CT first (Resample Scalar/Vector/DWI Volume)")
+            labels.array = labels.array.astype(np.int32)
+            ct.array = ct.array.astype(np.float32)
+            self._bone_cache = {key: registration_volumes(ct, labels, ids, list(ids))}
+        return self._bone_cache[key]
+
+    def poses(self, bones, poseNodes) -> dict[str, torch.Tensor]:
+        """Bone -> (4, 4) float64 ``camera_from_volume`` read from the transform nodes' ToParent."""
+        nodes = per_bone(poseNodes, list(bones), "pose transform")
+        return {b: torch.from_numpy(pose_from_to_parent(to_parent(n))) for b, n in nodes.items()}
+
+    def writePoses(self, poses: dict, outputPoseNodes) -> None:
+        """Set each bone's transform node to its (4, 4) ``camera_from_volume`` (ToParent = pose @ F)."""
+        nodes = per_bone(outputPoseNodes, list(poses), "output pose transform")
+        for bone, pose in poses.items():
+            set_to_parent(nodes[bone], to_parent_from_pose(torch.as_tensor(pose).detach().cpu().numpy()))
+
+    # ------------------------------------------------------------------------------------ images
+    def renderDRR(self, ctNode, labelNode, calibration, bones, poseNodes, outputNode, longest: int | None = None):
+        """A DRR of the bones at their poses, as a volume on the frame's geometry.
+
+        Draws what registration compares: each bone's label (with its partial-volume rim) in excess of
+        soft tissue. ``longest``: render on a coarser grid over the same detector (live previews, e.g.
+        128 while dragging a slider). Returns ``outputNode`` with array (1, rows, cols).
+        """
+        camera = _preview_camera(as_camera(calibration), longest)
+        volumes = self.boneVolumes(ctNode, labelNode, bones)
+        poses = self.poses(volumes, poseNodes)
+        with torch.no_grad():
+            drr = render(list(volumes.values()), camera, [poses[b].float() for b in volumes], "fast")
+        check_node(outputNode, "vtkMRMLScalarVolumeNode", "DRR output")
+        set_volume(outputNode, drr[0].numpy().astype(np.float32), frame_ijk_to_ras(camera))
+        return outputNode
+
+    def projectBones(self, ctNode, labelNode, calibration, bones, poseNodes, outputLabelNode):
+        """Where each bone projects at its pose: a label map on the frame's geometry (each bone's label
+        id, the thickest bone on top). For the bones' outlines over the frame, or masks for register."""
+        camera = as_camera(calibration)
+        volumes = self.boneVolumes(ctNode, labelNode, bones)
+        poses = self.poses(volumes, poseNodes)
+        ids = self.boneIds(labelNode, bones)
+        with torch.no_grad():
+            chords = {b: project_label(v, camera, poses[b].float())[0, 0].numpy() for b, v in volumes.items()}
+        return self.writeMasks(calibration, chords, ids, outputLabelNode)
+
+    def writeMasks(self, calibration, masks: dict, labelIds: dict, outputLabelNode):
+        """Masks {bone: (rows, cols) weights, > 0 inside} as one label map on the frame's geometry.
+
+        Where masks overlap, the largest value wins (chord lengths: the thickest bone)."""
+        camera = as_camera(calibration)
+        check_node(outputLabelNode, "vtkMRMLLabelMapVolumeNode", "mask label map")
+        labels = np.zeros(camera.shape, np.int16)
+        best = np.zeros(camera.shape, np.float64)
+        for bone, mask in masks.items():
+            mask = np.asarray(mask, np.float64)
+            if mask.shape != camera.shape:
+                raise FluoroRegError(f"mask of {bone} is {mask.shape[0]}x{mask.shape[1]} but the frame is "
+                                     f"{camera.rows}x{camera.cols}; pass masks on the frame's grid")
+            wins = (mask > 0) & (mask > best)
+            labels[wins], best[wins] = labelIds[bone], mask[wins]
+        set_volume(outputLabelNode, labels[None], frame_ijk_to_ras(camera))
+        return outputLabelNode
+
+    def masksFromLabelMap(self, maskNode, calibration, labelIds: dict) -> dict[str, torch.Tensor]:
+        """Bone -> (rows, cols) float32 mask from a label map over the frame (each bone's label id)."""
+        camera = as_camera(calibration)
+        check_node(maskNode, "vtkMRMLLabelMapVolumeNode", "mask label map")
+        labels = volume_array(maskNode, "mask label map")
+        if labels.shape != (1, camera.rows, camera.cols):
+            raise FluoroRegError(f"mask label map {node_name(maskNode)} has shape {labels.shape}, not "
+                                 f"(1, {camera.rows}, {camera.cols}); make it on the frame's geometry")
+        masks = {b: torch.from_numpy((labels[0] == i).astype(np.float32)) for b, i in labelIds.items()}
+        return {b: m for b, m in masks.items() if m.any()}
+
+    def segmentFrame(self, frameNode, modelPath, outputLabelNode):
+        """Predicted bone masks as one label map on the frame's geometry (needs the segmentation model).
+
+        The segmentation network is not part of FluoroRegistrationLib yet: after checking the frame and
+        the model file this raises a FluoroRegError saying so. Until then, load masks with writeMasks
+        or draw them on a label map over the frame (Segment Editor), and pass it to register.
+        """
+        calibration = self.frameCalibration(frameNode)
+        self.frameImage(frameNode, calibration)
+        check_node(outputLabelNode, "vtkMRMLLabelMapVolumeNode", "mask output")
+        path = Path(str(modelPath)) if modelPath else None
+        if path is None or not path.is_file():
+            raise FluoroRegError(f"segmentation model not found: {modelPath}; pass the path of a trained model file")
+        raise FluoroRegError(f"no segmentation model yet: FluoroRegistrationLib cannot run {path.name} until the "
+                             "segmentation issue lands; draw or load the masks as a label map over the frame instead")
+
+    def frameCalibration(self, frameNode) -> Camera:
+        """The calibration placeFrame stored on the frame node."""
+        text = frameNode.GetAttribute(CALIBRATION_ATTRIBUTE) if frameNode is not None else None
+        if not text:
+            raise FluoroRegError(f"frame {node_name(frameNode)} has no calibration; run placeFrame(frame, calibration) first")
+        return Camera.from_dict(json.loads(text), source=f"calibration of frame {node_name(frameNode)}")
+
+    # ------------------------------------------------------------------------------------ registration
+    def prepareRegistration(self, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, maskNode=None,
+                            device=None, options: RegistrationOptions | None = None,
+                            polarity: str = "auto") -> RegistrationJob:
+        """Read everything registration needs from the scene (main thread) into a job that touches no MRML."""
+        from ..frame import to_attenuation
+
+        camera = as_camera(calibration)
+        raw = self.frameImage(frameNode, camera)
+        volumes = self.boneVolumes(ctNode, labelNode, bones)
+        initial = self.poses(volumes, initialPoseNodes)
+        masks = None if maskNode is None else self.masksFromLabelMap(maskNode, camera, self.boneIds(labelNode, bones))
+        frame = torch.from_numpy(to_attenuation(raw, polarity)).float()
+        return RegistrationJob(volumes, frame, camera, initial, masks, options or RegistrationOptions(), device)
+
+    def register(self, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, outputPoseNodes,
+                 maskNode=None, device=None, progress=None, cancel=None, options: RegistrationOptions | None = None,
+                 polarity: str = "auto") -> RegistrationResult:
+        """Register the bones to the frame and write each pose into its output transform node.
+
+        Args:
+            bones: names in the label map's colour table, or {name: label id}.
+            initialPoseNodes, outputPoseNodes: {bone: vtkMRMLLinearTransformNode} or lists in the bones' order
+                (an output may be the initial node itself).
+            maskNode: optional label map over the frame (bone label ids), e.g. from segmentFrame.
+            device: "cpu", "cuda" (None: CUDA when available).
+            progress, cancel: passed to the core (``progress(stage, iteration, similarity, pose)``).
+            polarity: the frame's, "auto", "bone-dark" or "bone-bright".
+        Returns:
+            The core's RegistrationResult.
+        """
+        job = self.prepareRegistration(ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, maskNode,
+                                       device, options, polarity)
+        per_bone(outputPoseNodes, list(job.bones), "output pose transform")  # fail before the work, not after
+        result = job.run(progress, cancel)
+        self.writePoses(result.poses(), outputPoseNodes)
+        return result
+
+
+def per_bone(nodes, bones: list, what: str) -> dict:
+    """{bone: node} from a dict or a list in the bones' order; raises naming a missing bone."""
+    if isinstance(nodes, dict):
+        missing = [b for b in bones if nodes.get(b) is None]
+        if missing:
+            raise FluoroRegError(f"no {what} for {', '.join(missing)}; give one transform node per bone")
+        return {b: nodes[b] for b in bones}
+    nodes = list(nodes or [])
+    if len(nodes) != len(bones) or any(n is None for n in nodes):
+        raise FluoroRegError(f"{len(bones)} bones ({', '.join(bones)}) need {len(bones)} {what} nodes, "
+                             f"got {len(nodes)}; give one transform node per bone")
+    return dict(zip(bones, nodes))
+
+
+def _preview_camera(camera: Camera, longest: int | None) -> Camera:
+    if longest is None or longest >= max(camera.shape):
+        return camera
+    scale = longest / max(camera.shape)
+    return camera.resized(max(1, round(camera.rows * scale)), max(1, round(camera.cols * scale)))
+
+
+def _volume_key(node):
+    image = node.GetImageData() if node is not None and hasattr(node, "GetImageData") else None
+    if image is None:
+        return (node_name(node), None)
+    return (node.GetID(), image.GetMTime(), tuple(ijk_to_ras(node).ravel()))

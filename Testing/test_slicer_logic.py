@@ -1,0 +1,229 @@
+"""FluoroRegistrationLogic on a real MRML scene (PyPI slicer-core): the phantom knee, a rendered frame,
+every method, CONVENTIONS.md's "In a Slicer scene" checked against Slicer's own transform machinery."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+slicer = pytest.importorskip("slicer", reason="needs the PyPI package slicer-core (test extra)")
+vtk = pytest.importorskip("vtk")
+
+from FluoroRegistrationLib import FluoroRegError  # noqa: E402
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view, transform_points  # noqa: E402
+from FluoroRegistrationLib.phantom import make_knee_phantom  # noqa: E402
+from FluoroRegistrationLib.register import Cancelled, RegistrationOptions, pose_errors  # noqa: E402
+from FluoroRegistrationLib.render import project_label, render  # noqa: E402
+from FluoroRegistrationLib.slicer import FluoroRegistrationLogic, to_parent_from_pose  # noqa: E402
+from FluoroRegistrationLib.slicer.nodes import matrix_to_numpy as numpy_matrix  # noqa: E402
+from FluoroRegistrationLib.slicer.nodes import numpy_to_matrix as vtk_matrix  # noqa: E402
+from FluoroRegistrationLib.volume import ImageVolume, registration_volumes  # noqa: E402
+
+F64 = torch.float64
+FAST = RegistrationOptions(global_search=False, levels=(64, 128), iterations=(60, 60))
+CAMERA = Camera(1000.0, 128, 128, 2.0, 2.0, u0=60.0, v0=66.5)  # principal point off centre on purpose
+
+
+def add_volume(scene, class_name, name, array, ijk_to_ras):
+    """A volume node made the way a user's script would (slicer.util, then the geometry)."""
+    node = scene.AddNewNodeByClass(class_name, name)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+    node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras))
+    return node
+
+
+def add_transform(scene, name, camera_from_volume):
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(vtk_matrix(to_parent_from_pose(np.asarray(camera_from_volume))))
+    return node
+
+
+def to_parent(node):
+    m = vtk.vtkMatrix4x4()
+    node.GetMatrixTransformToParent(m)
+    return numpy_matrix(m)
+
+
+@pytest.fixture(scope="module")
+def knee():
+    ph = make_knee_phantom(spacing_mm=2.0, flexion_deg=20.0, seed=0)
+    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
+    labels = ImageVolume.from_spacing(ph.labels.astype(np.int16), ph.spacing_mm, ph.origin_mm)
+    scene = slicer.vtkMRMLScene()
+    # RAS geometry written out by hand (not through the code under test): LPS axes x, y flip
+    sx, sy, sz = ph.spacing_mm
+    ox, oy, oz = ph.origin_mm
+    ijk_to_ras = np.array([[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1.0]])
+    ct_node = add_volume(scene, "vtkMRMLScalarVolumeNode", "knee CT", ct.array, ijk_to_ras)
+    label_node = add_volume(scene, "vtkMRMLLabelMapVolumeNode", "knee bones", labels.array, ijk_to_ras)
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "knee bone names")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(1 + max(ph.label_names.values()))
+    for name, index in ph.label_names.items():
+        colors.SetColor(index, name, 0.9, 0.8, 0.6, 1.0)
+    display = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
+    display.SetAndObserveColorNodeID(colors.GetID())
+    label_node.SetAndObserveDisplayNodeID(display.GetID())
+    # the frame: the femur drawn by the exact renderer (not registration's fast one), as a detector
+    # sees it (bone dark: I = I0 exp(-line integral)), in a node with no geometry yet
+    truth = lateral_view(ph.knee_centre_mm, 700.0)
+    femur = registration_volumes(ct, labels, ph.label_names, ["femur"])["femur"]
+    with torch.no_grad():
+        drr = render(femur, CAMERA, truth.float(), "exact", interpolation="linear")[0, 0].numpy()
+    frame_node = add_volume(scene, "vtkMRMLScalarVolumeNode", "frame", (1000.0 * np.exp(-drr))[None].astype(np.float32),
+                            np.eye(4))
+    return dict(scene=scene, ct=ct, ct_node=ct_node, label_node=label_node, frame_node=frame_node, truth=truth,
+                femur=femur, logic=FluoroRegistrationLogic(scene), names=ph.label_names)
+
+
+def test_place_frame_puts_pixels_on_the_detector(knee):
+    logic, frame = knee["logic"], knee["frame_node"]
+    source_node, ray_node = logic.placeFrame(frame, CAMERA)
+    m = vtk.vtkMatrix4x4()
+    frame.GetIJKToRASMatrix(m)
+    ijk_to_ras = numpy_matrix(m)
+    for col, row in [(0, 0), (127, 0), (0, 127), (60, 66.5), (17, 101)]:
+        expected = [(col - CAMERA.u0) * CAMERA.col_spacing_mm, (row - CAMERA.v0) * CAMERA.row_spacing_mm, CAMERA.sdd_mm]
+        np.testing.assert_allclose((ijk_to_ras @ [col, row, 0, 1])[:3], expected, atol=1e-9)
+    # a scene point projects (Camera.project) to the pixel whose centre lies on its ray from the source
+    point = np.array([31.0, -12.0, 640.0])
+    u, v = CAMERA.project(torch.tensor(point)).tolist()
+    np.testing.assert_allclose((ijk_to_ras @ [u, v, 0, 1])[:3], point * CAMERA.sdd_mm / point[2], atol=1e-9)
+    position = [0.0] * 3
+    source_node.GetNthControlPointPosition(0, position)
+    assert position == [0.0, 0.0, 0.0]
+    ray_node.GetNthControlPointPosition(1, position)
+    np.testing.assert_allclose(position, [0, 0, CAMERA.sdd_mm])
+    # placing again reuses the markups; the calibration is kept on the frame
+    assert logic.placeFrame(frame, CAMERA) == (source_node, ray_node) and ray_node.GetNumberOfControlPoints() == 2
+    assert logic.frameCalibration(frame) == CAMERA
+
+
+def test_a_ct_point_lands_where_camera_from_volume_says(knee):
+    scene, logic, ct_node = knee["scene"], knee["logic"], knee["ct_node"]
+    pose = CentredParameterization(knee["femur"].centroid, knee["truth"]).pose(
+        torch.tensor([0.1, -0.2, 0.3, 5.0, -7.0, 11.0], dtype=F64))
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur pose")
+    logic.writePoses({"femur": pose}, {"femur": node})
+    ct_node.SetAndObserveTransformNodeID(node.GetID())
+    try:
+        to_world = vtk.vtkGeneralTransform()
+        ct_node.GetParentTransformNode().GetTransformToWorld(to_world)  # Slicer's own machinery
+        m = vtk.vtkMatrix4x4()
+        ct_node.GetIJKToRASMatrix(m)
+        for ijk in [(0, 0, 0), (40, 30, 60), (79, 79, 119)]:
+            ras = numpy_matrix(m) @ [*ijk, 1]
+            scene_point = to_world.TransformPoint(ras[:3])
+            lps = knee["ct"].volume_from_index @ [*ijk, 1]
+            expected = transform_points(pose, torch.tensor(lps[None, :3]))[0].numpy()
+            np.testing.assert_allclose(scene_point, expected, atol=1e-6)
+        # the pose reads back unchanged, and the CT is read in its own frame while under the transform
+        assert torch.allclose(logic.poses(["femur"], [node])["femur"], pose, atol=1e-12)
+        assert logic.boneVolumes(ct_node, knee["label_node"], ["femur"])["femur"].centroid.allclose(
+            knee["femur"].centroid)
+    finally:
+        ct_node.SetAndObserveTransformNodeID(None)
+
+
+def test_render_drr_and_project_bones_on_the_frame_geometry(knee):
+    scene, logic = knee["scene"], knee["logic"]
+    truth_node = add_transform(scene, "femur truth", knee["truth"])
+    out = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DRR")
+    logic.renderDRR(knee["ct_node"], knee["label_node"], CAMERA, ["femur"], [truth_node], out)
+    drr = slicer.util.arrayFromVolume(out)
+    with torch.no_grad():
+        expected = render(knee["femur"], CAMERA, knee["truth"].float(), "fast")[0].numpy()
+    assert drr.shape == (1, 128, 128)
+    np.testing.assert_allclose(drr, expected, rtol=1e-5, atol=1e-6)
+    m = vtk.vtkMatrix4x4()
+    out.GetIJKToRASMatrix(m)
+    np.testing.assert_allclose((numpy_matrix(m) @ [CAMERA.u0, CAMERA.v0, 0, 1])[:3], [0, 0, CAMERA.sdd_mm])
+    # the coarse preview covers the same detector: its pixel corners meet the full frame's
+    logic.renderDRR(knee["ct_node"], knee["label_node"], CAMERA, {"femur": 1}, {"femur": truth_node}, out, longest=64)
+    assert slicer.util.arrayFromVolume(out).shape == (1, 64, 64)
+    out.GetIJKToRASMatrix(m)
+    np.testing.assert_allclose((numpy_matrix(m) @ [-0.5, -0.5, 0, 1])[:2], [(-0.5 - CAMERA.u0) * 2, (-0.5 - CAMERA.v0) * 2])
+    masks = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "bones over frame")
+    logic.projectBones(knee["ct_node"], knee["label_node"], CAMERA, ["femur"], [truth_node], masks)
+    with torch.no_grad():
+        inside = project_label(knee["femur"], CAMERA, knee["truth"].float())[0, 0].numpy() > 0
+    labels = slicer.util.arrayFromVolume(masks)[0]
+    assert np.array_equal(labels == knee["names"]["femur"], inside) and inside.sum() > 200
+    masks_back = logic.masksFromLabelMap(masks, CAMERA, {"femur": 1, "tibia": 2})
+    assert list(masks_back) == ["femur"] and np.array_equal(masks_back["femur"].numpy() > 0, inside)
+
+
+def test_register_brings_a_perturbed_femur_back_within_1mm(knee):
+    scene, logic, truth, femur = knee["scene"], knee["logic"], knee["truth"], knee["femur"]
+    logic.placeFrame(knee["frame_node"], CAMERA)
+    start = CentredParameterization(femur.centroid, truth).pose(
+        torch.tensor([math.radians(3), math.radians(-2), math.radians(4), 4.0, -3.0, 5.0], dtype=F64))
+    initial = add_transform(scene, "femur start", start)
+    output = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur registered")
+    masks = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "femur mask")
+    logic.projectBones(knee["ct_node"], knee["label_node"], CAMERA, ["femur"], [add_transform(scene, "t", truth)], masks)
+    calls = []
+    result = logic.register(knee["ct_node"], knee["label_node"], knee["frame_node"], CAMERA, ["femur"],
+                            {"femur": initial}, {"femur": output}, maskNode=masks, device="cpu", options=FAST,
+                            progress=lambda *a: calls.append(a), polarity="bone-dark")
+    pose = result.bones["femur"].camera_from_volume
+    before = pose_errors(start, truth, femur.centroid, femur.points)["mtre_mm"]
+    after = pose_errors(pose, truth, femur.centroid, femur.points)["mtre_mm"]
+    assert before > 5.0 and after < 1.0, (before, after)
+    np.testing.assert_allclose(to_parent(output), to_parent_from_pose(pose.numpy()), atol=1e-9)
+    np.testing.assert_allclose(to_parent(initial), to_parent_from_pose(start.numpy()), atol=1e-9)  # left alone
+    assert calls and calls[0][0].startswith("femur: ") and len(calls) == result.bones["femur"].iterations
+    with pytest.raises(Cancelled):
+        logic.register(knee["ct_node"], knee["label_node"], knee["frame_node"], CAMERA, ["femur"], [initial],
+                       [output], options=FAST, cancel=lambda: True, polarity="bone-dark")
+
+
+def test_extract_frame_picks_one_slice_of_a_stack(knee):
+    scene, logic = knee["scene"], knee["logic"]
+    stack = add_volume(scene, "vtkMRMLScalarVolumeNode", "stack", np.arange(3 * 128 * 128, dtype=np.float32)
+                       .reshape(3, 128, 128), np.eye(4))
+    one = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame 2")
+    logic.extractFrame(stack, 2, one)
+    assert np.array_equal(logic.frameImage(one, CAMERA), slicer.util.arrayFromVolume(stack)[2])
+    with pytest.raises(FluoroRegError, match="frame index 3 is outside stack's 3 frames; use 0 to 2"):
+        logic.extractFrame(stack, 3, one)
+    with pytest.raises(FluoroRegError, match="frame stack has 3 slices; a frame is one slice: pick one with extractFrame"):
+        logic.placeFrame(stack, CAMERA)
+
+
+def test_bad_inputs_give_one_line_errors(knee, tmp_path):
+    scene, logic = knee["scene"], knee["logic"]
+    ct, labels, frame = knee["ct_node"], knee["label_node"], knee["frame_node"]
+    pose = add_transform(scene, "p", knee["truth"])
+    out = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "out")
+    cases = [
+        (lambda: logic.placeFrame(frame, Camera(1000.0, 256, 256, 1.0, 1.0)),
+         "frame frame is 128x128 pixels but the calibration says 256x256; use the calibration of this frame"),
+        (lambda: logic.renderDRR(ct, labels, CAMERA, ["femur", "meniscus"], [pose, pose], out),
+         "bone(s) meniscus not in label map knee bones (labels present: femur, tibia, patella, fibula)"),
+        (lambda: logic.renderDRR(ct, labels, CAMERA, {"femur": 9}, [pose], out),
+         "label femur=9 is not in labelmap node knee bones (ids present: [1, 2, 3, 4])"),
+        (lambda: logic.renderDRR(ct, labels, CAMERA, ["femur", "tibia"], [pose], out),
+         "2 bones (femur, tibia) need 2 pose transform nodes, got 1; give one transform node per bone"),
+        (lambda: logic.renderDRR(pose, labels, CAMERA, ["femur"], [pose], out),
+         "CT p is a vtkMRMLLinearTransformNode; select a vtkMRMLScalarVolumeNode node"),
+        (lambda: logic.placeFrame(frame, {"sdd_mm": 1000.0, "rows": 128}),
+         "calibration: missing key(s) cols, row_spacing_mm, col_spacing_mm"),
+        (lambda: logic.placeFrame(frame, tmp_path / "nope.json"), "calibration file not found"),
+        (lambda: logic.segmentFrame(frame, tmp_path / "model.pt", labels), "segmentation model not found"),
+        (lambda: FluoroRegistrationLogic(None), "FluoroRegistrationLogic needs a vtkMRMLScene"),
+        (lambda: logic.register(ct, labels, frame, CAMERA, ["femur"], [pose], [pose], device="tpu"),
+         "unknown device 'tpu'; use one of cpu, cuda"),
+    ]
+    logic.placeFrame(frame, CAMERA)
+    for call, message in cases:
+        with pytest.raises(FluoroRegError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                           .replace("]", r"\]")) as err:
+            call()
+        assert "\n" not in str(err.value)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    masks = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "predicted")
+    with pytest.raises(FluoroRegError, match="no segmentation model yet: .* draw or load the masks as a label map"):
+        logic.segmentFrame(frame, model, masks)
