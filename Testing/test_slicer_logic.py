@@ -12,17 +12,15 @@ vtk = pytest.importorskip("vtk")
 
 from FluoroRegistrationLib import FluoroRegError  # noqa: E402
 from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view, transform_points  # noqa: E402
-from FluoroRegistrationLib.phantom import make_knee_phantom  # noqa: E402
 from FluoroRegistrationLib.register import Cancelled, RegistrationOptions, pose_errors  # noqa: E402
 from FluoroRegistrationLib.render import project_label, render  # noqa: E402
-from FluoroRegistrationLib.slicer import FluoroRegistrationLogic, to_parent_from_pose  # noqa: E402
+from FluoroRegistrationLib.slicer import FluoroRegistrationLogic, frame_ijk_to_ras, phantom_scene, to_parent_from_pose  # noqa: E402
+from FluoroRegistrationLib.slicer.demo_scene import DEMO_CAMERA as CAMERA  # noqa: E402
 from FluoroRegistrationLib.slicer.nodes import matrix_to_numpy as numpy_matrix  # noqa: E402
 from FluoroRegistrationLib.slicer.nodes import numpy_to_matrix as vtk_matrix  # noqa: E402
-from FluoroRegistrationLib.volume import ImageVolume, registration_volumes  # noqa: E402
 
 F64 = torch.float64
 FAST = RegistrationOptions(global_search=False, levels=(64, 128), iterations=(60, 60))
-CAMERA = Camera(1000.0, 128, 128, 2.0, 2.0, u0=60.0, v0=66.5)  # principal point off centre on purpose
 
 
 def add_volume(scene, class_name, name, array, ijk_to_ras):
@@ -47,34 +45,20 @@ def to_parent(node):
 
 @pytest.fixture(scope="module")
 def knee():
-    ph = make_knee_phantom(spacing_mm=2.0, flexion_deg=20.0, seed=0)
-    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
-    labels = ImageVolume.from_spacing(ph.labels.astype(np.int16), ph.spacing_mm, ph.origin_mm)
     scene = slicer.vtkMRMLScene()
-    # RAS geometry written out by hand (not through the code under test): LPS axes x, y flip
-    sx, sy, sz = ph.spacing_mm
-    ox, oy, oz = ph.origin_mm
-    ijk_to_ras = np.array([[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1.0]])
-    ct_node = add_volume(scene, "vtkMRMLScalarVolumeNode", "knee CT", ct.array, ijk_to_ras)
-    label_node = add_volume(scene, "vtkMRMLLabelMapVolumeNode", "knee bones", labels.array, ijk_to_ras)
-    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "knee bone names")
-    colors.SetTypeToUser()
-    colors.SetNumberOfColors(1 + max(ph.label_names.values()))
-    for name, index in ph.label_names.items():
-        colors.SetColor(index, name, 0.9, 0.8, 0.6, 1.0)
-    display = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
-    display.SetAndObserveColorNodeID(colors.GetID())
-    label_node.SetAndObserveDisplayNodeID(display.GetID())
-    # the frame: the femur drawn by the exact renderer (not registration's fast one), as a detector
-    # sees it (bone dark: I = I0 exp(-line integral)), in a node with no geometry yet
-    truth = lateral_view(ph.knee_centre_mm, 700.0)
-    femur = registration_volumes(ct, labels, ph.label_names, ["femur"])["femur"]
-    with torch.no_grad():
-        drr = render(femur, CAMERA, truth.float(), "exact", interpolation="linear")[0, 0].numpy()
-    frame_node = add_volume(scene, "vtkMRMLScalarVolumeNode", "frame", (1000.0 * np.exp(-drr))[None].astype(np.float32),
-                            np.eye(4))
-    return dict(scene=scene, ct=ct, ct_node=ct_node, label_node=label_node, frame_node=frame_node, truth=truth,
-                femur=femur, logic=FluoroRegistrationLogic(scene), names=ph.label_names)
+    k = phantom_scene(scene, camera=CAMERA)
+    return dict(scene=scene, ct=k.ct, ct_node=k.ctNode, label_node=k.labelNode, frame_node=k.frameNode, truth=k.truth,
+                femur=k.femur, logic=FluoroRegistrationLogic(scene), names=k.labelNames)
+
+
+def test_ct_node_geometry_is_the_lps_affine_with_x_and_y_negated(knee):
+    m = vtk.vtkMatrix4x4()
+    knee["ct_node"].GetIJKToRASMatrix(m)
+    sx, sy, sz = knee["ct"].spacing
+    ox, oy, oz = knee["ct"].volume_from_index[:3, 3]
+    expected = np.array([[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1.0]])  # written out by hand
+    np.testing.assert_allclose(numpy_matrix(m), expected, atol=1e-12)
+    assert np.array_equal(slicer.util.arrayFromVolume(knee["ct_node"]), knee["ct"].array)
 
 
 def test_place_frame_puts_pixels_on_the_detector(knee):
@@ -227,3 +211,14 @@ def test_bad_inputs_give_one_line_errors(knee, tmp_path):
     masks = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "predicted")
     with pytest.raises(FluoroRegError, match="no segmentation model yet: .* draw or load the masks as a label map"):
         logic.segmentFrame(frame, model, masks)
+
+
+def test_detector_view_shows_the_frame_like_a_radiograph():
+    from FluoroRegistrationLib.slicer.geometry import detector_view_orientation
+
+    m = detector_view_orientation()
+    assert np.isclose(np.linalg.det(m), 1.0)  # a rotation: Slicer accepts it as a slice orientation
+    ijk_to_ras = frame_ijk_to_ras(CAMERA)[:3, :3]
+    screen_from_pixel = m.T @ ijk_to_ras  # (screen right, screen up, normal) per (col, row, slice) step
+    assert screen_from_pixel[0, 0] > 0 and screen_from_pixel[1, 1] < 0  # columns go right, rows go down
+    assert m[:, 2] @ [0, 0, 1] < 0  # the normal points back at the source: seen from the source's side

@@ -5,8 +5,9 @@ the rest of FluoroRegistrationLib never imports them. See CONVENTIONS.md, "In a 
 """
 
 from .geometry import LPS_FROM_RAS, as_camera, frame_ijk_to_ras, pose_from_to_parent, to_parent_from_pose
+from .demo_scene import DEMO_CAMERA, PhantomScene, phantom_scene
 from .job import RegistrationJob, resolve_device
 from .scene_logic import FluoroRegistrationLogic
 
-__all__ = ["LPS_FROM_RAS", "FluoroRegistrationLogic", "RegistrationJob", "as_camera", "frame_ijk_to_ras",
+__all__ = ["DEMO_CAMERA", "LPS_FROM_RAS", "PhantomScene", "phantom_scene", "FluoroRegistrationLogic", "RegistrationJob", "as_camera", "frame_ijk_to_ras",
            "pose_from_to_parent", "resolve_device", "to_parent_from_pose"]

@@ -83,3 +83,10 @@ def as_camera(calibration) -> Camera:
 def calibration_text(camera: Camera) -> str:
     """The calibration as JSON text (stored on frame nodes, so a saved scene keeps it)."""
     return json.dumps(camera.to_dict())
+
+
+def detector_view_orientation() -> np.ndarray:
+    """(3, 3) slice-view orientation (columns: screen right, screen up, view normal, in scene axes) that
+    shows a frame as a radiograph viewer does: columns left to right, row 0 at the top, seen from the
+    source. Slicer's axial view would mirror both axes (it puts R on the screen's left)."""
+    return np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
