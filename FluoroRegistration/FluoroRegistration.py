@@ -1,13 +1,31 @@
-"""FluoroRegistration: the 3D Slicer scripted module.
+"""FluoroRegistration: the 3D Slicer scripted module (Extension Wizard template conventions).
 
-A thin layer over FluoroRegistrationLib (which never imports Slicer). This version registers the
-module and offers the core's DRR rendering to Slicer's Python console; the GUI (pose sliders, live
-DRR overlay, mask preview, Register) is the Slicer-module issue's work.
+The work is done by FluoroRegistrationLib.slicer.FluoroRegistrationLogic(scene) (the console API, which
+imports nothing from Slicer's GUI); this file holds the GUI: a parameter node (saved with the scene),
+the widget, a thin logic adapting Slicer's singletons to the core, and a self-test. torch is installed
+on first use after asking (PyTorch extension), never at start-up; SimpleITK is Slicer's own.
 """
 
+import json
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Annotated, Union
+
+import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+
+from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode,
+                    vtkMRMLSegmentationNode)
+
+POSE_ROLES = {"initial": "FluoroInitialPose", "output": "FluoroOutputPose"}
+PREVIEW_NAME, OUTLINE_NAME = "FluoroRegistration DRR", "FluoroRegistration bone outlines"
 
 
 class FluoroRegistration(ScriptedLoadableModule):
@@ -18,34 +36,489 @@ class FluoroRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["FluoroRegistration developers"]
         self.parent.helpText = (
-            "Differentiable 2D/3D registration of bones in a CT to a single-plane fluoroscopy frame. "
-            "Poses are camera_from_volume transforms; see the extension's README for the conventions.")
+            "Differentiable 2D/3D registration of bones in a CT to a single-plane fluoroscopy frame. The scene is "
+            "the C-arm (source at the origin, detector at z = sdd); each bone's pose is a linear transform node. "
+            "See the extension's README_SLICER.md.")
         self.parent.acknowledgementText = "Built on PyTorch, SimpleITK and 3D Slicer."
 
 
-class FluoroRegistrationWidget(ScriptedLoadableModuleWidget):
+@parameterNodeWrapper
+class FluoroRegistrationParameterNode:
+    """The GUI state, saved with the scene. Per-bone pose transforms are node references (see POSE_ROLES)."""
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    boneLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    frameVolume: vtkMRMLScalarVolumeNode
+    frameIndex: Annotated[int, Minimum(0)] = 0
+    bones: str = "femur,tibia"
+    sddMm: Annotated[float, Minimum(1.0)] = 1000.0
+    rows: Annotated[int, Minimum(1)] = 512
+    cols: Annotated[int, Minimum(1)] = 512
+    rowSpacingMm: float = 0.3
+    colSpacingMm: float = 0.3
+    principalCol: float = -1.0  # -1: the image centre
+    principalRow: float = -1.0
+    showHandles: bool = True
+    livePreview: bool = True
+    previewSize: Annotated[int, Minimum(16)] = 128
+    modelPath: Path
+    maskVolume: vtkMRMLLabelMapVolumeNode
+    useMasks: bool = True
+    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    polarity: Annotated[str, Choice(["auto", "bone-dark", "bone-bright"])] = "auto"
+
+
+class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._observedPose = None
+        self._worker = None
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/FluoroRegistration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = FluoroRegistrationLogic()
+        self._coarseTimer = _singleShotTimer(0, lambda: self.updatePreview(coarse=True))
+        self._restTimer = _singleShotTimer(400, lambda: self.updatePreview(coarse=False))
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(100)
+        self._pollTimer.timeout.connect(self.pollRegistration)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.loadCalibrationButton.connect("clicked(bool)", self.onLoadCalibration)
+        self.ui.saveCalibrationButton.connect("clicked(bool)", self.onSaveCalibration)
+        self.ui.placeFrameButton.connect("clicked(bool)", lambda: self.run(self.logic.placeFrame, self._parameterNode))
+        self.ui.bonesLineEdit.connect("editingFinished()", self.updateBoneList)
+        self.ui.boneComboBox.connect("currentTextChanged(QString)", self.onBoneChanged)
+        self.ui.initialPoseSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInitialPoseSelected)
+        self.ui.handlesCheckBox.connect("toggled(bool)", lambda on: self.onBoneChanged(self.ui.boneComboBox.currentText))
+        self.ui.previewButton.connect("clicked(bool)", lambda: self.updatePreview(coarse=False))
+        self.ui.segmentButton.connect("clicked(bool)", lambda: self.run(self.logic.segment, self._parameterNode))
+        self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.onCancel()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event):
+        self.onCancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            self._parameterNode.ctVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.updateBoneList()
+
+    # ------------------------------------------------------------------------------------ helpers
+    def run(self, function, *args):
+        """Call a logic step; errors go to the status line (and the log), never a traceback dialog."""
+        try:
+            with slicer.util.WaitCursor():
+                return function(*args)
+        except Exception as err:  # noqa: BLE001 - every failure is shown to the user, one line
+            if not isinstance(err, ValueError):  # FluoroRegError is a ValueError: bad input, no traceback needed
+                logging.exception("FluoroRegistration")
+            self.ui.statusLabel.text = f"Error: {err}"
+            return None
+
+    def onLoadCalibration(self):
+        path = qt.QFileDialog.getOpenFileName(self.parent, "Calibration JSON", "", "JSON (*.json)")
+        if path:
+            self.run(self.logic.loadCalibration, self._parameterNode, path)
+
+    def onSaveCalibration(self):
+        path = qt.QFileDialog.getSaveFileName(self.parent, "Calibration JSON", "calib.json", "JSON (*.json)")
+        if path:
+            self.run(lambda: Path(path).write_text(json.dumps(self.logic.calibration(self._parameterNode), indent=2)))
+
+    def updateBoneList(self):
+        bones = self.logic.boneNames(self._parameterNode)
+        current = self.ui.boneComboBox.currentText
+        with _blocked(self.ui.boneComboBox):
+            self.ui.boneComboBox.clear()
+            self.ui.boneComboBox.addItems(bones)
+        self.ui.boneComboBox.setCurrentText(current if current in bones else (bones[0] if bones else ""))
+        self.onBoneChanged(self.ui.boneComboBox.currentText)
+
+    def onBoneChanged(self, bone):
+        """Show the bone's initial pose in the selector, sliders and 3D handles; follow its changes."""
+        if self._observedPose is not None:
+            self.removeObserver(self._observedPose, vtkMRMLLinearTransformNode.TransformModifiedEvent, self.onPoseModified)
+            self._observedPose = None
+        node = self.logic.poseNode(self._parameterNode, "initial", bone) if bone and self._parameterNode else None
+        with _blocked(self.ui.initialPoseSelector):
+            self.ui.initialPoseSelector.setCurrentNode(node)
+        self.ui.translationSliders.setMRMLTransformNode(node)
+        self.ui.rotationSliders.setMRMLTransformNode(node)
+        if node is not None:
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetEditorVisibility(bool(self._parameterNode.showHandles))
+            self.addObserver(node, vtkMRMLLinearTransformNode.TransformModifiedEvent, self.onPoseModified)
+            self._observedPose = node
+
+    def onInitialPoseSelected(self, node):
+        bone = self.ui.boneComboBox.currentText
+        if bone and self._parameterNode:
+            self._parameterNode.parameterNode.SetNodeReferenceID(f"{POSE_ROLES['initial']}:{bone}",
+                                                                 node.GetID() if node else None)
+            self.onBoneChanged(bone)
+
+    # ------------------------------------------------------------------------------------ live DRR
+    def onPoseModified(self, caller=None, event=None):
+        if self._parameterNode and self._parameterNode.livePreview and self._worker is None:
+            if not self._coarseTimer.isActive():
+                self._coarseTimer.start()  # coalesces the slider's many events into one coarse render
+            self._restTimer.start()  # full resolution once the pose rests
+
+    def updatePreview(self, coarse):
+        if not self.logic.ensureDependencies(ask=not coarse):
+            return
+        longest = self._parameterNode.previewSize if coarse else None
+        self.run(self.logic.renderPreview, self._parameterNode, longest)
+
+    # ------------------------------------------------------------------------------------ register
+    def onRegister(self):
+        if self._worker is not None or not self.logic.ensureDependencies(ask=True):
+            return
+        prepared = self.run(self.logic.prepareRegistration, self._parameterNode)
+        if prepared is None:
+            return
+        job, outputs = prepared
+        self._outputs, self._events, self._cancel = outputs, queue.Queue(), threading.Event()
+        self._expected = max(1, self.logic.expectedIterations(job.options)) * len(job.bones)
+        self._done = 0
+
+        def progress(stage, iteration, similarity, pose):  # worker thread: no MRML here
+            self._events.put(("progress", stage, similarity, pose.detach().cpu().numpy()))
+
+        def work():
+            try:
+                self._events.put(("done", job.run(progress, self._cancel.is_set)))
+            except Exception as err:  # noqa: BLE001 - handed to the main thread, shown in the status line
+                self._events.put(("error", err))
+
+        self._worker = threading.Thread(target=work, name="FluoroRegistration", daemon=True)
+        self.ui.registerButton.enabled, self.ui.cancelButton.enabled = False, True
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = f"Registering {', '.join(job.bones)} on {job.device or 'auto'}..."
+        self._worker.start()
+        self._pollTimer.start()
+
+    def pollRegistration(self):
+        """Main thread: apply the worker's latest poses and progress to the scene and the GUI."""
+        latest, finished = {}, None
+        while not self._events.empty():
+            kind, *rest = self._events.get_nowait()
+            if kind == "progress":
+                stage, similarity, pose = rest
+                latest[stage.split(":")[0]] = pose
+                self._done += 1
+                self.ui.statusLabel.text = f"{stage}: similarity {similarity:.4f}"
+            else:
+                finished = (kind, rest[0])
+        core = self.logic.core()
+        if latest:
+            core.writePoses(latest, {b: self._outputs[b] for b in latest})
+            self.ui.progressBar.value = min(99, int(100 * self._done / self._expected))
+        if finished is None:
+            return
+        self._pollTimer.stop()
+        self._worker = None
+        self.ui.registerButton.enabled, self.ui.cancelButton.enabled = True, False
+        kind, payload = finished
+        if kind == "error":
+            self.ui.statusLabel.text = f"Error: {payload}"
+            return
+        self.ui.progressBar.value = 100
+        self.ui.statusLabel.text = self.run(self.logic.showResult, self._parameterNode, payload, self._outputs) or ""
+
+    def onCancel(self):
+        if self._worker is not None:
+            self._cancel.set()
+            self.ui.statusLabel.text = "Cancelling..."
+
+
+class _blocked:
+    """Block a Qt widget's signals inside a with-block."""
+
+    def __init__(self, widget):
+        self.widget = widget
+
+    def __enter__(self):
+        self.previous = self.widget.blockSignals(True)
+
+    def __exit__(self, *exc):
+        self.widget.blockSignals(self.previous)
+
+
+def _singleShotTimer(msec, slot):
+    timer = qt.QTimer()
+    timer.setSingleShot(True)
+    timer.setInterval(msec)
+    timer.timeout.connect(slot)
+    return timer
 
 
 class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
-    """Console access to the core: ``FluoroRegistrationLogic().core()`` returns FluoroRegistrationLib.
+    """Thin logic: Slicer's singletons (slicer.mrmlScene, the parameter node, the views) adapted to
+    FluoroRegistrationLib.slicer.FluoroRegistrationLogic, which does the work and is the console API."""
 
-    torch is imported on first use only (never at Slicer start-up).
-    """
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._core = None
+
+    def getParameterNode(self):
+        return FluoroRegistrationParameterNode(super().getParameterNode())
+
+    def ensureDependencies(self, ask=True):
+        """True when torch imports; else offer to install it (PyTorch extension's installTorch). Never at start-up."""
+        try:
+            import torch  # noqa: F401
+            import scipy  # noqa: F401
+            return True
+        except ImportError:
+            if not ask:
+                return False
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            slicer.util.errorDisplay("FluoroRegistration needs the PyTorch extension: install it from the Extensions "
+                                     "Manager and restart Slicer.")
+            return False
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            if not slicer.util.confirmOkCancelDisplay("FluoroRegistration needs PyTorch, which is not installed yet. "
+                                                      "Install it now? This downloads several GB and may take minutes."):
+                return False
+            if torchLogic.installTorch(askConfirmation=False) is None:
+                slicer.util.errorDisplay("PyTorch could not be installed; see the Python console.")
+                return False
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            slicer.util.pip_install("scipy")  # SimpleITK is Slicer's own and never reinstalled
+        return True
 
     def core(self):
-        import FluoroRegistrationLib
+        """The scene logic of FluoroRegistrationLib on slicer.mrmlScene (imports torch: ensureDependencies first)."""
+        if self._core is None or self._core.scene is not slicer.mrmlScene:
+            from FluoroRegistrationLib.slicer import FluoroRegistrationLogic as SceneLogic
 
-        return FluoroRegistrationLib
+            self._core = SceneLogic(slicer.mrmlScene)
+        return self._core
+
+    # ------------------------------------------------------------------------------------ parameters
+    def calibration(self, p):
+        """The calibration fields as CONVENTIONS.md's JSON object."""
+        out = {"sdd_mm": p.sddMm, "rows": p.rows, "cols": p.cols, "row_spacing_mm": p.rowSpacingMm,
+               "col_spacing_mm": p.colSpacingMm}
+        if p.principalCol >= 0 and p.principalRow >= 0:
+            out["principal_point"] = {"col": p.principalCol, "row": p.principalRow}
+        return out
+
+    def loadCalibration(self, p, path):
+        from FluoroRegistrationLib.geometry import Camera
+
+        camera = Camera.from_json(path)
+        with slicer.util.NodeModify(p.parameterNode):
+            p.sddMm, p.rows, p.cols = camera.sdd_mm, camera.rows, camera.cols
+            p.rowSpacingMm, p.colSpacingMm = camera.row_spacing_mm, camera.col_spacing_mm
+            p.principalCol, p.principalRow = camera.u0, camera.v0
+
+    def boneNames(self, p):
+        return [b.strip() for b in (p.bones or "").split(",") if b.strip()]
+
+    def poseNode(self, p, kind, bone, create=True):
+        """The bone's initial or output pose transform (a node reference of the parameter node)."""
+        role = f"{POSE_ROLES[kind]}:{bone}"
+        node = p.parameterNode.GetNodeReference(role)
+        if node is None and create:
+            name = f"{bone} initial pose" if kind == "initial" else f"{bone} pose"
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+            p.parameterNode.SetNodeReferenceID(role, node.GetID())
+        return node
+
+    def labelNode(self, p):
+        """The bone label map; a segmentation is exported to one (segment names become label names)."""
+        if p.boneLabels is None:
+            raise ValueError("no bone labels selected; select a label map or segmentation of the bones")
+        if p.boneLabels.IsA("vtkMRMLLabelMapVolumeNode"):
+            return p.boneLabels
+        name = f"{p.boneLabels.GetName()} labels"
+        node = slicer.mrmlScene.GetFirstNodeByName(name) or slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLLabelMapVolumeNode", name)
+        slicer.modules.segmentations.logic().ExportVisibleSegmentsToLabelmapNode(p.boneLabels, node, p.ctVolume)
+        return node
+
+    def frameNode(self, p):
+        """The frame to register: the selected volume, or its slice ``frameIndex`` when it holds several."""
+        frame = p.frameVolume
+        if frame is None:
+            raise ValueError("no fluoroscopy frame selected; select the frame volume")
+        dims = frame.GetImageData().GetDimensions() if frame.GetImageData() else (0, 0, 0)
+        if dims[2] <= 1:
+            return frame
+        name = f"{frame.GetName()} frame {p.frameIndex}"
+        single = slicer.mrmlScene.GetFirstNodeByName(name) or slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLScalarVolumeNode", name)
+        return self.core().extractFrame(frame, p.frameIndex, single)
+
+    def poseNodes(self, p, kind):
+        return {b: self.poseNode(p, kind, b) for b in self.boneNames(p)}
+
+    # ------------------------------------------------------------------------------------ steps
+    def placeFrame(self, p):
+        frame = self.frameNode(p)
+        self.core().placeFrame(frame, self.calibration(p))
+        self.showOnDetector(background=frame)
+        return frame
+
+    def renderPreview(self, p, longest=None):
+        """DRR of the bones at their initial poses over the frame (``longest``: coarse, while dragging)."""
+        drr = slicer.mrmlScene.GetFirstNodeByName(PREVIEW_NAME) or slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLScalarVolumeNode", PREVIEW_NAME)
+        self.core().renderDRR(p.ctVolume, self.labelNode(p), self.calibration(p), self.boneNames(p),
+                              self.poseNodes(p, "initial"), drr, longest=longest)
+        self.showOnDetector(foreground=drr)
+        return drr
+
+    def segment(self, p):
+        masks = p.maskVolume or slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "bone masks")
+        self.core().segmentFrame(self.placeFrame(p), p.modelPath, masks)
+        p.maskVolume = masks
+        self.showOnDetector(label=masks)
+
+    def prepareRegistration(self, p):
+        """Main thread: read the scene into a job the worker can run; returns (job, output pose nodes)."""
+        frame = self.placeFrame(p)
+        device = None if p.device == "auto" else p.device
+        job = self.core().prepareRegistration(p.ctVolume, self.labelNode(p), frame, self.calibration(p),
+                                              self.boneNames(p), self.poseNodes(p, "initial"),
+                                              p.maskVolume if p.useMasks else None, device, polarity=p.polarity)
+        return job, self.poseNodes(p, "output")
+
+    @staticmethod
+    def expectedIterations(options):
+        search = options.search_steps if options.global_search else 0
+        return search + sum(options.iterations)
+
+    def showResult(self, p, result, outputs):
+        """Poses written, bones shown at their poses in 3D, outlines over the frame; returns the summary line."""
+        core = self.core()
+        core.writePoses(result.poses(), outputs)
+        outline = slicer.mrmlScene.GetFirstNodeByName(OUTLINE_NAME) or slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLLabelMapVolumeNode", OUTLINE_NAME)
+        labels = self.labelNode(p)
+        core.projectBones(p.ctVolume, labels, self.calibration(p), list(outputs), outputs, outline)
+        self.showOnDetector(label=outline)
+        ids = core.boneIds(labels, list(outputs))
+        for bone, node in outputs.items():
+            self.showBone(labels, ids[bone], f"{bone} surface", node)
+        return "; ".join(f"{b}: similarity {r.similarity:.4f}, {r.iterations} iterations, {r.seconds:.1f} s"
+                         for b, r in result.bones.items())
+
+    def showBone(self, labels, labelId, name, poseNode):
+        """The bone's surface (a segmentation of its label) observing its pose transform, never hardened."""
+        seg = slicer.mrmlScene.GetFirstNodeByName(name)
+        if seg is None:
+            single = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} label")
+            slicer.util.updateVolumeFromArray(single, (slicer.util.arrayFromVolume(labels) == labelId).astype("uint8"))
+            matrix = vtk.vtkMatrix4x4()
+            labels.GetIJKToRASMatrix(matrix)
+            single.SetIJKToRASMatrix(matrix)
+            seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(single, seg)
+            slicer.mrmlScene.RemoveNode(single)
+            seg.CreateClosedSurfaceRepresentation()
+        seg.SetAndObserveTransformNodeID(poseNode.GetID())
+
+    def showOnDetector(self, background=None, foreground=None, label=None):
+        """Show volumes in the Red view, oriented like a radiograph, label maps as outlines."""
+        import numpy as np
+
+        from FluoroRegistrationLib.slicer.geometry import detector_view_orientation
+
+        kwargs = {k: v for k, v in (("background", background), ("foreground", foreground), ("label", label)) if v}
+        slicer.util.setSliceViewerLayers(**kwargs, foregroundOpacity=0.5, fit=False)
+        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        red.AddSliceOrientationPreset("Detector", slicer.util.vtkMatrixFromArray(np.asarray(detector_view_orientation())))
+        red.SetOrientation("Detector")
+        red.SetUseLabelOutline(True)
+        slicer.app.layoutManager().sliceWidget("Red").sliceLogic().FitSliceToAll()
 
 
 class FluoroRegistrationTest(ScriptedLoadableModuleTest):
-    def runTest(self):
-        slicer.mrmlScene.Clear()
-        self.test_core_imports()
+    """The pytest scenario (Testing/test_slicer_logic.py) inside Slicer, on slicer.mrmlScene."""
 
-    def test_core_imports(self):
-        lib = FluoroRegistrationLogic().core()
-        self.assertTrue(hasattr(lib, "__version__"))
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_register_phantom_femur()
+
+    def test_register_phantom_femur(self):
+        import math
+
+        logic = FluoroRegistrationLogic()
+        if not logic.ensureDependencies(ask=False):
+            self.skipTest("PyTorch is not installed (install it from the module, or the PyTorch extension)")
+        import torch
+
+        from FluoroRegistrationLib import FluoroRegError
+        from FluoroRegistrationLib.geometry import CentredParameterization
+        from FluoroRegistrationLib.register import RegistrationOptions, pose_errors
+        from FluoroRegistrationLib.slicer import phantom_scene, to_parent_from_pose
+
+        self.delayDisplay("Phantom knee scene")
+        knee = phantom_scene(slicer.mrmlScene)
+        core = logic.core()
+        core.placeFrame(knee.frameNode, knee.camera)
+        start = CentredParameterization(knee.femur.centroid, knee.truth).pose(
+            torch.tensor([math.radians(3), math.radians(-2), math.radians(4), 4.0, -3.0, 5.0], dtype=torch.float64))
+        initial = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur initial pose")
+        initial.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(to_parent_from_pose(start.numpy())))
+        drr = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "femur DRR")
+        core.renderDRR(knee.ctNode, knee.labelNode, knee.camera, ["femur"], [initial], drr, longest=64)
+        self.assertEqual(slicer.util.arrayFromVolume(drr).shape, (1, 64, 64))
+        self.delayDisplay("Register the femur")
+        output = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur pose")
+        result = core.register(knee.ctNode, knee.labelNode, knee.frameNode, knee.camera, ["femur"], [initial], [output],
+                               device="cpu", polarity="bone-dark",
+                               options=RegistrationOptions(global_search=False, levels=(64, 128), iterations=(60, 60)))
+        pose = result.bones["femur"].camera_from_volume
+        self.assertLess(pose_errors(pose, knee.truth, knee.femur.centroid, knee.femur.points)["mtre_mm"], 1.0)
+        written = slicer.util.arrayFromTransformMatrix(output)
+        self.assertTrue(abs(written - to_parent_from_pose(pose.numpy())).max() < 1e-6)
+        with self.assertRaises(FluoroRegError):
+            core.renderDRR(knee.ctNode, knee.labelNode, knee.camera, ["meniscus"], [initial], drr)
+        self.delayDisplay("Test passed")

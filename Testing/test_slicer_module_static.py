@@ -1,0 +1,109 @@
+"""The Slicer module without Slicer: its .ui, its Python and its CMake lists agree with each other."""
+
+import ast
+import fnmatch
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "FluoroRegistration"
+UI = MODULE / "Resources" / "UI" / "FluoroRegistration.ui"
+SOURCE = MODULE / "FluoroRegistration.py"
+
+
+def ui_widgets():
+    """name -> (class, SlicerParameterName or None) for every named widget of the .ui."""
+    root = ET.parse(UI).getroot()
+    out = {}
+    for widget in root.iter("widget"):
+        if widget.get("name"):
+            param = [p.findtext("string") for p in widget.findall("property") if p.get("name") == "SlicerParameterName"]
+            out[widget.get("name")] = (widget.get("class"), param[0] if param else None)
+    return out
+
+
+def module_tree():
+    return ast.parse(SOURCE.read_text())
+
+
+def test_ui_root_is_a_qmrmlwidget_and_every_self_ui_name_exists():
+    root = ET.parse(UI).getroot()
+    assert root.find("widget").get("class") == "qMRMLWidget"
+    widgets = ui_widgets()
+    used = {node.attr for node in ast.walk(module_tree()) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+            and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    assert len(used) >= 15
+    missing = sorted(used - set(widgets))
+    assert not missing, f"self.ui.<name> not in {UI.name}: {missing}"
+
+
+def test_every_slicer_parameter_name_is_a_field_of_the_parameter_node():
+    classes = {c.name: c for c in ast.walk(module_tree()) if isinstance(c, ast.ClassDef)}
+    node_class = classes["FluoroRegistrationParameterNode"]
+    assert any(getattr(d, "id", None) == "parameterNodeWrapper" for d in node_class.decorator_list)
+    fields = {s.target.id for s in node_class.body if isinstance(s, ast.AnnAssign)}
+    bound = {param for _, param in ui_widgets().values() if param}
+    assert bound and not sorted(bound - fields), f"SlicerParameterName without a field: {sorted(bound - fields)}"
+    # the module's parts, in the Extension Wizard's names
+    assert {"FluoroRegistration", "FluoroRegistrationWidget", "FluoroRegistrationLogic", "FluoroRegistrationTest"} <= set(classes)
+    # MRML selectors are given the scene by the root's mrmlSceneChanged signal
+    receivers = {c.findtext("receiver") for c in ET.parse(UI).getroot().iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    selectors = {n for n, (cls, _) in ui_widgets().items() if cls in ("qMRMLNodeComboBox", "qMRMLTransformSliders")}
+    assert selectors and selectors <= receivers
+
+
+def cmake_listed_files(cmake: Path):
+    """Files a CMakeLists.txt lists in set(...) blocks (variables substituted), and its GLOB patterns."""
+    text = re.sub(r"#.*", "", cmake.read_text())
+    variables = dict(re.findall(r"set\((\w+)\s+([^\s)]+)\s*\)", text))
+    files = []
+    for _, body in re.findall(r"set\((\w+)\s+([^)]*)\)", text):
+        for item in body.split():
+            item = re.sub(r"\$\{(\w+)\}", lambda m: variables.get(m.group(1), m.group(0)), item)
+            if "." in Path(item).name and "$" not in item and not item.startswith('"'):
+                files.append(cmake.parent / item)
+    globs = [g.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "") for g in re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/\S+\*\.py", text)]
+    return files, globs
+
+
+def test_every_file_the_cmake_lists_name_exists_and_every_resource_is_listed():
+    files, _ = cmake_listed_files(MODULE / "CMakeLists.txt")
+    assert files and all(f.is_file() for f in files), [str(f) for f in files if not f.is_file()]
+    resources = {p for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    assert resources <= set(files), f"resources not in the CMake list: {sorted(map(str, resources - set(files)))}"
+    assert SOURCE in files
+    top = (ROOT / "CMakeLists.txt").read_text()
+    for sub in re.findall(r"add_subdirectory\((\w+)\)", top):
+        assert (ROOT / sub / "CMakeLists.txt").is_file()
+    _, globs = cmake_listed_files(ROOT / "CMakeLists.txt")
+    assert globs == ["FluoroRegistrationLib/*.py"] and "GLOB_RECURSE" in top and "WITH_SUBDIR" in top
+    scene_logic = ROOT / "FluoroRegistrationLib" / "slicer" / "scene_logic.py"
+    assert fnmatch.fnmatch(str(scene_logic.relative_to(ROOT)), globs[0])  # the recursive glob ships the subpackage
+
+
+def test_only_the_slicer_subpackage_of_the_core_imports_slicer_or_vtk():
+    offenders = []
+    for path in (ROOT / "FluoroRegistrationLib").rglob("*.py"):
+        if "slicer" in path.relative_to(ROOT / "FluoroRegistrationLib").parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("slicer", "vtk", "qt", "ctk")]
+    assert not offenders, offenders
+    # and the scene logic never reaches for Slicer's application or global scene (code, not docstrings)
+    for path in (ROOT / "FluoroRegistrationLib" / "slicer").glob("*.py"):
+        used = {f"slicer.{n.attr}" for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)
+                and isinstance(n.value, ast.Name) and n.value.id == "slicer"}
+        assert not used & {"slicer.app", "slicer.mrmlScene", "slicer.util", "slicer.modules"}, (path.name, used)
+
+
+def test_torch_is_imported_on_first_use_only():
+    """Slicer must start without torch: the module imports neither torch nor the core at the top level."""
+    top_level = [n for n in module_tree().body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [a.name for n in top_level for a in n.names] + [n.module for n in top_level if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n and n.split(".")[0] in ("torch", "FluoroRegistrationLib")]
+    assert "installTorch" in SOURCE.read_text() and "pip_install(\"SimpleITK" not in SOURCE.read_text()
