@@ -101,7 +101,7 @@ def render_scene_figure(path, size=(1400, 800)) -> dict:
     from ..register import RegistrationOptions, pose_errors
     from .demo_scene import phantom_scene
     from .geometry import to_parent_from_pose
-    from .nodes import ijk_to_ras, numpy_to_matrix, to_parent
+    from .nodes import ijk_to_ras, numpy_to_matrix, to_parent, volume_array
     from .scene_logic import FluoroRegistrationLogic
 
     scene = slicer.vtkMRMLScene()
@@ -124,7 +124,7 @@ def render_scene_figure(path, size=(1400, 800)) -> dict:
     renderer.AddActor(_actor(femur_ijk, (0.85, 0.25, 0.2), 0.35, to_parent(initial) @ labels_ijk_to_ras))
     renderer.AddActor(_actor(femur_ijk, (0.93, 0.87, 0.72), 1.0, to_parent(output) @ labels_ijk_to_ras))
     renderer.AddActor(_actor(tibia_ijk, (0.6, 0.75, 0.9), 0.25, to_parent_from_pose(knee.truth.numpy()) @ labels_ijk_to_ras))
-    frame = slicer.util.arrayFromVolume(knee.frameNode)[0]
+    frame = volume_array(knee.frameNode, "frame")[0]
     plane, corners = _frame_plane(knee.frameNode, frame)
     renderer.AddActor(plane)
     source, principal = [0.0] * 3, [0.0] * 3
