@@ -175,6 +175,20 @@ def cmd_demo(args) -> None:
         run_register_demo(args.out)
 
 
+def cmd_evaluate(args) -> None:
+    from pathlib import Path
+
+    from .evaluate import load_experiment, run_experiment, write_report
+    from .evaluate.runner import frames_folder
+
+    exp = load_experiment(args.config)
+    rows = run_experiment(exp, args.out, scheduler=args.scheduler, workers=args.workers, serial=args.serial)
+    result = write_report(exp, Path(args.out), rows, frames_folder(exp, Path(args.out)))
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"wrote {args.out}/runs.csv ({len(rows)} runs), summary.md, summary.json and plots"
+          + (" and landscapes" if "landscapes" in result else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluororeg", description="Differentiable 2D/3D registration of bones "
                                      "to fluoroscopy. " + CONVENTIONS)
@@ -236,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--overlay", help="PNG of the registered outlines over the frame")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("evaluate", help="accuracy, success rate, capture range and loss landscapes of the "
+                       "registration over many starts (config YAML), on Dask", epilog=CONVENTIONS)
+    p.add_argument("--config", required=True, help="experiment YAML (see FluoroRegistrationLib/evaluate/config.py)")
+    p.add_argument("--out", required=True, help="output folder; rerunning resumes (finished runs are skipped)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=int, help="local cluster worker processes (default: the machine's cores)")
+    p.add_argument("--serial", action="store_true", help="run in this process, without Dask")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the built-in example: phantom, C-arm, DRRs and pictures")
     p.add_argument("--out", default="demo_out")

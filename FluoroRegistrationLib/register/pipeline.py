@@ -152,6 +152,37 @@ def _weights(mask, field, size, dilation_fraction):
     return w
 
 
+def _level_objective(bone, frame, camera, par, mask, field, options, loss_fn, longest) -> _Objective:
+    """The loss at the pyramid level whose longest side is ``longest`` pixels (undistorted inputs)."""
+    size = _level_size(camera, longest)
+    level_camera = camera.resized(*size)
+    # a level whose pixels, seen at the bone, span k voxels draws the bone on a k-times coarser grid
+    depth = float(transform_points(par.reference, bone.centroid[None].to(par.reference))[0, 2])
+    voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
+    pixel_at_bone = min(level_camera.row_spacing_mm, level_camera.col_spacing_mm) * depth / camera.sdd_mm
+    drawn = bone.coarsened(max(1, int(pixel_at_bone / voxel))) if options.coarsen else bone
+    return _Objective(drawn, level_camera, par, _pool(frame, size),
+                      _weights(mask, field, size, options.mask_dilation_fraction), loss_fn)
+
+
+def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera, reference: torch.Tensor,
+                         mask: torch.Tensor | None = None, field: torch.Tensor | None = None,
+                         options: RegistrationOptions | None = None, longest: int = 128):
+    """The registration's loss about a pose, for landscapes and diagnostics: returns ``loss(x)``,
+    (B, 6) -> (B,) (1 - similarity), with ``x`` in :class:`CentredParameterization` units about the
+    bone's centroid and ``reference`` (camera axes: rotations in radians, translations in mm), at
+    the pyramid level of ``longest`` pixels, exactly as :func:`register_bone` evaluates it.
+    Shapes: frame, mask, field (1, 1, H, W) on the camera's grid; reference (4, 4).
+    """
+    from ..similarity import get_similarity
+
+    options = options or RegistrationOptions()
+    camera, frame, mask, field = _undistort(camera, _as_image(frame, "frame"),
+                                            None if mask is None else _as_image(mask, "mask"), field)
+    par = CentredParameterization(bone.centroid.to(torch.float64), reference.to(torch.float64))
+    return _level_objective(bone, frame, camera, par, mask, field, options, get_similarity(options.similarity), longest)
+
+
 def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,
                   mask: torch.Tensor | None = None, field: torch.Tensor | None = None,
                   options: RegistrationOptions | None = None, progress=None, cancel=None) -> BoneResult:
@@ -183,18 +214,9 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
 
     objectives = {}
 
-    depth = float(transform_points(initial, bone.centroid[None].to(initial))[0, 2])
-    voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
-
     def objective_at(longest):
         if longest not in objectives:
-            size = _level_size(camera, longest)
-            level_camera = camera.resized(*size)
-            # a level whose pixels, seen at the bone, span k voxels draws the bone on a k-times coarser grid
-            pixel_at_bone = min(level_camera.row_spacing_mm, level_camera.col_spacing_mm) * depth / camera.sdd_mm
-            drawn = bone.coarsened(max(1, int(pixel_at_bone / voxel))) if options.coarsen else bone
-            objectives[longest] = _Objective(drawn, level_camera, par, _pool(frame, size),
-                                             _weights(mask, field, size, options.mask_dilation_fraction), loss_fn)
+            objectives[longest] = _level_objective(bone, frame, camera, par, mask, field, options, loss_fn, longest)
         return objectives[longest]
 
     stages: list[StageLog] = []

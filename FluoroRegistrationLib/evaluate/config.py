@@ -1,0 +1,142 @@
+"""The experiment definition: a YAML file, checked, with every default written back out.
+
+```yaml
+name: study
+seed: 0
+frames:                      # either a folder written by `fluororeg simulate` ...
+  folder: sim/
+  # ... or what to simulate (into OUT/frames_sim/): count, realism, flexion_range, camera
+  # simulate: {count: 6, realism: medium, flexion_range: [0, 90]}
+calibration: true            # true: the C-arm that took the frames; nominal: the folder's calib.json
+bones: [femur, tibia]
+starts:
+  mtre_bins_mm: [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20]   # bin edges of the initial mTRE
+  per_bin: 2                 # starts per frame, bone and bin (the same starts for every condition)
+  per_axis:                  # optional: one parameter at a time, for per-parameter capture ranges
+    translation_mm: [5, 10, 15, 20]
+    rotation_deg: [4, 8, 12]
+conditions:                  # one line each; anything RegistrationOptions takes goes in options
+  - {name: mask, mask: truth}
+  - {name: no mask, mask: none}
+  # - {name: gcc, mask: truth, options: {similarity: gcc}}
+options: {}                  # RegistrationOptions for every condition (a condition's own win)
+landscape:                   # optional loss landscapes
+  frames: [0]
+  half_range: {translation_mm: 20, rotation_deg: 15}
+  points: 41
+  pairs: [[0, 1], [3, 5]]    # 2D slices over these parameter pairs (rx ry rz tx ty tz = 0..5)
+  level: 128
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FluoroRegError
+
+MASK_SOURCES = ("truth", "none")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of registering: a name, where masks come from, and RegistrationOptions overrides."""
+
+    name: str
+    mask: str = "truth"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Experiment:
+    name: str = "experiment"
+    seed: int = 0
+    frames: dict = field(default_factory=dict)
+    calibration: str = "true"
+    bones: list = field(default_factory=lambda: ["femur", "tibia"])
+    starts: dict = field(default_factory=dict)
+    conditions: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    landscape: dict | None = None
+    threads_per_task: int = 1
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["conditions"] = [dataclasses.asdict(c) for c in self.conditions]
+        return d
+
+    @property
+    def bins(self) -> list[float]:
+        return [float(v) for v in self.starts.get("mtre_bins_mm", [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20])]
+
+
+def _options_known(options: dict, where: str) -> None:
+    from ..register import RegistrationOptions
+
+    known = {f.name for f in dataclasses.fields(RegistrationOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise FluoroRegError(f"{where}: unknown registration option(s) {', '.join(unknown)}; "
+                             f"use fields of RegistrationOptions ({', '.join(sorted(known))})")
+
+
+def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
+    """Check a parsed config and fill its defaults. ``base``: folder relative paths start from."""
+    if not isinstance(d, dict):
+        raise FluoroRegError("the experiment config must be a mapping (name, frames, bones, starts, conditions)")
+    allowed = {f.name for f in dataclasses.fields(Experiment)}
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise FluoroRegError(f"unknown key(s) {', '.join(unknown)} in the experiment config; "
+                             f"allowed: {', '.join(sorted(allowed))}")
+    d = dict(d)
+    frames = dict(d.get("frames") or {})
+    if ("folder" in frames) == ("simulate" in frames):
+        raise FluoroRegError("frames: give either 'folder' (a `fluororeg simulate` output) or 'simulate' (what to simulate)")
+    if "folder" in frames and base is not None and not Path(frames["folder"]).is_absolute():
+        frames["folder"] = str((base / frames["folder"]).resolve())
+    d["frames"] = frames
+    conditions = []
+    for c in d.get("conditions") or [{"name": "mask", "mask": "truth"}, {"name": "no mask", "mask": "none"}]:
+        if not isinstance(c, dict) or "name" not in c:
+            raise FluoroRegError(f"each condition needs a name, e.g. {{name: mask, mask: truth}}; got {c!r}")
+        cond = Condition(str(c["name"]), str(c.get("mask", "truth")), dict(c.get("options") or {}))
+        if cond.mask not in MASK_SOURCES:
+            raise FluoroRegError(f"condition {cond.name}: mask must be one of {', '.join(MASK_SOURCES)}, got {cond.mask}")
+        _options_known(cond.options, f"condition {cond.name}")
+        conditions.append(cond)
+    if len({c.name for c in conditions}) != len(conditions):
+        raise FluoroRegError("condition names must be unique")
+    d["conditions"] = conditions
+    _options_known(d.get("options") or {}, "options")
+    exp = Experiment(**d)
+    if exp.calibration not in ("true", "nominal"):
+        raise FluoroRegError(f"calibration must be 'true' or 'nominal', got {exp.calibration}")
+    bins = exp.bins
+    if len(bins) < 2 or bins[0] != 0 or any(b <= a for a, b in zip(bins, bins[1:])):
+        raise FluoroRegError(f"starts.mtre_bins_mm must rise from 0 (e.g. [0, 2, 4, 6]); got {bins}")
+    if int(exp.starts.get("per_bin", 1)) < 1:
+        raise FluoroRegError("starts.per_bin must be at least 1")
+    return exp
+
+
+def load_experiment(path) -> Experiment:
+    """Read and check an experiment YAML (or JSON) file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FluoroRegError(f"experiment config {path} not found; write one (see `fluororeg evaluate --help`)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise FluoroRegError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+    return experiment_from_dict(data, path.parent)
+
+
+def write_experiment(exp: Experiment, path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))

@@ -1,0 +1,240 @@
+"""Run an experiment: every (frame, bone, start, condition) is an independent task, a plain function
+executed serially or on Dask distributed (a local cluster by default, or ``scheduler=ADDRESS``).
+
+Results are appended to ``runs.csv`` as each task finishes (one line per run, flushed), so a crash
+loses nothing written and a rerun skips finished task ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import FluoroRegError
+from .config import Condition, Experiment, write_experiment
+
+FIELDS = ["task_id", "frame", "bone", "condition", "kind", "bin_lo", "bin_hi", "axis", "value",
+          "initial_mtre_mm", "initial_rotation_deg", "initial_translation_mm",
+          "rotation_deg", "translation_mm", "in_plane_mm", "out_of_plane_mm", "mtre_mm", "mpd_mm",
+          "success_2mm", "success_1mm", "similarity", "iterations", "seconds", "stop_reason", "camera_from_volume",
+          "complete"]  # last: 1 on every whole line, so a line a crash cut short is recognised
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    frame: str
+    bone: str
+    condition: Condition
+    start: dict  # from start_offsets (x: six offsets)
+
+
+@lru_cache(maxsize=4)
+def _scene(folder: str, bones: tuple, calibration: str):
+    """What every task on a worker shares, loaded once per process: bones' volumes and the camera."""
+    from ..geometry import Camera
+    from ..volume import load_ct, load_labels, read_label_names, registration_volumes
+
+    root = Path(folder)
+    ct = load_ct(root / "phantom" / "ct.nii.gz")
+    labels = load_labels(root / "phantom" / "labels.nii.gz", ct)
+    volumes = registration_volumes(ct, labels, read_label_names(root / "phantom" / "labels.json"), list(bones))
+    camera = Camera.from_json(root / ("calib_true.json" if calibration == "true" else "calib.json"))
+    return volumes, camera
+
+
+@lru_cache(maxsize=8)
+def _frame(folder: str, key: str, calibration: str, bones: tuple):
+    import SimpleITK as sitk
+    import torch
+
+    from ..files import read_poses
+    from ..frame import load_frame
+
+    _, camera = _scene(folder, bones, calibration)
+    root = Path(folder)
+    frame = load_frame(root / "frames" / f"{key}.png", camera, log=False)
+    truth = read_poses(root / "poses" / f"{key}.json")
+    masks = {b: torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "masks" / f"{key}_{b}.png"))) > 0)
+             for b in bones}
+    return frame, truth, masks
+
+
+def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: dict, threads: int = 1) -> dict:
+    """One registration: the task's start, its condition; returns the CSV row."""
+    import torch
+
+    from ..geometry import CentredParameterization
+    from ..register import RegistrationOptions, pose_errors, register_bone
+
+    torch.set_num_threads(threads)
+    volumes, camera = _scene(folder, bones, calibration)
+    frame, truth, masks = _frame(folder, task.frame, calibration, bones)
+    vol, T_gt = volumes[task.bone], truth[task.bone]
+    start = CentredParameterization(vol.centroid, T_gt).pose(torch.tensor(task.start["x"], dtype=torch.float64))
+    opts = RegistrationOptions(**{**options, **task.condition.options})
+    mask = masks[task.bone][None, None] if task.condition.mask == "truth" else None
+    before = pose_errors(start, T_gt, vol.centroid, vol.points, camera)
+    res = register_bone(vol, frame.image, camera, start, mask, frame.field, opts)
+    err = pose_errors(res.camera_from_volume, T_gt, vol.centroid, vol.points, camera)
+    return {"task_id": task.task_id, "frame": task.frame, "bone": task.bone, "condition": task.condition.name,
+            "kind": task.start["kind"], "bin_lo": task.start["bin_lo"], "bin_hi": task.start["bin_hi"],
+            "axis": task.start["axis"], "value": task.start["value"],
+            "initial_mtre_mm": before["mtre_mm"], "initial_rotation_deg": before["rotation_deg"],
+            "initial_translation_mm": before["translation_mm"], **{k: err[k] for k in
+            ("rotation_deg", "translation_mm", "in_plane_mm", "out_of_plane_mm", "mtre_mm", "mpd_mm")},
+            "success_2mm": int(err["mtre_mm"] < 2.0), "success_1mm": int(err["mtre_mm"] < 1.0),
+            "similarity": res.similarity, "iterations": res.iterations, "seconds": res.seconds,
+            "stop_reason": res.stop_reason, "camera_from_volume": json.dumps(res.camera_from_volume.flatten().tolist()),
+            "complete": 1}
+
+
+def frames_folder(exp: Experiment, out: Path) -> Path:
+    """The folder of frames: the config's, or one simulated into ``out/frames_sim`` (once)."""
+    if "folder" in exp.frames:
+        folder = Path(exp.frames["folder"])
+        if not (folder / "poses.json").is_file():
+            raise FluoroRegError(f"{folder} is not a `fluororeg simulate` folder (no poses.json); simulate one or fix the path")
+        return folder
+    sim = dict(exp.frames["simulate"])
+    folder = out / "frames_sim"
+    if not (folder / "poses.json").is_file():
+        from ..geometry import Camera
+        from ..simulate.writer import simulate_folder
+
+        camera = sim.pop("camera", None)
+        simulate_folder(folder, frames=int(sim.pop("count", 6)), seed=exp.seed, realism=sim.pop("realism", "medium"),
+                        flexion_range=tuple(sim.pop("flexion_range", (0.0, 90.0))),
+                        camera=None if camera is None else Camera(**camera))
+    return folder
+
+
+def build_tasks(exp: Experiment, folder: Path) -> list[Task]:
+    """Every task, in a fixed order; the starts depend only on the seed (same for every condition)."""
+    import torch
+
+    from ..geometry import CentredParameterization
+    from ..files import read_poses
+    from .starts import start_offsets
+
+    volumes, _ = _scene(str(folder), tuple(exp.bones), exp.calibration)
+    keys = sorted(json.loads((folder / "poses.json").read_text()))
+    wanted = exp.frames.get("use")
+    if wanted is not None:
+        keys = [k for k in keys if int(k) in set(wanted)]
+    g = torch.Generator().manual_seed(exp.seed)
+    tasks = []
+    for key in keys:
+        truth = read_poses(folder / "poses" / f"{key}.json")
+        for bone in exp.bones:
+            if bone not in truth:
+                raise FluoroRegError(f"frame {key} has no pose for {bone}; choose bones the folder has ({', '.join(truth)})")
+            vol = volumes[bone]
+            par = CentredParameterization(vol.centroid, truth[bone])
+            starts = start_offsets(par, vol.points, exp.bins, int(exp.starts.get("per_bin", 1)), g,
+                                   exp.starts.get("per_axis"))
+            for i, s in enumerate(starts):
+                for c in exp.conditions:
+                    tasks.append(Task(f"{key}-{bone}-{i:03d}-{c.name}", key, bone, c, s))
+    return tasks
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a runs CSV; a line cut short by a crash (missing fields) is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if None in row.values() or len(row) != len(FIELDS) or row["complete"] != "1":
+                continue
+            for k in FIELDS:
+                if k in ("task_id", "frame", "bone", "condition", "kind", "axis", "stop_reason", "camera_from_volume",
+                         "complete"):
+                    continue
+                row[k] = float(row[k]) if row[k] not in ("", "nan") else math.nan
+            rows.append(row)
+    return rows
+
+
+class _Appender:
+    """Appends rows to the runs CSV, one flushed line each. On opening an existing file it keeps only
+    its whole rows (rewritten atomically): a line a crash cut inside a quoted field would otherwise
+    swallow the next row appended after it."""
+
+    def __init__(self, path: Path):
+        if path.is_file() and path.stat().st_size > 0:
+            rows = read_rows(path)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, path)
+            self.file = open(path, "a", newline="")  # noqa: SIM115 (kept open for the run, closed in close())
+            self.writer = csv.DictWriter(self.file, FIELDS)
+        else:
+            self.file = open(path, "w", newline="")  # noqa: SIM115
+            self.writer = csv.DictWriter(self.file, FIELDS)
+            self.writer.writeheader()
+
+    def add(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self):
+        self.file.close()
+
+
+def run_experiment(exp: Experiment, out, scheduler: str | None = None, workers: int | None = None,
+                   serial: bool = False, progress: bool = True) -> list[dict]:
+    """Run (or resume) ``exp`` into ``out``; returns every row of ``out/runs.csv``.
+
+    Args:
+        scheduler: address of a running Dask scheduler; None starts a local cluster of ``workers``
+            processes (default: the machine's cores), one thread each.
+        serial: run in this process instead (no Dask).
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_experiment(exp, out / "config.yaml")
+    folder = frames_folder(exp, out)
+    tasks = build_tasks(exp, folder)
+    path = out / "runs.csv"
+    done = {r["task_id"] for r in read_rows(path)}
+    todo = [t for t in tasks if t.task_id not in done]
+    args = (str(folder), tuple(exp.bones), exp.calibration, dict(exp.options), int(exp.threads_per_task))
+    appender = _Appender(path)
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"evaluate {exp.name}", unit="run",
+               disable=not progress)
+    try:
+        if serial or not todo:
+            for t in todo:
+                appender.add(run_task(t, *args))
+                bar.update()
+        else:
+            from dask.distributed import Client, LocalCluster, as_completed
+
+            cluster = None
+            if scheduler is None:
+                cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                       processes=True, dashboard_address=None)
+            with Client(scheduler or cluster) as client:
+                futures = client.map(run_task, todo, *[[a] * len(todo) for a in args], pure=False)
+                for future in as_completed(futures):
+                    appender.add(future.result())
+                    bar.update()
+            if cluster is not None:
+                cluster.close()
+    finally:
+        bar.close()
+        appender.close()
+    return read_rows(path)
