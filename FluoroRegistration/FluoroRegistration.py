@@ -38,7 +38,7 @@ class FluoroRegistration(ScriptedLoadableModule):
         self.parent.helpText = (
             "Differentiable 2D/3D registration of bones in a CT to a single-plane fluoroscopy frame. The scene is "
             "the C-arm (source at the origin, detector at z = sdd); each bone's pose is a linear transform node. "
-            "See the extension's README_SLICER.md.")
+            "See the extension's README (section \"In 3D Slicer\").")
         self.parent.acknowledgementText = "Built on PyTorch, SimpleITK and 3D Slicer."
 
 

@@ -147,3 +147,28 @@ def test_distortion_in_the_calibration_is_undone_before_registering(tmp_path):
 
     assert (centroid(distorted) - centroid(image)).norm() > 0.5  # the pincushion moved the blob outwards
     assert (centroid(restored) - centroid(image)).norm() < 0.1  # and undistorting brings it back
+
+
+def test_device_option_is_honoured(scene):
+    bones, camera, truth, frame, mask = scene
+    options = RegistrationOptions(global_search=False, levels=(64,), iterations=(5,))
+    base = register(bones, frame, camera, {"femur": truth}, masks={"femur": mask}, options=options)
+    on_cpu = register(bones, frame, camera, {"femur": truth}, masks={"femur": mask},
+                      options=RegistrationOptions(global_search=False, levels=(64,), iterations=(5,), device="cpu"))
+    assert torch.equal(base.bones["femur"].camera_from_volume, on_cpu.bones["femur"].camera_from_volume)
+    if not torch.cuda.is_available():
+        with pytest.raises(FluoroRegError, match="CUDA is not available"):
+            register(bones, frame, camera, {"femur": truth},
+                     options=RegistrationOptions(global_search=False, levels=(64,), iterations=(5,), device="cuda"))
+
+
+@pytest.mark.cuda
+def test_registration_on_cuda_matches_the_cpu(scene):
+    bones, camera, truth, frame, mask = scene
+    par = CentredParameterization(bones["femur"].centroid, truth)
+    start = par.pose(torch.tensor([0.03, -0.02, 0.04, 3.0, -2.0, 4.0], dtype=F64))
+    results = [register(bones, frame, camera, {"femur": start}, masks={"femur": mask},
+                        options=RegistrationOptions(levels=(64, 128), iterations=(40, 30), device=d)).bones["femur"]
+               for d in ("cpu", "cuda")]
+    errs = [pose_errors(r.camera_from_volume, truth, bones["femur"].centroid, bones["femur"].points) for r in results]
+    assert errs[1]["in_plane_mm"] < 0.5 and abs(errs[1]["mtre_mm"] - errs[0]["mtre_mm"]) < 1.0

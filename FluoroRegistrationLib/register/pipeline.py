@@ -53,7 +53,7 @@ class RegistrationOptions:
     mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size
     coarsen: bool = True  # coarse levels draw the bone from a coarsened grid (RenderVolume.coarsened)
     seed: int = 0
-    device: str | None = None
+    device: str | None = None  # where bones are drawn ("cuda", "cpu"); None: where the bone volume is
 
 
 @dataclass
@@ -131,12 +131,14 @@ class _Objective:
         H, W = weights.shape[-2:]
         self.crop = (slice(max(0, int(rows.min()) - _CROP_MARGIN), min(H, int(rows.max()) + _CROP_MARGIN + 1)),
                      slice(max(0, int(cols.min()) - _CROP_MARGIN), min(W, int(cols.max()) + _CROP_MARGIN + 1)))
-        self.frame, self.weights = frame[..., self.crop[0], self.crop[1]], weights[..., self.crop[0], self.crop[1]]
+        device = bone.mu.device  # render and compare where the bone lives; the optimiser stays on the CPU
+        self.frame = frame[..., self.crop[0], self.crop[1]].to(device)
+        self.weights = weights[..., self.crop[0], self.crop[1]].to(device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        poses = self.par.pose(x).to(self.bone.mu.dtype)
+        poses = self.par.pose(x).to(device=self.bone.mu.device, dtype=self.bone.mu.dtype)
         drr = render(self.bone, self.camera, poses, "fast")[..., self.crop[0], self.crop[1]]
-        return self.loss_fn(drr, self.frame, self.weights)
+        return self.loss_fn(drr, self.frame, self.weights).cpu()
 
 
 def _weights(mask, field, size, dilation_fraction):
@@ -179,7 +181,7 @@ def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera
     options = options or RegistrationOptions()
     camera, frame, mask, field = _undistort(camera, _as_image(frame, "frame"),
                                             None if mask is None else _as_image(mask, "mask"), field)
-    par = CentredParameterization(bone.centroid.to(torch.float64), reference.to(torch.float64))
+    par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), reference.to(torch.float64).cpu())
     return _level_objective(bone, frame, camera, par, mask, field, options, get_similarity(options.similarity), longest)
 
 
@@ -195,12 +197,19 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
 
     options = options or RegistrationOptions()
     loss_fn = get_similarity(options.similarity)
+    if options.device is not None:
+        if str(options.device).startswith("cuda") and not torch.cuda.is_available():
+            raise FluoroRegError(f"device {options.device} asked for but CUDA is not available; use device='cpu'")
+        bone = bone.to(device=options.device)
+    frame = frame.cpu()
+    mask = None if mask is None else mask.cpu()
+    field = None if field is None else field.cpu()
     camera.check_frame(frame.shape[-2], frame.shape[-1])
     camera, frame, mask, field = _undistort(camera, frame, mask, field)
-    initial = initial.to(torch.float64)
+    initial = initial.to(torch.float64).cpu()
     _check_in_view(bone, camera, initial)
     t0 = time.perf_counter()
-    par = CentredParameterization(bone.centroid.to(torch.float64), initial, depth_along_ray=True)
+    par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), initial, depth_along_ray=True)
     generator = torch.Generator().manual_seed(options.seed)
     deg = math.pi / 180
     scales = torch.tensor([options.out_of_plane_rotation_step_deg * deg] * 2 + [options.rotation_step_deg * deg]
