@@ -146,6 +146,13 @@ def test_a_local_dask_cluster_gives_the_serial_results(serial_run, tmp_path):
         assert r["mtre_mm"] == pytest.approx(s["mtre_mm"], abs=1e-9) and r["camera_from_volume"] == s["camera_from_volume"]
 
 
+def test_resuming_with_another_config_is_refused(serial_run):
+    exp, out, rows = serial_run
+    other = experiment_from_dict({**TINY, "seed": 2})
+    with pytest.raises(FluoroRegError, match="different experiment config"):
+        run_experiment(other, out, serial=True, progress=False)
+
+
 def test_evaluate_command_reports_bad_config(tmp_path, capsys):
     (tmp_path / "e.yaml").write_text("frames: {}\n")
     assert main(["evaluate", "--config", str(tmp_path / "e.yaml"), "--out", str(tmp_path / "o")]) == 2

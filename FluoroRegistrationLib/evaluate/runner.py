@@ -205,6 +205,12 @@ def run_experiment(exp: Experiment, out, scheduler: str | None = None, workers: 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "runs.csv").is_file() and (out / "config.yaml").is_file():
+        from .config import load_experiment
+
+        if load_experiment(out / "config.yaml").to_dict() != exp.to_dict():
+            raise FluoroRegError(f"{out} holds runs of a different experiment config; use a new --out folder "
+                                 f"(or the config in {out / 'config.yaml'}) to resume")
     write_experiment(exp, out / "config.yaml")
     folder = frames_folder(exp, out)
     tasks = build_tasks(exp, folder)
