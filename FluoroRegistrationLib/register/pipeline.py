@@ -277,7 +277,19 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
     else:
         x, first = starts[0], 0
     for level_index in range(first, len(options.levels)):
-        x, _ = refine(x, level_index, scan=level_index > first or first == 0)
+        x, loss = refine(x, level_index, scan=level_index > first or first == 0)
+        if level_index == first == 1 and options.tilt_probe_deg > 0:
+            # once the rest of the pose has settled, probe the out-of-plane rotations again and refine
+            # again from a better tilt, until no tilt helps (at most three times)
+            n = int(options.tilt_probe_deg // options.tilt_probe_step_deg)
+            offsets = torch.arange(-n, n + 1, dtype=torch.float64) * options.tilt_probe_step_deg * deg
+            for _ in range(3):
+                probed, probed_loss, log = grid_search(objective_at(options.levels[1]), x, (0, 1), offsets,
+                                                       report=report, name=f"tilt re-probe {options.levels[1]}px")
+                stages.append(log)
+                if probed_loss >= loss - 1e-4:
+                    break
+                x, loss = refine(probed, level_index, scan=False)
     with torch.no_grad():
         final_loss = float(objective_at(max(options.levels))(x[None])[0])
     history = [v for s in stages for v in s.losses]
