@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-peer-deps clean
+.PHONY: demo test test-slow bench bench-register study bench-peer-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ bench-peer-deps: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/render.py
+
+# registration benchmark (20 simulated frames, about 10 min on 2 cores) and the study (about 1 h)
+bench-register: $(STAMP)
+	$(PY) benchmarks/register.py --frames 20 --calibration true
+
+study: $(STAMP)
+	$(PY) benchmarks/study.py --out study_out
 
 clean:
 	rm -rf $(VENV) demo_out
