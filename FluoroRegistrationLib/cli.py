@@ -179,11 +179,10 @@ def cmd_evaluate(args) -> None:
     from pathlib import Path
 
     from .evaluate import load_experiment, run_experiment, write_report
-    from .evaluate.runner import frames_folder
 
     exp = load_experiment(args.config)
     rows = run_experiment(exp, args.out, scheduler=args.scheduler, workers=args.workers, serial=args.serial)
-    result = write_report(exp, Path(args.out), rows, frames_folder(exp, Path(args.out)))
+    result = write_report(exp, Path(args.out), rows)
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/runs.csv ({len(rows)} runs), summary.md, summary.json and plots"
           + (" and landscapes" if "landscapes" in result else ""))

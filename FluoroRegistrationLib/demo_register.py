@@ -10,7 +10,6 @@ import math
 import time
 from pathlib import Path
 
-import SimpleITK as sitk
 import torch
 
 from .files import read_poses
@@ -24,7 +23,7 @@ BONES = ("femur", "tibia")
 
 
 def run_register_demo(out, seed: int = 3, realism: str = "medium") -> list[dict]:
-    from .simulate.writer import simulate_folder
+    from .simulate.writer import read_truth_mask, simulate_folder
 
     out = Path(out)
     sim = out / "simulated"
@@ -43,8 +42,7 @@ def run_register_demo(out, seed: int = 3, realism: str = "medium") -> list[dict]
         direction = torch.randn(6, generator=g, dtype=torch.float64)
         x = torch.cat([direction[:3] / direction[:3].norm() * math.radians(8), direction[3:] / direction[3:].norm() * 10])
         start[b] = CentredParameterization(bones[b].centroid, truth[b]).pose(x)
-    masks = {b: torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(sim / "masks" / f"0000_{b}.png"))) > 0)
-             for b in BONES}
+    masks = {b: read_truth_mask(sim, "0000", b) for b in BONES}
     rows = []
     raw = read_frame_array(sim / "frames" / "0000.png")
     for condition, m in (("masks", masks), ("no masks", None)):

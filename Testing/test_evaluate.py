@@ -109,7 +109,7 @@ def test_tiny_experiment_writes_every_run_and_a_report(serial_run):
     assert (out / "config.yaml").is_file() and load_experiment(out / "config.yaml").to_dict() == exp.to_dict()
     for r in rows:
         assert r["initial_mtre_mm"] > 0 and r["seconds"] > 0 and r["mtre_mm"] >= 0
-    result = write_report(exp, out, rows, out / "frames_sim")
+    result = write_report(exp, out, rows)
     text = (out / "summary.md").read_text()
     assert "| femur | mask |" in text and "| femur | no mask |" in text and "minima / basin" in text
     for name in ("success_vs_initial_mtre.png", "errors.png", "landscape_0000_femur.png", "landscapes.json"):

@@ -39,9 +39,6 @@ def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur",
     nominal calibration, the calibration floor's errors (``floor_*``). ``camera``: the simulated
     C-arm (default: the simulator's 512 x 512 one).
     """
-    from dataclasses import replace
-
-    import SimpleITK as sitk
     import torch
     from tqdm import tqdm
 
@@ -49,8 +46,8 @@ def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur",
     from FluoroRegistrationLib.frame import load_frame
     from FluoroRegistrationLib.geometry import Camera, CentredParameterization
     from FluoroRegistrationLib.register import RegistrationOptions, calibration_floor, pose_errors, register_bone
-    from FluoroRegistrationLib.simulate.frames import get_realism
-    from FluoroRegistrationLib.simulate.writer import simulate_folder
+    from FluoroRegistrationLib.simulate.frames import get_realism, perturbed_camera
+    from FluoroRegistrationLib.simulate.writer import read_truth_mask, simulate_folder
     from FluoroRegistrationLib.volume import load_ct, load_labels, read_label_names, registration_volumes
 
     sim_dir = Path(sim_dir or tempfile.mkdtemp(prefix="fluororeg-regbench-"))
@@ -71,12 +68,8 @@ def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur",
     jobs = [(i, b) for i in range(frames) for b in bones]
     for i, bone in tqdm(jobs, desc="register", unit="bone"):
         key = f"{i:04d}"
-        camera_used = true_camera
-        e = torch.randn(3, generator=g_calib, dtype=torch.float64).tolist()
-        if calibration == "nominal":
-            camera_used = replace(true_camera, sdd_mm=true_camera.sdd_mm + calibration_error[0] * e[0],
-                                  u0=true_camera.u0 + calibration_error[1] * e[1],
-                                  v0=true_camera.v0 + calibration_error[1] * e[2])
+        nominal = perturbed_camera(true_camera, *calibration_error, g_calib)  # drawn every job: same streams
+        camera_used = nominal if calibration == "nominal" else true_camera
         frame = load_frame(sim_dir / "frames" / f"{key}.png", camera_used, log=False)
         truth = read_poses(sim_dir / "poses" / f"{key}.json")[bone]
         vol = vols[bone]
@@ -84,8 +77,7 @@ def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur",
         u = torch.rand(6, generator=g, dtype=torch.float64) * 2 - 1
         x = u * torch.tensor([math.radians(offset[1])] * 3 + [offset[0]] * 3, dtype=torch.float64)
         start = par.pose(x)
-        mask = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(sim_dir / "masks" / f"{key}_{bone}.png")))
-                                > 0)[None, None]
+        mask = read_truth_mask(sim_dir, key, bone)[None, None]
         before = pose_errors(start, truth, vol.centroid, vol.points, camera_used)
         floor = {}
         if calibration == "nominal":

@@ -28,14 +28,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from FluoroRegistrationLib.evaluate import load_experiment, run_experiment, write_report
-    from FluoroRegistrationLib.evaluate.runner import frames_folder
 
     exp = load_experiment(args.config)
     out = Path(args.out)
     t0 = time.perf_counter()
     rows = run_experiment(exp, out, workers=args.workers, serial=args.serial)
     wall = time.perf_counter() - t0
-    write_report(exp, out, rows, frames_folder(exp, out))
+    write_report(exp, out, rows)
     text = (out / "summary.md").read_text()
     header = (f"Printed by `.venv/bin/python benchmarks/study.py` (config `benchmarks/study.yaml`): {len(rows)} runs, "
               f"wall time of this invocation {wall / 60:.1f} min (finished runs from an earlier invocation are "

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from ..register.optimize import evaluate_in_batches
 from .starts import AXES
 
 
@@ -58,8 +59,7 @@ def sweeps(objective, half_range: dict, points: int = 41, batch: int = 32) -> di
         offsets = sweep_offsets(axis, half_range, points)
         x = torch.zeros(points, 6, dtype=torch.float64)
         x[:, axis] = offsets
-        with torch.no_grad():
-            losses = torch.cat([objective(x[i:i + batch]) for i in range(0, points, batch)]).double()
+        losses = evaluate_in_batches(objective, x, batch)
         shown = torch.rad2deg(offsets) if axis < 3 else offsets
         out[AXES[axis]] = {"offsets": shown.tolist(), "similarity": (1 - losses).tolist(),
                            "local_minima": local_minima(losses), "basin_width": basin_width(shown, losses)}
@@ -73,8 +73,7 @@ def slice_2d(objective, pair: tuple[int, int], half_range: dict, points: int = 2
     ga, gb = torch.meshgrid(oa, ob, indexing="ij")
     x = torch.zeros(points * points, 6, dtype=torch.float64)
     x[:, a], x[:, b] = ga.flatten(), gb.flatten()
-    with torch.no_grad():
-        losses = torch.cat([objective(x[i:i + batch]) for i in range(0, len(x), batch)]).double()
+    losses = evaluate_in_batches(objective, x, batch)
     show = lambda axis, o: (torch.rad2deg(o) if axis < 3 else o).tolist()  # noqa: E731
     return {"axes": [AXES[a], AXES[b]], "offsets_a": show(a, oa), "offsets_b": show(b, ob),
             "similarity": (1 - losses).view(points, points).tolist()}

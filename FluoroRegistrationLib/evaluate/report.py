@@ -51,8 +51,9 @@ def landscape_table(landscapes: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(exp: Experiment, out: Path, rows: list[dict], folder: Path | None = None) -> dict:
-    """Write summary.md / summary.json and plots into ``out``; landscapes too if the config asks."""
+def write_report(exp: Experiment, out: Path, rows: list[dict]) -> dict:
+    """Write summary.md / summary.json and plots into ``out`` (the experiment's run folder);
+    landscapes too if the config asks."""
     out = Path(out)
     edges = exp.bins
     summary = summarise(rows, edges)
@@ -62,8 +63,10 @@ def write_report(exp: Experiment, out: Path, rows: list[dict], folder: Path | No
     plot_success(summary, edges, out / "success_vs_initial_mtre.png")
     plot_errors(rows, out / "errors.png")
     result = {"summary": summary}
-    if exp.landscape and folder is not None:
-        lands = compute_landscapes(exp, folder)
+    if exp.landscape:
+        from .runner import frames_folder
+
+        lands = compute_landscapes(exp, frames_folder(exp, out))
         (out / "landscapes.json").write_text(json.dumps(lands))
         plot_landscapes(lands, out)
         parts += ["", "Loss landscapes (local minima along the sweep / width of the basin around the truth, "

@@ -50,18 +50,15 @@ def _scene(folder: str, bones: tuple, calibration: str):
 
 @lru_cache(maxsize=8)
 def _frame(folder: str, key: str, calibration: str, bones: tuple):
-    import SimpleITK as sitk
-    import torch
-
     from ..files import read_poses
     from ..frame import load_frame
+    from ..simulate.writer import read_truth_mask
 
     _, camera = _scene(folder, bones, calibration)
     root = Path(folder)
     frame = load_frame(root / "frames" / f"{key}.png", camera, log=False)
     truth = read_poses(root / "poses" / f"{key}.json")
-    masks = {b: torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "masks" / f"{key}_{b}.png"))) > 0)
-             for b in bones}
+    masks = {b: read_truth_mask(root, key, b) for b in bones}
     return frame, truth, masks
 
 

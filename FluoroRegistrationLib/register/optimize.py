@@ -109,6 +109,13 @@ def distinct_minima(x: torch.Tensor, loss: torch.Tensor, count: int, separation:
     return kept
 
 
+def evaluate_in_batches(objective, xs: torch.Tensor, batch: int) -> torch.Tensor:
+    """``objective`` over the rows of ``xs`` (N, 6), ``batch`` at a time, without gradients: (N,) in
+    ``xs``'s dtype (a batch's renders must fit in memory; the whole set may not)."""
+    with torch.no_grad():
+        return torch.cat([objective(xs[i:i + batch]) for i in range(0, len(xs), batch)]).to(xs.dtype)
+
+
 def grid_search(objective, x0: torch.Tensor, axes: tuple, offsets: torch.Tensor, batch: int = 64, report=None,
                 name: str = "grid search") -> tuple[torch.Tensor, float, StageLog]:
     """Evaluate ``x0`` moved by every combination of ``offsets`` on the parameters ``axes`` (a full
@@ -128,8 +135,7 @@ def grid_search(objective, x0: torch.Tensor, axes: tuple, offsets: torch.Tensor,
     xs = x0.repeat(grids[0].numel(), 1)
     for axis, g in zip(axes, grids):
         xs[:, axis] += g.flatten()
-    with torch.no_grad():
-        losses = torch.cat([objective(xs[i:i + batch]) for i in range(0, len(xs), batch)]).to(x0.dtype)
+    losses = evaluate_in_batches(objective, xs, batch)
     i = int(losses.argmin())
     log.losses = losses.tolist()
     log.iterations = len(xs)
@@ -162,8 +168,8 @@ def line_search(objective, x0: torch.Tensor, axis: int, half_width: float, point
     offsets = torch.linspace(-half_width, half_width, points, dtype=x0.dtype)
     xs = x0.repeat(points, 1)
     xs[:, axis] += offsets
+    losses = evaluate_in_batches(objective, xs, batch)
     with torch.no_grad():
-        losses = torch.cat([objective(xs[i:i + batch]) for i in range(0, points, batch)]).to(x0.dtype)
         i = int(losses.argmin())
         best, best_loss = xs[i].clone(), float(losses[i])
         if 0 < i < points - 1:

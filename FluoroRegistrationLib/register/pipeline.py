@@ -255,6 +255,16 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
         stages.append(log)
         return x, loss
 
+    n_tilt = int(options.tilt_probe_deg // options.tilt_probe_step_deg) if options.tilt_probe_deg > 0 else 0
+    tilt_offsets = torch.arange(-n_tilt, n_tilt + 1, dtype=torch.float64) * options.tilt_probe_step_deg * deg
+
+    def tilt_probe(x, name):
+        """Best pose on a grid over both out-of-plane rotations at the second level."""
+        x, loss, log = grid_search(objective_at(options.levels[1]), x, (0, 1), tilt_offsets, report=report,
+                                   name=f"{name} {options.levels[1]}px")
+        stages.append(log)
+        return x, loss
+
     # each distinct start is refined at the first level and ranked at the second (after its depth
     # scan): a coarse level can prefer a wrong out-of-plane rotation that a finer one rejects
     if len(starts) > 1 and len(options.levels) > 1:
@@ -268,25 +278,17 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
             ranked.append((loss, k, x))
         x = min(ranked)[2]
         first = 1
-        if options.tilt_probe_deg > 0:
-            n = int(options.tilt_probe_deg // options.tilt_probe_step_deg)
-            offsets = torch.arange(-n, n + 1, dtype=torch.float64) * options.tilt_probe_step_deg * deg
-            x, _, log = grid_search(objective_at(options.levels[1]), x, (0, 1), offsets, report=report,
-                                    name=f"tilt probe {options.levels[1]}px")
-            stages.append(log)
+        if n_tilt:
+            x, _ = tilt_probe(x, "tilt probe")
     else:
         x, first = starts[0], 0
     for level_index in range(first, len(options.levels)):
         x, loss = refine(x, level_index, scan=level_index > first or first == 0)
-        if level_index == first == 1 and options.tilt_probe_deg > 0:
+        if level_index == first == 1 and n_tilt:
             # once the rest of the pose has settled, probe the out-of-plane rotations again and refine
             # again from a better tilt, until no tilt helps (at most three times)
-            n = int(options.tilt_probe_deg // options.tilt_probe_step_deg)
-            offsets = torch.arange(-n, n + 1, dtype=torch.float64) * options.tilt_probe_step_deg * deg
             for _ in range(3):
-                probed, probed_loss, log = grid_search(objective_at(options.levels[1]), x, (0, 1), offsets,
-                                                       report=report, name=f"tilt re-probe {options.levels[1]}px")
-                stages.append(log)
+                probed, probed_loss = tilt_probe(x, "tilt re-probe")
                 if probed_loss >= loss - 1e-4:
                     break
                 x, loss = refine(probed, level_index, scan=False)

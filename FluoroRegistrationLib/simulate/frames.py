@@ -66,6 +66,15 @@ def get_realism(name: str) -> Realism:
         raise FluoroRegError(f"unknown realism '{name}'; choose one of {', '.join(PRESETS)}") from None
 
 
+def perturbed_camera(camera: Camera, sdd_error_mm: float, principal_point_error_px: float,
+                     generator: torch.Generator) -> Camera:
+    """``camera`` with its sdd moved by N(0, sdd_error_mm) and each principal-point coordinate by
+    N(0, principal_point_error_px) (three normal draws from ``generator``, whatever the errors)."""
+    e = torch.randn(3, generator=generator, dtype=torch.float64).tolist()
+    return replace(camera, sdd_mm=camera.sdd_mm + sdd_error_mm * e[0],
+                   u0=camera.u0 + principal_point_error_px * e[1], v0=camera.v0 + principal_point_error_px * e[2])
+
+
 class FrameSimulator:
     """Holds the CT cut into moving parts (materials per voxel) and makes frames at given poses.
 
@@ -100,11 +109,7 @@ class FrameSimulator:
 
     def true_camera(self, nominal: Camera, generator: torch.Generator) -> Camera:
         """The C-arm actually simulated: the nominal calibration with the preset's errors drawn."""
-        r = self.realism
-        e = torch.randn(3, generator=generator, dtype=torch.float64).tolist()
-        return replace(nominal, sdd_mm=nominal.sdd_mm + r.sdd_error_mm * e[0],
-                       u0=nominal.u0 + r.principal_point_error_px * e[1],
-                       v0=nominal.v0 + r.principal_point_error_px * e[2])
+        return perturbed_camera(nominal, self.realism.sdd_error_mm, self.realism.principal_point_error_px, generator)
 
     def frame(self, camera: Camera, poses: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
         """One frame at ``poses`` ({bone: (4, 4) camera_from_volume}) seen by ``camera``.

@@ -39,6 +39,14 @@ def _png(array: np.ndarray, path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
 
 
+def read_truth_mask(folder, key: str, bone: str) -> torch.Tensor:
+    """The ground-truth mask ``masks/<key>_<bone>.png`` of a simulated folder, (H, W) bool."""
+    import SimpleITK as sitk
+
+    path = Path(folder) / "masks" / f"{key}_{bone}.png"
+    return torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0)
+
+
 def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frames: int = 8, sequence=None,
                     seed: int = 0, realism: str = "medium", camera: Camera | None = None,
                     reference_flexion_deg: float | None = None, flexion_range=(0.0, 120.0),
