@@ -413,7 +413,8 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, p):
         masks = p.maskVolume or slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "bone masks")
-        self.core().segmentFrame(self.placeFrame(p), p.modelPath, masks)
+        self.core().segmentFrame(self.placeFrame(p), p.modelPath, masks,
+                                 self.core().boneIds(self.labelNode(p), self.boneNames(p)))
         p.maskVolume = masks
         self.showOnDetector(label=masks)
 

@@ -135,9 +135,27 @@ def cmd_register(args) -> None:
     if missing:
         raise FluoroRegError(f"no initial pose for {', '.join(missing)} in {args.init}; add one per bone")
     masks = {}
-    for item in args.mask or []:
+    items = list(args.mask or [])
+    if "auto" in items:
+        if not args.model:
+            raise FluoroRegError("--mask auto needs --model DIR (a model from `fluororeg segment train`)")
+        from .segment import load_model, predict_masks
+
+        model, info = load_model(args.model)
+        raw = read_frame_array(args.frame)
+        predicted = predict_masks(model, info, raw, args.polarity, bones=wanted)
+        masks.update({b: torch.from_numpy(m) for b, m in predicted.items()})
+        for b, m in predicted.items():
+            if not m.any():
+                raise FluoroRegError(f"the model found no {b} in {args.frame}; check the frame, or give "
+                                     f"--mask {b}=FILE")
+        print("predicted masks: " + ", ".join(f"{b} {int(m.sum())} px" for b, m in predicted.items()))
+        items.remove("auto")
+    elif args.model:
+        raise FluoroRegError("--model is used with --mask auto; add --mask auto (or drop --model)")
+    for item in items:
         if "=" not in item:
-            raise FluoroRegError(f"--mask must look like femur=mask.png, got '{item}'")
+            raise FluoroRegError(f"--mask must look like femur=mask.png or auto, got '{item}'")
         bone, path = item.split("=", 1)
         arr = read_frame_array(path)
         camera.check_frame(*arr.shape, what=f"mask {path}")
@@ -186,6 +204,35 @@ def cmd_evaluate(args) -> None:
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/runs.csv ({len(rows)} runs), summary.md, summary.json and plots"
           + (" and landscapes" if "landscapes" in result else ""))
+
+
+def cmd_segment_train(args) -> None:
+    from .geometry import Camera
+    from .segment import TrainOptions, train_segmenter
+    from .volume import load_ct, load_labels, read_label_names
+
+    ct = load_ct(args.ct)
+    labels = load_labels(args.labels, ct)
+    names = read_label_names(args.label_names or _default_label_names(args.labels))
+    camera = Camera.from_json(args.calib) if args.calib else None
+    given = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch": args.batch, "lr": args.lr}
+    options = TrainOptions(bones=tuple(b.strip() for b in args.bones.split(",") if b.strip()), arch=args.arch,
+                           size=args.size, seed=args.seed, init=args.init, labelled=args.labelled,
+                           threads=args.threads, **{k: v for k, v in given.items() if v is not None})
+    result = train_segmenter(ct, labels, names, args.out, options, camera=camera)
+    print(f"trained in {result['seconds'] / 60:.1f} min; best epoch {result['best_epoch']}: validation Dice "
+          + ", ".join(f"{b} {d:.4f}" for b, d in result["val_dice"].items()))
+    print(f"wrote {args.out}/model.safetensors, model.json, history.json, training_curve.png")
+
+
+def cmd_segment_predict(args) -> None:
+    from .segment import predict_files
+
+    records = predict_files(args.model, args.frame, args.out, polarity=args.polarity)
+    for r in records:
+        print(f"{r['frame']}: " + ", ".join(f"{b} {n} px" for b, n in r["pixels"].items())
+              + f" ({r['seconds']:.2f} s)")
+    print(f"wrote {len(records)} frame(s) of masks and overlays to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", required=True, help="fluoroscopy frame (PNG, TIFF, .npy, DICOM)")
     p.add_argument("--calib", required=True, help="calibration JSON of the frame")
     p.add_argument("--init", required=True, help="initial poses JSON (one camera_from_volume per bone)")
-    p.add_argument("--mask", action="append", help="bone=mask.png: the bone's 2D region (repeatable)")
+    p.add_argument("--mask", action="append", help="bone=mask.png: the bone's 2D region (repeatable); "
+                   "auto: every bone's mask predicted by --model")
+    p.add_argument("--model", help="segmentation model folder (from `fluororeg segment train`) for --mask auto")
     p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
     p.add_argument("--similarity", default="patch-gncc", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
     p.add_argument("--range", default="20,15", help="global search half-widths: mm,deg (default 20,15)")
@@ -258,6 +307,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="local cluster worker processes (default: the machine's cores)")
     p.add_argument("--serial", action="store_true", help="run in this process, without Dask")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("segment", help="bone masks of fluoroscopy frames: train DeepLabv3 on frames simulated "
+                       "from a CT, or predict with a trained model")
+    seg = p.add_subparsers(dest="segment_command", required=True)
+    q = seg.add_parser("train", help="train a segmentation model on frames simulated from CT + labels")
+    q.add_argument("--ct", required=True, help="CT volume (NIfTI, NRRD, MetaImage or DICOM folder)")
+    q.add_argument("--labels", required=True, help="labelmap on the CT's grid")
+    q.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
+    q.add_argument("--out", required=True, help="model folder (model.safetensors, model.json, training curve)")
+    q.add_argument("--bones", default="femur,tibia", help="bones to segment, one output channel each")
+    q.add_argument("--arch", default="deeplabv3_mobilenet_v3_large",
+                   choices=["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50"])
+    q.add_argument("--size", type=int, default=256, help="network input size in pixels (default 256)")
+    q.add_argument("--epochs", type=int, help="epochs (default 12)")
+    q.add_argument("--steps", type=int, help="batches per epoch (default 60)")
+    q.add_argument("--batch", type=int, help="frames per batch (default 8)")
+    q.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    q.add_argument("--calib", help="the C-arm's calibration JSON (default: 512x512, 0.5 mm pixels, sdd 1000 mm)")
+    q.add_argument("--init", help="weights to fine-tune from (.safetensors, or a .pt state dict)")
+    q.add_argument("--labelled", help="folder of your own labelled frames (frames/<key>.png, "
+                   "masks/<key>_<bone>.png) mixed into training")
+    q.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_segment_train)
+    q = seg.add_parser("predict", help="one mask PNG per bone and a coloured overlay per frame")
+    q.add_argument("--model", required=True, help="model folder from `fluororeg segment train`")
+    q.add_argument("--frame", required=True, nargs="+", help="frame file(s) (PNG, TIFF, .npy, DICOM)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
+    q.set_defaults(func=cmd_segment_predict)
 
     p = sub.add_parser("demo", help="the built-in example: phantom, C-arm, DRRs and pictures")
     p.add_argument("--out", default="demo_out")

@@ -209,8 +209,31 @@ def test_bad_inputs_give_one_line_errors(knee, tmp_path):
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights")
     masks = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "predicted")
-    with pytest.raises(FluoroRegError, match="no segmentation model yet: .* draw or load the masks as a label map"):
+    with pytest.raises(FluoroRegError, match="no model.json in"):
         logic.segmentFrame(frame, model, masks)
+
+
+def test_segment_frame_writes_predicted_masks_on_the_frame_grid(tmp_path):
+    from FluoroRegistrationLib.segment import BoneSegmenter, ModelInfo, save_model
+
+    scene = slicer.vtkMRMLScene()
+    logic = FluoroRegistrationLogic(scene)
+    raw = np.full((1, CAMERA.rows, CAMERA.cols), 3000.0)
+    raw[0, 40:90, 30:100] = 1200.0
+    frame = add_volume(scene, "vtkMRMLScalarVolumeNode", "frame", raw, np.eye(4))
+    logic.placeFrame(frame, CAMERA)
+    torch.manual_seed(0)
+    save_model(tmp_path / "model", BoneSegmenter(bones=["femur", "tibia"]), ModelInfo(bones=["femur", "tibia"], size=64))
+    masks = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "predicted")
+    logic.segmentFrame(frame, tmp_path / "model", masks, {"femur": 7, "tibia": 9})
+    labels = slicer.util.arrayFromVolume(masks)
+    assert labels.shape == (1, CAMERA.rows, CAMERA.cols) and set(np.unique(labels)) <= {0, 7, 9}
+    m_masks, m_frame = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    masks.GetIJKToRASMatrix(m_masks)
+    frame.GetIJKToRASMatrix(m_frame)
+    assert np.allclose(numpy_matrix(m_masks), numpy_matrix(m_frame))  # on the frame's geometry
+    with pytest.raises(FluoroRegError, match="segments femur, tibia, not patella"):
+        logic.segmentFrame(frame, tmp_path / "model", masks, {"patella": 3})
 
 
 def test_detector_view_shows_the_frame_like_a_radiograph():

@@ -19,6 +19,7 @@ conditions:                  # one line each; anything RegistrationOptions takes
   - {name: mask, mask: truth}
   - {name: no mask, mask: none}
   # - {name: gcc, mask: truth, options: {similarity: gcc}}
+  # - {name: predicted, mask: predicted, model: seg_model/}   # masks from `fluororeg segment train`
 options: {}                  # RegistrationOptions for every condition (a condition's own win)
 landscape:                   # optional loss landscapes
   frames: [0]
@@ -37,7 +38,7 @@ from pathlib import Path
 
 from ..errors import FluoroRegError
 
-MASK_SOURCES = ("truth", "none")
+MASK_SOURCES = ("truth", "none", "predicted")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Condition:
     name: str
     mask: str = "truth"
     options: dict = field(default_factory=dict)
+    model: str | None = None  # the segmentation model folder, for mask: predicted
 
 
 @dataclass
@@ -102,9 +104,14 @@ def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
     for c in d.get("conditions") or [{"name": "mask", "mask": "truth"}, {"name": "no mask", "mask": "none"}]:
         if not isinstance(c, dict) or "name" not in c:
             raise FluoroRegError(f"each condition needs a name, e.g. {{name: mask, mask: truth}}; got {c!r}")
-        cond = Condition(str(c["name"]), str(c.get("mask", "truth")), dict(c.get("options") or {}))
+        model = c.get("model")
+        cond = Condition(str(c["name"]), str(c.get("mask", "truth")), dict(c.get("options") or {}),
+                         None if model is None else str(model))
         if cond.mask not in MASK_SOURCES:
             raise FluoroRegError(f"condition {cond.name}: mask must be one of {', '.join(MASK_SOURCES)}, got {cond.mask}")
+        if cond.mask == "predicted" and not (cond.model and (Path(cond.model) / "model.json").is_file()):
+            raise FluoroRegError(f"condition {cond.name}: mask predicted needs model: FOLDER holding a model.json "
+                                 f"(from `fluororeg segment train`), got {cond.model!r}")
         _options_known(cond.options, f"condition {cond.name}")
         conditions.append(cond)
     if len({c.name for c in conditions}) != len(conditions):

@@ -62,6 +62,37 @@ def _frame(folder: str, key: str, calibration: str, bones: tuple):
     return frame, truth, masks
 
 
+@lru_cache(maxsize=2)
+def _model(path: str):
+    from ..segment import load_model
+
+    return load_model(path)
+
+
+@lru_cache(maxsize=16)
+def _predicted(folder: str, key: str, model: str, bones: tuple) -> dict:
+    """The masks a segmentation model predicts for a frame, {bone: (H, W) bool tensor}."""
+    import torch
+
+    from ..frame import read_frame_array
+    from ..segment import predict_masks
+
+    net, info = _model(model)
+    raw = read_frame_array(Path(folder) / "frames" / f"{key}.png")
+    return {b: torch.from_numpy(m) for b, m in predict_masks(net, info, raw, bones=bones).items()}
+
+
+def _mask(task: Task, folder: str, bones: tuple, truth_masks: dict):
+    """The condition's mask of the task's bone, (1, 1, H, W) bool, or None."""
+    source = task.condition.mask
+    if source == "truth":
+        return truth_masks[task.bone][None, None]
+    if source == "predicted":
+        mask = _predicted(folder, task.frame, task.condition.model, bones)[task.bone]
+        return mask[None, None] if bool(mask.any()) else None  # nothing found: register without
+    return None
+
+
 def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: dict, threads: int = 1) -> dict:
     """One registration: the task's start, its condition; returns the CSV row."""
     import torch
@@ -75,7 +106,7 @@ def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: d
     vol, T_gt = volumes[task.bone], truth[task.bone]
     start = CentredParameterization(vol.centroid, T_gt).pose(torch.tensor(task.start["x"], dtype=torch.float64))
     opts = RegistrationOptions(**{**options, **task.condition.options})
-    mask = masks[task.bone][None, None] if task.condition.mask == "truth" else None
+    mask = _mask(task, folder, bones, masks)
     before = pose_errors(start, T_gt, vol.centroid, vol.points, camera)
     res = register_bone(vol, frame.image, camera, start, mask, frame.field, opts)
     err = pose_errors(res.camera_from_volume, T_gt, vol.centroid, vol.points, camera)

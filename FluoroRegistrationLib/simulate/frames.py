@@ -21,7 +21,7 @@ import torch
 from ..errors import FluoroRegError
 from ..geometry import Camera
 from ..render import project_label, render
-from ..volume import MU_WATER_PER_MM, ImageVolume, bone_volumes
+from ..volume import MU_WATER_PER_MM, ImageVolume, RenderVolume, bone_volumes
 from .detector import DetectorModel, detect, distort_image
 from .physics import MATERIAL_ORDER, decompose, mono_mu, transmission
 from .scene import Part, split_parts
@@ -88,11 +88,18 @@ class FrameSimulator:
             resampled (bilinear) to the frame; "auto" picks the largest factor whose pixels, seen at
             the object (0.7 x sdd), stay under 1/1.4 of the CT's smallest voxel, so nothing the CT
             resolves is lost. 1 renders every pixel.
+        renderer: "exact" (the default: the exact traversal above) or "fast" (the registration's
+            trilinear renderer, one material channel at a time, far faster: for training data,
+            where many frames matter more than an independent discretisation).
     """
 
     def __init__(self, ct: ImageVolume, labels: ImageVolume, names: dict[str, int], realism="medium",
-                 interpolation: str = "nearest", mu_water: float = MU_WATER_PER_MM, render_factor="auto"):
+                 interpolation: str = "nearest", mu_water: float = MU_WATER_PER_MM, render_factor="auto",
+                 renderer: str = "exact"):
+        if renderer not in ("exact", "fast"):
+            raise FluoroRegError(f"unknown simulator renderer '{renderer}'; choose exact or fast")
         self.realism = get_realism(realism) if isinstance(realism, str) else realism
+        self.renderer = renderer
         self.interpolation = interpolation
         self.render_factor = render_factor
         self.voxel_mm = float(min(ct.spacing))
@@ -106,19 +113,30 @@ class FrameSimulator:
             self.spectrum = monoenergetic(70.0)
         self.parts: list[Part] = split_parts(ct, labels, names, channels)
         self.bones = bone_volumes(ct, labels, names, [p.bone for p in self.parts])
+        self._spectra = {(self.realism.kvp, self.realism.filtration_mm_al): self.spectrum}
+        self._channels = None
+        if renderer == "fast":
+            self._channels = [_fast_channels(p, self.materials) for p in self.parts]
 
     def true_camera(self, nominal: Camera, generator: torch.Generator) -> Camera:
         """The C-arm actually simulated: the nominal calibration with the preset's errors drawn."""
         return perturbed_camera(nominal, self.realism.sdd_error_mm, self.realism.principal_point_error_px, generator)
 
-    def frame(self, camera: Camera, poses: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
+    def frame(self, camera: Camera, poses: dict[str, torch.Tensor], generator: torch.Generator,
+              realism: Realism | None = None) -> dict:
         """One frame at ``poses`` ({bone: (4, 4) camera_from_volume}) seen by ``camera``.
 
         Returns {"image": (H, W) float (quantised levels, or -log(I/I0) when realism is off),
         "levels": max level or None, "transmission": (H, W) noiseless primary I/I0,
         "masks": {bone: (H, W) bool}, "thickness": {bone: (H, W) mm through the bone}}; masks and
-        image share the detector's distortion.
+        image share the detector's distortion. ``realism``: another beam and detector for this
+        frame (the material model, polyenergetic or not, stays the simulator's own).
         """
+        return self.detect(camera, self.line_integrals(camera, poses), generator, realism)
+
+    def line_integrals(self, camera: Camera, poses: dict[str, torch.Tensor]) -> dict:
+        """The costly, realism-free part of a frame: {"areal": (1, M, H, W) line integrals of each
+        material (or of mu), "thickness": {bone: (H, W) mm}}, both at the camera's full size."""
         missing = [p.bone for p in self.parts if p.bone not in poses]
         if missing:
             raise FluoroRegError(f"no pose for {', '.join(missing)}; the simulator moves every labelled bone")
@@ -131,22 +149,38 @@ class FrameSimulator:
                 return img
             return torch.nn.functional.interpolate(img, size=camera.shape, mode="bilinear", align_corners=False)
 
+        fast = self._channels is not None
         with torch.no_grad():
             areal = None
-            for part in self.parts:
-                img = render(part.volume, coarse, poses[part.bone], "exact", interpolation=self.interpolation)
+            for n, part in enumerate(self.parts):
+                pose = poses[part.bone]
+                if not fast:
+                    img = render(part.volume, coarse, pose, "exact", interpolation=self.interpolation)
+                else:
+                    img = torch.zeros(1, len(self.materials), coarse.rows, coarse.cols, dtype=part.volume.mu.dtype)
+                    for m, vol in self._channels[n]:
+                        img[:, m:m + 1] = render(vol, coarse, pose, "fast").to(img.dtype)
                 areal = img if areal is None else areal + img
-            areal = full(areal)
+            thickness = {b: full(project_label(v, coarse, poses[b], "fast") if fast else
+                                 project_label(v, coarse, poses[b], "exact", interpolation="nearest"))[0, 0].double()
+                         for b, v in self.bones.items()}
+        return {"areal": full(areal), "thickness": thickness}
+
+    def detect(self, camera: Camera, integrals: dict, generator: torch.Generator,
+               realism: Realism | None = None) -> dict:
+        """The beam and the detector applied to :meth:`line_integrals`; returns as :meth:`frame`."""
+        realism = realism or self.realism
+        with torch.no_grad():
+            areal = integrals["areal"]
             if self.realism.polyenergetic:
-                primary = transmission(areal.double(), self.materials, self.spectrum)[0]
+                primary = transmission(areal.double(), self.materials, self._spectrum(realism))[0]
             else:
                 primary = torch.exp(-areal[0, 0].double())
             exposure, anatomy = self._exposure(primary)
             out = detect(exposure, (camera.row_spacing_mm, camera.col_spacing_mm), (camera.u0, camera.v0),
-                         self.realism.detector, generator, window_mask=anatomy)
-            thickness = {b: full(project_label(v, coarse, poses[b], "exact", interpolation="nearest"))[0, 0].double()
-                         for b, v in self.bones.items()}
-        k = self.realism.detector.distortion_k
+                         realism.detector, generator, window_mask=anatomy)
+        thickness = integrals["thickness"]
+        k = realism.detector.distortion_k
         if k:
             thickness = {b: distort_image(t, k, (camera.u0, camera.v0)) for b, t in thickness.items()}
         field_mask = out["field"]
@@ -154,6 +188,11 @@ class FrameSimulator:
         return {"image": out["image"], "levels": out["levels"], "transmission": primary, "masks": masks,
                 "thickness": thickness}
 
+    def _spectrum(self, realism: Realism) -> Spectrum:
+        key = (realism.kvp, realism.filtration_mm_al)
+        if key not in self._spectra:
+            self._spectra[key] = tube_spectrum(*key)
+        return self._spectra[key]
 
     def _exposure(self, primary: torch.Tensor):
         """Automatic brightness control: scale I/I0 so the anatomy's median pixel receives the preset
@@ -170,6 +209,27 @@ class FrameSimulator:
             return max(1, int(self.render_factor))
         pixel_at_object = 0.7 * min(camera.row_spacing_mm, camera.col_spacing_mm)
         return max(1, int(self.voxel_mm / (1.4 * pixel_at_object)))
+
+
+def _fast_channels(part: Part, materials: tuple[str, ...]) -> list[tuple[int, RenderVolume]]:
+    """The fast renderer's share of a part: (channel, single-channel volume) per material present,
+    each cropped to where it is non-zero; soft tissue on a grid twice as coarse (block means keep
+    its line integrals; it has no edges a 2 mm grid loses) and air left out (under 0.5 % of a knee's
+    attenuation). About 10x cheaper than every channel on the full grid."""
+    out = []
+    for m, name in enumerate(materials):
+        data = part.volume.mu[m] if part.volume.mu.dim() == 4 else part.volume.mu
+        if name == "air" or not bool(data.any()):
+            continue
+        nz = torch.nonzero(data)
+        lo = (nz.min(0).values - 1).clamp(min=0)
+        hi = nz.max(0).values + 2
+        crop = torch.nn.functional.pad(data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], [1, 1] * 3).contiguous()
+        shift = torch.eye(4, dtype=torch.float64)
+        shift[:3, 3] = (lo.flip(0) - 1).double()  # index (i, j, k) of the crop -> of the part
+        vol = RenderVolume(crop, part.volume.volume_from_index @ shift, part.bone)
+        out.append((m, vol if name in ("cortical_bone", "titanium") else vol.coarsened(2)))
+    return out
 
 
 def occlusion_masks(thickness: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict:

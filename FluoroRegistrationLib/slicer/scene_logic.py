@@ -195,21 +195,34 @@ class FluoroRegistrationLogic:
         masks = {b: torch.from_numpy((labels[0] == i).astype(np.float32)) for b, i in labelIds.items()}
         return {b: m for b, m in masks.items() if m.any()}
 
-    def segmentFrame(self, frameNode, modelPath, outputLabelNode):
-        """Predicted bone masks as one label map on the frame's geometry (needs the segmentation model).
+    def segmentFrame(self, frameNode, modelPath, outputLabelNode, labelIds: dict | None = None,
+                     polarity: str = "auto"):
+        """Bone masks predicted by a segmentation model, as one label map on the frame's geometry.
 
-        The segmentation network is not part of FluoroRegistrationLib yet: after checking the frame and
-        the model file this raises a FluoroRegError saying so. Until then, load masks with writeMasks
-        or draw them on a label map over the frame (Segment Editor), and pass it to register.
+        Args:
+            modelPath: the model folder from ``fluororeg segment train`` (or its model.json).
+            labelIds: {bone: label id} to write (e.g. ``boneIds(labelNode, bones)``, so that
+                register reads them back); default: the model's bones numbered from 1.
+        Where two predicted bones overlap, the more certain one is written.
         """
+        from ..segment import load_model, predict_probabilities
+
         calibration = self.frameCalibration(frameNode)
-        self.frameImage(frameNode, calibration)
+        raw = self.frameImage(frameNode, calibration)
         check_node(outputLabelNode, "vtkMRMLLabelMapVolumeNode", "mask output")
         path = Path(str(modelPath)) if modelPath else None
-        if path is None or not path.is_file():
-            raise FluoroRegError(f"segmentation model not found: {modelPath}; pass the path of a trained model file")
-        raise FluoroRegError(f"no segmentation model yet: FluoroRegistrationLib cannot run {path.name} until the "
-                             "segmentation issue lands; draw or load the masks as a label map over the frame instead")
+        if path is None or not path.exists():
+            raise FluoroRegError(f"segmentation model not found: {modelPath}; pass the folder written by "
+                                 "`fluororeg segment train`")
+        model, info = load_model(path)
+        ids = dict(labelIds) if labelIds else {b: i + 1 for i, b in enumerate(info.bones)}
+        unknown = [b for b in ids if b not in info.bones]
+        if unknown:
+            raise FluoroRegError(f"the model segments {', '.join(info.bones)}, not {', '.join(unknown)}; "
+                                 "choose bones it knows or train one for them")
+        prob = predict_probabilities(model, info, raw, polarity)
+        weights = {b: np.where(prob[b] > info.threshold, prob[b], 0.0) for b in ids}
+        return self.writeMasks(calibration, weights, ids, outputLabelNode)
 
     def frameCalibration(self, frameNode) -> Camera:
         """The calibration placeFrame stored on the frame node."""

@@ -1,0 +1,162 @@
+"""The bone segmentation network: torchvision's DeepLabv3, its preprocessing, and its files.
+
+A model folder holds ``model.safetensors`` (the weights: tensors only, nothing executable) and
+``model.json`` (what the weights mean: architecture, bones in channel order, input size,
+preprocessing, and how it was trained). Channel 0 is the background, channel ``1 + n`` bone ``n``.
+Each bone channel is its own yes/no question (sigmoid, not softmax): bones overlap in a projection
+(the femoral condyles over the tibial plateau, the patella over the femur), and each bone's mask
+must keep the overlap, since the registration compares the whole projected bone.
+
+Preprocessing (a frame in any polarity or bit depth -> the network's input): the frame is turned
+bone-bright with :func:`FluoroRegistrationLib.frame.to_attenuation` (``1 - I / I_ref``, its field
+found from the collimator), resized to ``size x size`` (bilinear, antialiased) and mapped by
+``(x - 0.5) / 0.25``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import FluoroRegError
+
+ARCHITECTURES = ("deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50")
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """What a weights file means (written beside it as ``model.json``)."""
+
+    arch: str = ARCHITECTURES[0]
+    bones: list = field(default_factory=lambda: ["femur", "tibia"])
+    size: int = 256
+    threshold: float = 0.5
+    preprocessing: dict = field(default_factory=lambda: {
+        "conversion": "to_attenuation(raw, polarity, log=False): 1 - I/I_ref, bone bright, 0 outside the field",
+        "polarity": "auto", "resize": "bilinear, antialias, to size x size", "normalise": "(x - 0.5) / 0.25"})
+    training: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def classes(self) -> list[str]:
+        return ["background", *self.bones]
+
+
+class BoneSegmenter(torch.nn.Module):
+    """DeepLabv3 with one logit per class: (B, 1, S, S) normalised frames -> (B, 1 + bones, S, S)."""
+
+    def __init__(self, arch: str = ARCHITECTURES[0], bones=("femur", "tibia")):
+        super().__init__()
+        from torchvision.models import segmentation
+
+        if arch not in ARCHITECTURES:
+            raise FluoroRegError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
+        if not bones:
+            raise FluoroRegError("the model needs at least one bone to segment")
+        # weights_backbone=None: nothing is downloaded, the network starts from scratch
+        self.net = getattr(segmentation, arch)(weights=None, weights_backbone=None, num_classes=1 + len(bones),
+                                               aux_loss=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.expand(-1, 3, -1, -1))["out"]
+
+
+def preprocess(raw, size: int, polarity: str = "auto") -> tuple[torch.Tensor, np.ndarray]:
+    """A raw frame (H, W) -> the network's input (1, 1, size, size) float32 and the frame's field
+    (H, W) bool (outside the collimator nothing is predicted)."""
+    from ..frame import _convert
+
+    raw = np.asarray(raw, dtype=np.float64)
+    if raw.ndim != 2:
+        raise FluoroRegError(f"expected a 2D frame (rows, cols), got shape {raw.shape}; pick one frame first")
+    if not np.isfinite(raw).all():
+        raise FluoroRegError("the frame holds NaN or infinite values; fix or crop the image first")
+    att, field_mask, _ = _convert(raw, polarity, None, log=False)
+    x = torch.from_numpy(att).float()[None, None]
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                            align_corners=False)
+    return (x - 0.5) / 0.25, field_mask
+
+
+def save_model(folder, model: BoneSegmenter, info: ModelInfo) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``folder``; returns the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"arch": info.arch, "bones": ",".join(info.bones)})
+    (folder / INFO_FILE).write_text(json.dumps(asdict(info), indent=1) + "\n")
+    return folder
+
+
+def read_weights(path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors``, or from a ``.pt``/``.pth`` file loaded with
+    ``weights_only=True`` (tensors only: a file that needs code to unpickle is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FluoroRegError(f"weights file not found: {path}; give a model.safetensors or a .pt state dict")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle refusals and broken files alike
+        raise FluoroRegError(f"cannot read {path} as a state dict with weights_only=True ({type(err).__name__}); "
+                             "save it with torch.save(model.state_dict()) or as safetensors") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FluoroRegError(f"{path} does not hold a state dict (name -> tensor)")
+    return state
+
+
+def load_model(folder, device: str = "cpu") -> tuple[BoneSegmenter, ModelInfo]:
+    """A model folder (or its ``model.json`` / ``model.safetensors``) -> (model in eval mode, info)."""
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    info_path = folder / INFO_FILE
+    if not info_path.is_file():
+        raise FluoroRegError(f"no {INFO_FILE} in {folder}; pass the folder written by `fluororeg segment train`")
+    try:
+        raw = json.loads(info_path.read_text())
+        info = ModelInfo(**{k: v for k, v in raw.items() if k in ModelInfo.__dataclass_fields__})
+    except (ValueError, TypeError) as err:
+        raise FluoroRegError(f"{info_path} is not a model description ({err})") from None
+    model = BoneSegmenter(info.arch, info.bones)
+    state = read_weights(folder / WEIGHTS_FILE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise FluoroRegError(f"{folder / WEIGHTS_FILE} does not fit a {info.arch} for {len(info.bones)} bones; "
+                             f"the weights and {INFO_FILE} come from different models") from None
+    return model.to(device).eval(), info
+
+
+def init_from(model: BoneSegmenter, path) -> list[str]:
+    """Fine-tuning: copy every tensor of ``path`` whose name and shape fit into ``model`` (ours, or
+    a torchvision DeepLabv3 state dict without the ``net.`` prefix); returns the names not copied
+    (typically the last layer, when the bones differ)."""
+    state = read_weights(path)
+    own = model.state_dict()
+    copied, skipped = {}, []
+    for name, value in state.items():
+        key = name if name in own else f"net.{name}"
+        if key in own and own[key].shape == value.shape:
+            copied[key] = value
+        else:
+            skipped.append(name)
+    if not copied:
+        raise FluoroRegError(f"no tensor of {path} fits this model; is it a DeepLabv3 of the same backbone?")
+    model.load_state_dict(copied, strict=False)
+    return skipped
