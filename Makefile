@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-register study bench-peer-deps clean
+.PHONY: demo test test-slow bench bench-register study bench-segment bench-peer-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-register: $(STAMP)
 
 study: $(STAMP)
 	$(PY) benchmarks/study.py --out study_out
+
+# segmentation: train the default model on the phantom (~25 min on 2 cores), score it on held-out
+# frames, then register with predicted vs ground-truth vs no masks
+bench-segment: $(STAMP)
+	$(PY) benchmarks/segment.py --out seg_bench --register
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="segmentation model folder (from `fluororeg segment train`) for --mask auto")
     p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
     p.add_argument("--similarity", default="patch-gncc", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
-    p.add_argument("--range", default="20,15", help="global search half-widths: mm,deg (default 20,15)")
+    p.add_argument("--range", default="30,25", help="global search half-widths: mm,deg (default 30,25)")
     p.add_argument("--no-global-search", action="store_true", help="refine from the initial pose only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="result JSON")
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--arch", default="deeplabv3_mobilenet_v3_large",
                    choices=["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50"])
     q.add_argument("--size", type=int, default=256, help="network input size in pixels (default 256)")
-    q.add_argument("--epochs", type=int, help="epochs (default 12)")
+    q.add_argument("--epochs", type=int, help="epochs (default 16)")
     q.add_argument("--steps", type=int, help="batches per epoch (default 60)")
     q.add_argument("--batch", type=int, help="frames per batch (default 8)")
     q.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")

@@ -32,9 +32,9 @@ class RegistrationOptions:
 
     similarity: str = "patch-gncc"  # patch gradient-NCC: measured best (benchmarks/REGISTER_RESULTS.md); "gcc" = the study
     global_search: bool = True
-    search_range_mm: float = 20.0  # half-width of the global search box, in-plane translation axes
+    search_range_mm: float = 30.0  # half-width of the global search box, in-plane translation axes
     search_range_depth_mm: float = 0.0  # half-width along the beam (0: depth left to the refinement)
-    search_range_deg: float = 15.0  # half-width of the global search box, each rotation axis
+    search_range_deg: float = 25.0  # half-width of the global search box, each rotation axis
     search_level: int = 64  # detector size (longest side) of the global search
     search_steps: int = 30
     search_candidates: int = 48

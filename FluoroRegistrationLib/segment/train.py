@@ -28,8 +28,9 @@ class TrainOptions:
 
     bones: tuple = ("femur", "tibia")
     arch: str = ARCHITECTURES[0]
+    decoder: bool = True     # the stride-8 decoder on MobileNetV3 (see BoneSegmenter)
     size: int = 256
-    epochs: int = 12
+    epochs: int = 16
     steps_per_epoch: int = 60
     batch: int = 8
     lr: float = 2e-3
@@ -133,7 +134,7 @@ def train_segmenter(ct, labels, names, out, options: TrainOptions | None = None,
     val_x, val_y = fixed_set(sim, val_bank, bones, g_val, options.val_strength)
     labelled = read_labelled_folder(options.labelled, bones, options.size) if options.labelled else None
 
-    model = BoneSegmenter(options.arch, bones)
+    model = BoneSegmenter(options.arch, bones, options.decoder)
     notes = {}
     if options.init:
         notes["init"] = options.init
@@ -142,7 +143,7 @@ def train_segmenter(ct, labels, names, out, options: TrainOptions | None = None,
     opt = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     total = options.epochs * options.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=options.lr, total_steps=total, pct_start=0.15)
-    info = ModelInfo(arch=options.arch, bones=bones, size=options.size)
+    info = ModelInfo(arch=options.arch, bones=bones, size=options.size, decoder=model.decoder)
     history, best = [], -1.0
     for epoch in range(1, options.epochs + 1):
         losses = []
