@@ -251,3 +251,24 @@ def test_predicted_masks_are_one_more_evaluation_condition(untrained, tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(raw), str(tmp_path / "frames" / "0000.png"))
     masks = _predicted(str(tmp_path), "0000", str(untrained), ("femur", "tibia"))
     assert set(masks) == {"femur", "tibia"} and masks["femur"].shape == (48, 56) and masks["femur"].dtype == torch.bool
+
+
+def test_users_labelled_frames_are_read_and_mixed_in(tmp_path):
+    from FluoroRegistrationLib.segment.data import make_batch, read_labelled_folder
+
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "masks").mkdir()
+    raw = np.full((60, 80), 3000, np.uint16)
+    raw[10:40, 20:50] = 800
+    sitk.WriteImage(sitk.GetImageFromArray(raw), str(tmp_path / "frames" / "a.png"))
+    femur = np.zeros((60, 80), np.uint8)
+    femur[10:40, 20:50] = 255
+    sitk.WriteImage(sitk.GetImageFromArray(femur), str(tmp_path / "masks" / "a_femur.png"))
+    with pytest.raises(FluoroRegError, match="no mask .*a_tibia.png for frame a.png"):
+        read_labelled_folder(tmp_path, ["femur", "tibia"], 32)
+    items = read_labelled_folder(tmp_path, ["femur"], 32)
+    x, y = items[0]
+    assert x.shape == (1, 32, 32) and y.shape == (1, 32, 32) and y.dtype == torch.bool
+    assert y[0, 10, 16] and not y[0, 28, 4]  # the box, resized with the frame
+    xb, yb = make_batch(None, None, ["femur"], 3, torch.Generator().manual_seed(0), items, labelled_fraction=1.0)
+    assert xb.shape == (3, 1, 32, 32) and yb.shape == (3, 1, 32, 32)
