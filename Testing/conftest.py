@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,3 +19,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def knee():
+    """The built-in phantom at 3 mm (phantom, CT ImageVolume, labels ImageVolume): small and quick."""
+    from FluoroRegistrationLib.phantom import make_knee_phantom
+    from FluoroRegistrationLib.volume import ImageVolume
+
+    ph = make_knee_phantom(spacing_mm=3.0, flexion_deg=0.0, seed=0)
+    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
+    labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
+    return ph, ct, labels

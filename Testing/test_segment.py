@@ -25,15 +25,6 @@ from FluoroRegistrationLib.segment.model import init_from, preprocess, read_weig
 from FluoroRegistrationLib.segment.train import segmentation_loss
 from FluoroRegistrationLib.simulate.frames import PRESETS, FrameSimulator
 from FluoroRegistrationLib.simulate.scene import knee_poses
-from FluoroRegistrationLib.volume import ImageVolume
-
-
-@pytest.fixture(scope="module")
-def knee():
-    ph = make_knee_phantom(spacing_mm=3.0, flexion_deg=0.0, seed=0)
-    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
-    labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
-    return ph, ct, labels
 
 
 @pytest.fixture(scope="module")

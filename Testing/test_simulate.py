@@ -10,7 +10,6 @@ import torch
 
 from FluoroRegistrationLib.cli import main
 from FluoroRegistrationLib.geometry import Camera, lateral_view, transform_points
-from FluoroRegistrationLib.phantom import make_knee_phantom
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.simulate.frames import PRESETS, FrameSimulator
 from FluoroRegistrationLib.simulate.materials import linear_attenuation_per_mm
@@ -19,18 +18,10 @@ from FluoroRegistrationLib.simulate.physics import (
 from FluoroRegistrationLib.simulate.scene import (
     knee_poses, knee_relative_poses, sample_knee_states)
 from FluoroRegistrationLib.simulate.spectrum import tube_spectrum
-from FluoroRegistrationLib.volume import ImageVolume, whole_volume
+from FluoroRegistrationLib.volume import whole_volume
 
 F64 = torch.float64
 CAM = Camera(1000.0, 56, 56, 4.0, 4.0)
-
-
-@pytest.fixture(scope="module")
-def knee():
-    ph = make_knee_phantom(spacing_mm=3.0, flexion_deg=0.0, seed=0)
-    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
-    labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
-    return ph, ct, labels
 
 
 def test_decomposition_reproduces_ct_numbers_at_the_ct_energy():
