@@ -101,11 +101,12 @@ class PoseBank:
                 "thickness": {b: (t > 0.5).to(torch.float32) for b, t in li["thickness"].items()}}
 
 
-def render_sample(sim: FrameSimulator, entry: dict, bones, g: torch.Generator, strength: float = 1.0):
-    """One training image from a bank entry: (raw frame (S, S) numpy, masks (len(bones), S, S) bool)."""
+def simulated_sample(sim: FrameSimulator, entry: dict, bones, size: int, g: torch.Generator,
+                     strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame of a bank entry under a new random detector, as the network sees it: input
+    (1, size, size) (:func:`preprocess`) and masks (len(bones), size, size) float."""
     out = sim.detect(entry["camera"], entry, g, random_realism(g, strength))
-    masks = torch.stack([out["masks"][b] for b in bones]) if bones else None
-    return out["image"].numpy(), masks
+    return preprocess(out["image"].numpy(), size)[0][0], torch.stack([out["masks"][b] for b in bones]).float()
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +138,7 @@ def make_batch(sim: FrameSimulator, bank: PoseBank, bones, batch: int, g: torch.
             x, y = labelled[int(_u(g, 0, len(labelled) - 1e-9))]
         else:
             entry = bank.entries[int(_u(g, 0, len(bank.entries) - 1e-9))]
-            raw, y = render_sample(sim, entry, bones, g, strength)
-            x = preprocess(raw, bank.size)[0][0]
+            x, y = simulated_sample(sim, entry, bones, bank.size, g, strength)
         x, y = x.clone(), y.float()
         if train:
             x, y = augment(x, y, g)
@@ -151,12 +151,8 @@ def fixed_set(sim: FrameSimulator, bank: PoseBank, bones, g: torch.Generator,
               strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame per bank entry, each with its own detector, no augmentation: a validation set,
     (V, 1, S, S) inputs and (V, N, S, S) float targets."""
-    xs, ys = [], []
-    for entry in bank.entries:
-        raw, y = render_sample(sim, entry, bones, g, strength)
-        xs.append(preprocess(raw, bank.size)[0][0])
-        ys.append(y.float())
-    return torch.stack(xs), torch.stack(ys)
+    samples = [simulated_sample(sim, entry, bones, bank.size, g, strength) for entry in bank.entries]
+    return torch.stack([x for x, _ in samples]), torch.stack([y for _, y in samples])
 
 
 def read_labelled_folder(folder, bones, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -201,4 +197,4 @@ def training_simulator(ct, labels, names, bones) -> tuple[FrameSimulator, np.nda
 
 
 __all__ = ["PoseBank", "augment", "fixed_set", "make_batch", "random_camera", "random_realism", "read_labelled_folder",
-           "render_sample", "training_simulator", "DEFAULT_CAMERA"]
+           "simulated_sample", "training_simulator", "DEFAULT_CAMERA"]

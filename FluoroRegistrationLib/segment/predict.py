@@ -13,9 +13,16 @@ from .model import BoneSegmenter, ModelInfo, load_model, preprocess
 COLOURS = {"femur": (255, 90, 60), "tibia": (60, 160, 255), "patella": (255, 220, 40), "fibula": (120, 230, 120)}
 
 
-def predict_probabilities(model: BoneSegmenter, info: ModelInfo, raw, polarity: str = "auto") -> dict:
+def predict_probabilities(model: BoneSegmenter, info: ModelInfo, raw, polarity: str = "auto",
+                          bones=None) -> dict:
     """Per bone, the probability (H, W) float32 numpy that each pixel of ``raw`` (H, W) shows it
-    (the network's output resized back to the frame; 0 outside the field)."""
+    (the network's output resized back to the frame; 0 outside the field). ``bones``: the ones
+    wanted (default all the model knows); one it does not know is an error."""
+    bones = list(bones) if bones else list(info.bones)
+    unknown = [b for b in bones if b not in info.bones]
+    if unknown:
+        raise FluoroRegError(f"the model segments {', '.join(info.bones)}, not {', '.join(unknown)}; "
+                             "train one with --bones including it, or give that bone's mask yourself")
     x, field = preprocess(raw, info.size, polarity)
     device = next(model.parameters()).device
     with torch.inference_mode():
@@ -24,20 +31,15 @@ def predict_probabilities(model: BoneSegmenter, info: ModelInfo, raw, polarity: 
     if logits.shape[-2:] != (H, W):
         logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
     prob = torch.sigmoid(logits[0, 1:]).numpy()
-    return {b: np.where(field, prob[i], 0.0).astype(np.float32) for i, b in enumerate(info.bones)}
+    return {b: np.where(field, prob[info.bones.index(b)], 0.0).astype(np.float32) for b in bones}
 
 
 def predict_masks(model: BoneSegmenter, info: ModelInfo, raw, polarity: str = "auto",
                   bones=None) -> dict[str, np.ndarray]:
-    """Per bone, the predicted (H, W) bool mask of ``raw`` (probability > the model's threshold).
-    ``bones``: the ones wanted (default all the model knows); one it does not know is an error."""
-    bones = list(bones) if bones else list(info.bones)
-    unknown = [b for b in bones if b not in info.bones]
-    if unknown:
-        raise FluoroRegError(f"the model segments {', '.join(info.bones)}, not {', '.join(unknown)}; "
-                             "train one with --bones including it, or give that bone's mask as a file")
-    prob = predict_probabilities(model, info, raw, polarity)
-    return {b: prob[b] > info.threshold for b in bones}
+    """Per bone, the predicted (H, W) bool mask of ``raw`` (probability > the model's threshold);
+    ``bones`` as in :func:`predict_probabilities`."""
+    prob = predict_probabilities(model, info, raw, polarity, bones)
+    return {b: m > info.threshold for b, m in prob.items()}
 
 
 def overlay_image(raw, masks: dict[str, np.ndarray], alpha: float = 0.35) -> np.ndarray:

@@ -149,7 +149,7 @@ class FrameSimulator:
                 return img
             return torch.nn.functional.interpolate(img, size=camera.shape, mode="bilinear", align_corners=False)
 
-        fast = self._channels is not None
+        fast = self.renderer == "fast"
         with torch.no_grad():
             areal = None
             for n, part in enumerate(self.parts):

@@ -216,12 +216,8 @@ class FluoroRegistrationLogic:
                                  "`fluororeg segment train`")
         model, info = load_model(path)
         ids = dict(labelIds) if labelIds else {b: i + 1 for i, b in enumerate(info.bones)}
-        unknown = [b for b in ids if b not in info.bones]
-        if unknown:
-            raise FluoroRegError(f"the model segments {', '.join(info.bones)}, not {', '.join(unknown)}; "
-                                 "choose bones it knows or train one for them")
-        prob = predict_probabilities(model, info, raw, polarity)
-        weights = {b: np.where(prob[b] > info.threshold, prob[b], 0.0) for b in ids}
+        prob = predict_probabilities(model, info, raw, polarity, bones=list(ids))
+        weights = {b: np.where(p > info.threshold, p, 0.0) for b, p in prob.items()}
         return self.writeMasks(calibration, weights, ids, outputLabelNode)
 
     def frameCalibration(self, frameNode) -> Camera:
