@@ -77,6 +77,18 @@ def test_registration_recovers_a_known_pose_with_a_mask(scene):
     assert set(femur.to_dict()) >= {"camera_from_volume", "similarity", "iterations", "seconds", "stop_reason"}
 
 
+def test_the_turn_about_the_long_axis_is_probed_after_the_second_level(scene):
+    bones, camera, truth, frame, mask = scene
+    par = CentredParameterization(bones["femur"].centroid, truth)
+    start = par.pose(torch.tensor([math.radians(2), math.radians(-2), math.radians(3), 3.0, -2.0, 2.0], dtype=F64))
+    options = RegistrationOptions(search_steps=4, search_candidates=8, starts=2, levels=(64, 128), iterations=(40, 40))
+    femur = register(bones, frame, camera, {"femur": start}, masks={"femur": mask}, options=options).bones["femur"]
+    names = [s.name for s in femur.stages]
+    assert "start 2/2: rank 128px" in names and "axial probe 128px" in names
+    after = pose_errors(femur.camera_from_volume, truth, bones["femur"].centroid, bones["femur"].points)
+    assert after["in_plane_mm"] < 0.5 and after["rotation_deg"] < 1.5
+
+
 def test_cancel_stops_the_registration(scene):
     bones, camera, truth, frame, mask = scene
     with pytest.raises(Cancelled):

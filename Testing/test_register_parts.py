@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view, transform_points
+from FluoroRegistrationLib.geometry import (
+    Camera, CentredParameterization, lateral_view, rotation_angle, rotation_from_rotvec, transform_points)
 from FluoroRegistrationLib.register import (
-    RegistrationOptions, calibration_floor, distinct_minima, grid_search, line_search)
-from FluoroRegistrationLib.register.pipeline import _Objective, _weights
+    RegistrationOptions, calibration_floor, distinct_minima, grid_search, line_search, register_bone, rotation_scan)
+from FluoroRegistrationLib.register.pipeline import _long_axis, _Objective, _search_starts, _weights
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.similarity import get_similarity
 from FluoroRegistrationLib.volume import (
@@ -36,12 +37,51 @@ def test_grid_search_finds_the_best_grid_point_over_two_axes():
     assert torch.allclose(x, best) and loss == pytest.approx(0.0, abs=1e-15) and log.iterations == 49
 
 
+def test_rotation_scan_turns_the_pose_about_an_axis_through_the_centre():
+    centre = torch.tensor([10.0, -5.0, 3.0], dtype=F64)
+    par = CentredParameterization(centre, lateral_view(centre, 700.0))
+    x0 = torch.tensor([0.1, -0.2, 0.3, 2.0, -1.0, 4.0], dtype=F64)
+    axis = torch.tensor([1.0, 2.0, -2.0], dtype=F64) / 3.0
+    turn = 0.3  # on the grid below
+    target = rotation_from_rotvec(turn * axis) @ par.pose(x0)[:3, :3]
+
+    def f(x):  # the angle (rad) between each pose's rotation and the target
+        return rotation_angle(par.pose(x)[..., :3, :3] @ target.transpose(-1, -2))
+
+    x, loss, log = rotation_scan(f, x0, axis, torch.arange(-10, 11, dtype=F64) * 0.05)
+    assert loss == pytest.approx(0.0, abs=1e-6) and log.iterations == 21
+    assert torch.equal(x[3:], x0[3:])  # the centre does not move
+    assert torch.allclose(transform_points(par.pose(x), centre[None]), transform_points(par.pose(x0), centre[None]))
+
+
+def test_the_long_axis_of_an_elongated_bone_is_its_first_principal_direction():
+    direction = torch.tensor([2.0, -1.0, 2.0], dtype=F64) / 3.0
+    g = torch.Generator().manual_seed(1)
+    points = torch.randn(3000, 1, generator=g, dtype=F64) * 40 * direction + torch.randn(3000, 3, generator=g, dtype=F64) * 8
+    bone = RenderVolume(torch.zeros(2, 2, 2), torch.eye(4, dtype=F64), "shaft", centroid=torch.zeros(3, dtype=F64),
+                        points=points)
+    assert abs(float(_long_axis(bone) @ direction)) > 0.999
+    assert _long_axis(RenderVolume(torch.zeros(2, 2, 2), torch.eye(4, dtype=F64), "no points")) is None
+
+
 def test_distinct_minima_keeps_separated_poses_in_order_of_loss():
     x = torch.tensor([[0.0] * 6, [0.01] + [0.0] * 5, [1.0] + [0.0] * 5, [1.02] + [0.0] * 5, [0, 0, 0, 5.0, 0, 0]],
                      dtype=F64)
     loss = torch.tensor([0.1, 0.05, 0.2, 0.3, 0.4], dtype=F64)
     kept = distinct_minima(x, loss, 3, torch.tensor([0.1] * 3 + [1.0] * 3, dtype=F64))
     assert [float(k[0]) for k in kept] == [0.01, 1.0, 0.0] and float(kept[2][3]) == 5.0
+
+
+def test_the_initial_pose_joins_the_starts_unless_a_minimum_is_near_it():
+    separation = torch.tensor([0.1] * 3 + [5.0] * 3, dtype=F64)
+    far = torch.tensor([[0.3, 0, 0, 0, 0, 0], [0, 0, 0, 0, 12.0, 0]], dtype=F64)
+    loss = torch.tensor([0.2, 0.3], dtype=F64)
+    starts = _search_starts((far, loss), far[0], separation, RegistrationOptions(starts=4))
+    assert len(starts) == 3 and torch.equal(starts[-1], torch.zeros(6, dtype=F64))
+    assert len(_search_starts((far, loss), far[0], separation, RegistrationOptions(keep_initial=False))) == 2
+    near = torch.cat([far, torch.tensor([[0.05, 0, 0, 1.0, 0, 0]], dtype=F64)])
+    starts = _search_starts((near, torch.tensor([0.2, 0.3, 0.1], dtype=F64)), near[2], separation, RegistrationOptions())
+    assert len(starts) == 3 and not any(bool((s == 0).all()) for s in starts)
 
 
 @pytest.fixture(scope="module")

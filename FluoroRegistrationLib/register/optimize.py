@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..geometry import rotation_from_rotvec, rotvec_from_rotation
+
 
 class Cancelled(Exception):
     """Raised when the caller's ``cancel()`` returns True."""
@@ -129,12 +131,40 @@ def grid_search(objective, x0: torch.Tensor, axes: tuple, offsets: torch.Tensor,
     Returns:
         (best x (6,), its loss, log).
     """
-    log = StageLog(name)
-    t0 = time.perf_counter()
     grids = torch.meshgrid(*([offsets.to(x0.dtype)] * len(axes)), indexing="ij")
     xs = x0.repeat(grids[0].numel(), 1)
     for axis, g in zip(axes, grids):
         xs[:, axis] += g.flatten()
+    return best_of(objective, xs, batch, report, name,
+                   f"evaluated a grid of {len(xs)} poses over parameters {tuple(axes)}")
+
+
+def rotation_scan(objective, x0: torch.Tensor, axis: torch.Tensor, offsets: torch.Tensor, batch: int = 64,
+                  report=None, name: str = "rotation scan") -> tuple[torch.Tensor, float, StageLog]:
+    """Turn the pose ``x0`` about ``axis`` (a unit (3,) direction in the camera frame, through the
+    bone's centre) by each angle in ``offsets`` (radians, (K,)) and return the best.
+
+    In :class:`~FluoroRegistrationLib.geometry.CentredParameterization` units a turn about the centre
+    leaves the translation ``x[3:]`` as it is and composes the rotation on the left:
+    ``w' = log(exp(theta axis) exp(w))``. Used for a long bone's turn about its own shaft (internal /
+    external rotation), which a lateral view sees only through small details and where a wrong
+    basin can hold the rest of the pose right.
+
+    Returns:
+        (best x (6,), its loss, log).
+    """
+    turns = rotation_from_rotvec(offsets.to(x0.dtype)[:, None] * axis.to(x0.dtype))
+    xs = x0.repeat(len(offsets), 1)
+    xs[:, :3] = rotvec_from_rotation(turns @ rotation_from_rotvec(x0[:3]))
+    return best_of(objective, xs, batch, report, name,
+                   f"evaluated {len(xs)} turns about axis {[round(float(a), 2) for a in axis]}")
+
+
+def best_of(objective, xs: torch.Tensor, batch: int, report, name: str,
+            stop_reason: str) -> tuple[torch.Tensor, float, StageLog]:
+    """The lowest-loss row of ``xs`` (N, 6), evaluated in batches without gradient, with its log."""
+    log = StageLog(name)
+    t0 = time.perf_counter()
     losses = evaluate_in_batches(objective, xs, batch)
     i = int(losses.argmin())
     log.losses = losses.tolist()
@@ -143,7 +173,7 @@ def grid_search(objective, x0: torch.Tensor, axes: tuple, offsets: torch.Tensor,
         for k, value in enumerate(log.losses):
             report(name, k + 1, value, xs[k])
     log.seconds = time.perf_counter() - t0
-    log.stop_reason = f"evaluated a grid of {len(xs)} poses over parameters {tuple(axes)}"
+    log.stop_reason = stop_reason
     return xs[i].clone(), float(losses[i]), log
 
 

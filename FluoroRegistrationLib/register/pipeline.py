@@ -23,7 +23,8 @@ from ..errors import FluoroRegError
 from ..geometry import Camera, CentredParameterization, transform_points
 from ..render import render
 from ..volume import RenderVolume
-from .optimize import Cancelled, StageLog, adam_refine, distinct_minima, grid_search, line_search, simulated_annealing
+from .optimize import (Cancelled, StageLog, adam_refine, distinct_minima, grid_search, line_search, rotation_scan,
+                       simulated_annealing)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RegistrationOptions:
     search_steps: int = 30
     search_candidates: int = 48
     starts: int = 4  # distinct minima of the global search refined through the first two levels; the best goes on
+    keep_initial: bool = True  # the initial pose is refined and ranked too (when it differs from those minima)
     start_separation: float = 0.2  # minima differ by more than this fraction of the search range on some axis
     levels: tuple = (64, 128, 256, 512)  # detector sizes (longest side) of the refinement pyramid
     iterations: tuple = (60, 50, 40, 30)  # Adam iterations at each level
@@ -50,6 +52,8 @@ class RegistrationOptions:
     depth_scan_mm: float = 6.0  # before each refinement level after the first: scan depth +- this (0: off)
     tilt_probe_deg: float = 12.0  # at the second level: grid over both out-of-plane rotations, +- this (0: off)
     tilt_probe_step_deg: float = 4.0
+    axial_probe_deg: float = 30.0  # after the second level: turns about the bone's long axis, +- this (0: off)
+    axial_probe_step_deg: float = 3.0
     mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size
     coarsen: bool = True  # coarse levels draw the bone from a coarsened grid (RenderVolume.coarsened)
     seed: int = 0
@@ -241,7 +245,7 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
                                            report=report)
         stages.append(log)
         separation = options.start_separation * torch.cat([ranges[:5], box[5:]])
-        starts = distinct_minima(*log.candidates, max(1, options.starts), separation) or [best]
+        starts = _search_starts(log.candidates, best, separation, options)
 
     def refine(x, level_index, label="", scan=True):
         longest = options.levels[level_index]
@@ -265,6 +269,24 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
         stages.append(log)
         return x, loss
 
+    n_axial = int(options.axial_probe_deg // options.axial_probe_step_deg) if options.axial_probe_deg > 0 else 0
+    axial_offsets = torch.arange(-n_axial, n_axial + 1, dtype=torch.float64) * options.axial_probe_step_deg * deg
+    long_axis = _long_axis(bone)
+    n_axial = n_axial if long_axis is not None else 0
+
+    def probes(x):
+        """The best of the tilt and axial probes about ``x`` at the second level: (x, loss)."""
+        found = []
+        if n_tilt:
+            found.append(tilt_probe(x, "tilt re-probe"))
+        if n_axial:
+            axis = par.pose(x)[:3, :3] @ long_axis
+            x2, loss2, log = rotation_scan(objective_at(options.levels[1]), x, axis, axial_offsets, report=report,
+                                           name=f"axial probe {options.levels[1]}px")
+            stages.append(log)
+            found.append((x2, loss2))
+        return min(found, key=lambda f: f[1]) if found else (x, math.inf)
+
     # each distinct start is refined at the first level and ranked at the second (after its depth
     # scan): a coarse level can prefer a wrong out-of-plane rotation that a finer one rejects
     if len(starts) > 1 and len(options.levels) > 1:
@@ -284,11 +306,12 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
         x, first = starts[0], 0
     for level_index in range(first, len(options.levels)):
         x, loss = refine(x, level_index, scan=level_index > first or first == 0)
-        if level_index == first == 1 and n_tilt:
-            # once the rest of the pose has settled, probe the out-of-plane rotations again and refine
-            # again from a better tilt, until no tilt helps (at most three times)
+        if level_index == first == 1 and (n_tilt or n_axial):
+            # once the rest of the pose has settled, probe the out-of-plane rotations and the turn about
+            # the bone's long axis again, and refine again from a better one, until none helps (at
+            # most three times)
             for _ in range(3):
-                probed, probed_loss = tilt_probe(x, "tilt re-probe")
+                probed, probed_loss = probes(x)
                 if probed_loss >= loss - 1e-4:
                     break
                 x, loss = refine(probed, level_index, scan=False)
@@ -339,6 +362,28 @@ def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera
                                            options, bone_progress, cancel)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _search_starts(candidates: tuple, best: torch.Tensor, separation: torch.Tensor,
+                   options: RegistrationOptions) -> list[torch.Tensor]:
+    """The starts the refinement ranks: up to ``options.starts`` distinct minima of the global search's
+    ``candidates`` ((N, 6) poses, (N,) losses), and the initial pose (x = 0) when ``keep_initial`` and
+    no minimum lies within ``separation`` (6,) of it: a coarse search can rank the right basin below
+    wrong ones, and the user's start is often in it."""
+    starts = distinct_minima(*candidates, max(1, options.starts), separation) or [best]
+    if options.keep_initial and all(bool((x.abs() > separation).any()) for x in starts):
+        starts.append(torch.zeros(6, dtype=torch.float64))
+    return starts
+
+
+def _long_axis(bone: RenderVolume) -> torch.Tensor | None:
+    """The bone's long axis in its volume frame: the first principal direction of its voxels, (3,)
+    (None for a volume without voxel points)."""
+    if bone.points is None or len(bone.points) < 3:
+        return None
+    points = bone.points.to(torch.float64).cpu()
+    _, _, vh = torch.linalg.svd(points - points.mean(0), full_matrices=False)
+    return vh[0]
 
 
 def _undistort(camera: Camera, frame, mask, field):
