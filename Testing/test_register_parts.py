@@ -11,7 +11,7 @@ import torch
 from FluoroRegistrationLib.geometry import (
     Camera, CentredParameterization, lateral_view, rotation_angle, rotation_from_rotvec, transform_points)
 from FluoroRegistrationLib.register import (
-    RegistrationOptions, calibration_floor, distinct_minima, grid_search, line_search, register_bone, rotation_scan)
+    RegistrationOptions, calibration_floor, distinct_minima, grid_search, line_search, rotation_scan)
 from FluoroRegistrationLib.register.pipeline import _long_axis, _Objective, _search_starts, _weights
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.similarity import get_similarity

@@ -105,7 +105,8 @@ def figure(folder: Path, shown: dict, path: Path, count: int = 4) -> None:
     plt.close(fig)
 
 
-def register_comparison(out: Path, workers: int) -> str:
+def register_comparison(out: Path, workers: int, realism: str | None = None) -> str:
+    """The registration comparison of ``segment_study.yaml`` (its frames' realism, or ``realism``)."""
     import yaml
 
     from FluoroRegistrationLib.evaluate import load_experiment, run_experiment, write_report
@@ -113,16 +114,23 @@ def register_comparison(out: Path, workers: int) -> str:
     config = yaml.safe_load((ROOT / "benchmarks" / "segment_study.yaml").read_text())
     config["conditions"] = [c if c.get("mask") != "predicted" else {**c, "model": str(out / "model")}
                             for c in config["conditions"]]
-    path = out / "segment_study.yaml"
+    folder = out / "register"
+    if realism is not None:
+        config["frames"]["simulate"]["realism"] = realism
+        config["name"] = config["name"].replace("medium realism", f"{realism} realism")
+        folder = out / f"register_{realism}"
+    path = out / f"{folder.name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     exp = load_experiment(path)
     t0 = time.perf_counter()
-    rows = run_experiment(exp, out / "register", workers=workers)
+    rows = run_experiment(exp, folder, workers=workers)
     wall = time.perf_counter() - t0
-    write_report(exp, out / "register", rows)
-    shutil.copy(out / "register" / "success_vs_initial_mtre.png", ROOT / "Resources" / "segment_registration.png")
-    return (f"Registration with predicted vs ground-truth vs no masks (`benchmarks/segment_study.yaml`, {len(rows)} runs, "
-            f"{wall / 60:.1f} min on {workers} Dask workers):\n\n" + (out / "register" / "summary.md").read_text())
+    write_report(exp, folder, rows)
+    if realism is None:
+        shutil.copy(folder / "success_vs_initial_mtre.png", ROOT / "Resources" / "segment_registration.png")
+    return (f"Registration with predicted vs ground-truth vs no masks (`benchmarks/segment_study.yaml`"
+            f"{'' if realism is None else f' with {realism}-realism frames'}, {len(rows)} runs, "
+            f"{wall / 60:.1f} min on {workers} Dask workers):\n\n" + (folder / "summary.md").read_text())
 
 
 def main(argv=None):
@@ -133,9 +141,23 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=101, help="held-out seed (training used 0)")
     parser.add_argument("--register", action="store_true", help="also run the registration comparison")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--realism", choices=["low", "medium", "high"],
+                        help="with --register: register on frames of this realism instead of the config's "
+                             "(into OUT/register_REALISM; the results are appended to SEGMENT_RESULTS.md)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.realism is not None:  # only the registration comparison on frames of another realism
+        if not (out / "model" / "model.json").is_file():
+            parser.error(f"--realism needs a trained model in {out / 'model'}; run without --realism first")
+        section = register_comparison(out, args.workers, args.realism)
+        results = ROOT / "benchmarks" / "SEGMENT_RESULTS.md"
+        marker = f"\n## Registration on {args.realism}-realism frames\n"
+        kept = results.read_text().split(marker)[0] if results.is_file() else ""
+        results.write_text(kept.rstrip("\n") + "\n" + marker + f"\nPrinted by `.venv/bin/python benchmarks/segment.py "
+                           f"--out {out} --realism {args.realism}`.\n\n" + section)
+        print(section)
+        return
     if not args.skip_train or not (out / "model" / "model.json").is_file():
         train(out)
     info = json.loads((out / "model" / "model.json").read_text())
