@@ -11,7 +11,7 @@ slicer = pytest.importorskip("slicer", reason="needs the PyPI package slicer-cor
 vtk = pytest.importorskip("vtk")
 
 from FluoroRegistrationLib import FluoroRegError  # noqa: E402
-from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view, transform_points  # noqa: E402
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization, transform_points  # noqa: E402
 from FluoroRegistrationLib.register import Cancelled, RegistrationOptions, pose_errors  # noqa: E402
 from FluoroRegistrationLib.render import project_label, render  # noqa: E402
 from FluoroRegistrationLib.slicer import FluoroRegistrationLogic, frame_ijk_to_ras, phantom_scene, to_parent_from_pose  # noqa: E402
