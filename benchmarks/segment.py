@@ -142,8 +142,9 @@ def main(argv=None):
     parser.add_argument("--register", action="store_true", help="also run the registration comparison")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--realism", choices=["low", "medium", "high"],
-                        help="with --register: register on frames of this realism instead of the config's "
-                             "(into OUT/register_REALISM; the results are appended to SEGMENT_RESULTS.md)")
+                        help="run only the registration comparison, on frames of this realism instead of the "
+                             "config's (needs OUT/model; into OUT/register_REALISM; appended to SEGMENT_RESULTS.md, "
+                             "which a run without --realism rewrites)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

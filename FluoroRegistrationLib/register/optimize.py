@@ -104,11 +104,16 @@ def distinct_minima(x: torch.Tensor, loss: torch.Tensor, count: int, separation:
     """
     kept: list[torch.Tensor] = []
     for i in torch.argsort(loss).tolist():
-        if all(bool(((x[i] - k).abs() > separation).any()) for k in kept):
+        if all(differs(x[i], k, separation) for k in kept):
             kept.append(x[i].clone())
             if len(kept) == count:
                 break
     return kept
+
+
+def differs(a: torch.Tensor, b: torch.Tensor, separation: torch.Tensor) -> bool:
+    """Whether poses ``a`` and ``b`` (6,) differ by more than ``separation`` (6,) on some parameter."""
+    return bool(((a - b).abs() > separation).any())
 
 
 def evaluate_in_batches(objective, xs: torch.Tensor, batch: int) -> torch.Tensor:

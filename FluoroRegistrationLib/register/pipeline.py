@@ -23,8 +23,8 @@ from ..errors import FluoroRegError
 from ..geometry import Camera, CentredParameterization, transform_points
 from ..render import render
 from ..volume import RenderVolume
-from .optimize import (Cancelled, StageLog, adam_refine, distinct_minima, grid_search, line_search, rotation_scan,
-                       simulated_annealing)
+from .optimize import (Cancelled, StageLog, adam_refine, differs, distinct_minima, grid_search, line_search,
+                       rotation_scan, simulated_annealing)
 
 
 @dataclass
@@ -269,13 +269,13 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
         stages.append(log)
         return x, loss
 
-    n_axial = int(options.axial_probe_deg // options.axial_probe_step_deg) if options.axial_probe_deg > 0 else 0
+    long_axis = _long_axis(bone) if options.axial_probe_deg > 0 else None
+    n_axial = int(options.axial_probe_deg // options.axial_probe_step_deg) if long_axis is not None else 0
     axial_offsets = torch.arange(-n_axial, n_axial + 1, dtype=torch.float64) * options.axial_probe_step_deg * deg
-    long_axis = _long_axis(bone)
-    n_axial = n_axial if long_axis is not None else 0
 
     def probes(x):
-        """The best of the tilt and axial probes about ``x`` at the second level: (x, loss)."""
+        """The best of the tilt and axial probes about ``x`` at the second level (at least one is on):
+        (x, loss)."""
         found = []
         if n_tilt:
             found.append(tilt_probe(x, "tilt re-probe"))
@@ -285,7 +285,7 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
                                            name=f"axial probe {options.levels[1]}px")
             stages.append(log)
             found.append((x2, loss2))
-        return min(found, key=lambda f: f[1]) if found else (x, math.inf)
+        return min(found, key=lambda f: f[1])
 
     # each distinct start is refined at the first level and ranked at the second (after its depth
     # scan): a coarse level can prefer a wrong out-of-plane rotation that a finer one rejects
@@ -371,8 +371,9 @@ def _search_starts(candidates: tuple, best: torch.Tensor, separation: torch.Tens
     no minimum lies within ``separation`` (6,) of it: a coarse search can rank the right basin below
     wrong ones, and the user's start is often in it."""
     starts = distinct_minima(*candidates, max(1, options.starts), separation) or [best]
-    if options.keep_initial and all(bool((x.abs() > separation).any()) for x in starts):
-        starts.append(torch.zeros(6, dtype=torch.float64))
+    initial = torch.zeros(6, dtype=torch.float64)
+    if options.keep_initial and all(differs(x, initial, separation) for x in starts):
+        starts.append(initial)
     return starts
 
 
