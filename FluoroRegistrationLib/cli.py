@@ -123,6 +123,11 @@ def cmd_register(args) -> None:
     from .register.overlay import draw_overlay
     from .volume import load_ct, load_labels, read_label_names, registration_volumes
 
+    rng, deg = _floats(args.range, 2, "--range")
+    coarse, fine = _floats(args.mask_dilation, 2, "--mask-dilation")
+    if not (0 <= coarse <= 0.5 and 0 <= fine <= 0.5):
+        raise FluoroRegError(f"--mask-dilation takes fractions of the detector between 0 and 0.5, got "
+                             f"'{args.mask_dilation}'")
     camera = Camera.from_json(args.calib)
     frame = load_frame(args.frame, camera, polarity=args.polarity)
     ct = load_ct(args.ct)
@@ -160,8 +165,8 @@ def cmd_register(args) -> None:
         arr = read_frame_array(path)
         camera.check_frame(*arr.shape, what=f"mask {path}")
         masks[bone.strip()] = torch.from_numpy(arr > 0.5 * arr.max())
-    rng, deg = _floats(args.range, 2, "--range")
     options = RegistrationOptions(similarity=args.similarity, search_range_mm=rng, search_range_deg=deg,
+                                  mask_dilation_fraction=coarse, fine_mask_dilation_fraction=fine,
                                   global_search=not args.no_global_search, seed=args.seed)
     bar = tqdm(desc="register", unit="it")
 
@@ -294,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity", default="patch-gncc", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
     p.add_argument("--range", default="30,25", help="global search half-widths: mm,deg (default 30,25)")
     p.add_argument("--no-global-search", action="store_true", help="refine from the initial pose only")
+    p.add_argument("--mask-dilation", default="0.02,0.06",
+                   help="masks grow by these fractions of the detector: search and 64/128 px levels, finer levels "
+                        "(default 0.02,0.06)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--overlay", help="PNG of the registered outlines over the frame")

@@ -12,7 +12,7 @@ from FluoroRegistrationLib.geometry import (
     Camera, CentredParameterization, lateral_view, rotation_angle, rotation_from_rotvec, transform_points)
 from FluoroRegistrationLib.register import (
     RegistrationOptions, calibration_floor, distinct_minima, grid_search, line_search, rotation_scan)
-from FluoroRegistrationLib.register.pipeline import _long_axis, _Objective, _search_starts, _weights
+from FluoroRegistrationLib.register.pipeline import _dilation, _long_axis, _Objective, _search_starts, _weights
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.similarity import get_similarity
 from FluoroRegistrationLib.volume import (
@@ -129,6 +129,20 @@ def test_the_objective_on_the_masks_bounding_box_equals_the_whole_image(box_volu
         assert objective.frame.shape[-1] < 96  # it did crop
         whole = loss_fn(render(box_volume, camera, par.pose(x), "fast"), frame, weights)
         assert torch.allclose(objective(x), whole, atol=1e-10), name
+
+
+def test_the_mask_grows_by_its_level_s_dilation_tight_for_the_search_and_wider_at_fine_levels():
+    options = RegistrationOptions(mask_dilation_fraction=0.02, fine_mask_dilation_fraction=0.06)
+    assert [_dilation(options, n) for n in options.levels] == [0.02, 0.02, 0.06, 0.06]
+    assert _dilation(replace(options, fine_mask_dilation_fraction=None), 512) == 0.02
+    mask = torch.zeros(1, 1, 200, 200)
+    mask[..., 90:110, 80:120] = 1
+    for fraction in (0.02, 0.06):
+        w = _weights(mask, None, (200, 200), fraction)[0, 0]
+        r = round(fraction * 200)  # a square structuring element of half-width r
+        rows, cols = torch.nonzero(w > 0, as_tuple=True)
+        assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (90 - r, 109 + r, 80 - r, 119 + r)
+        assert int(w.sum()) == (20 + 2 * r) * (40 + 2 * r)
 
 
 def test_background_subtraction_draws_the_bone_in_excess_of_soft_tissue():

@@ -54,7 +54,8 @@ class RegistrationOptions:
     tilt_probe_step_deg: float = 4.0
     axial_probe_deg: float = 30.0  # after the second level: turns about the bone's long axis, +- this (0: off)
     axial_probe_step_deg: float = 3.0
-    mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size
+    mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size (search, first two levels)
+    fine_mask_dilation_fraction: float | None = 0.06  # ... at the finer levels, where depth settles (None: as above)
     coarsen: bool = True  # coarse levels draw the bone from a coarsened grid (RenderVolume.coarsened)
     seed: int = 0
     device: str | None = None  # where bones are drawn ("cuda", "cpu"); None: where the bone volume is
@@ -168,7 +169,17 @@ def _level_objective(bone, frame, camera, par, mask, field, options, loss_fn, lo
     pixel_at_bone = min(level_camera.row_spacing_mm, level_camera.col_spacing_mm) * depth / camera.sdd_mm
     drawn = bone.coarsened(max(1, int(pixel_at_bone / voxel))) if options.coarsen else bone
     return _Objective(drawn, level_camera, par, _pool(frame, size),
-                      _weights(mask, field, size, options.mask_dilation_fraction), loss_fn)
+                      _weights(mask, field, size, _dilation(options, longest)), loss_fn)
+
+
+def _dilation(options: RegistrationOptions, longest: int) -> float:
+    """The mask's dilation (fraction of the detector) at the level of ``longest`` pixels: the search
+    and the first two levels keep the mask tight, so the basin is the bone's; the finer levels may
+    widen it, so more of the bone's outline and surroundings judge its scale (depth along the beam)."""
+    fine = options.fine_mask_dilation_fraction
+    if fine is None or len(options.levels) < 3 or longest <= options.levels[1]:
+        return options.mask_dilation_fraction
+    return fine
 
 
 def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera, reference: torch.Tensor,
