@@ -1,0 +1,79 @@
+"""Where the registration's loss puts the depth along the beam, per mask and dilation: the loss is
+evaluated at the true pose moved along the camera's z axis (-4..+4 mm, a parabola through the three
+lowest samples), at each pyramid level, with no mask, the true mask and a predicted one.
+
+    .venv/bin/python benchmarks/mask_depth.py --frames OUT/register_high/frames_sim --model OUT/model \
+        [--bone tibia] [--dilations 0.02,0.06] [--levels 128,512]
+
+``--frames`` is a folder the evaluation harness simulated (``benchmarks/segment.py`` writes one per
+realism). Prints a table: depth of the minimum (mm; negative = nearer the source) per frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def depth_of_minimum(objective, offsets) -> float:
+    """Depth (mm) of the loss's minimum along z: the sampled minimum refined by a parabola."""
+    import torch
+
+    x = torch.zeros(len(offsets), 6, dtype=torch.float64)
+    x[:, 5] = offsets
+    with torch.no_grad():
+        loss = objective(x)
+    i = int(torch.argmin(loss))
+    if not 0 < i < len(loss) - 1:
+        return float(offsets[i])
+    a, b, c = (float(v) for v in loss[i - 1:i + 2])
+    step = float(offsets[1] - offsets[0])
+    return float(offsets[i]) + step * 0.5 * (a - c) / (a - 2 * b + c)
+
+
+def main() -> None:
+    import torch
+
+    from FluoroRegistrationLib.evaluate.runner import _frame, _predicted, _scene
+    from FluoroRegistrationLib.register import RegistrationOptions
+    from FluoroRegistrationLib.register.pipeline import similarity_objective
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", required=True, help="a harness frames folder (frames_sim)")
+    parser.add_argument("--model", required=True, help="segmentation model folder")
+    parser.add_argument("--bone", default="tibia")
+    parser.add_argument("--dilations", default="0.02,0.06", help="mask dilations to compare (fractions)")
+    parser.add_argument("--levels", default="128,512", help="pyramid levels (longest side, px)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    bones = ("femur", "tibia")
+    folder = str(Path(args.frames))
+    volumes, camera = _scene(folder, bones, "true")
+    keys = sorted(p.stem for p in (Path(folder) / "frames").glob("*.png"))
+    dilations = [float(v) for v in args.dilations.split(",")]
+    levels = [int(v) for v in args.levels.split(",")]
+    offsets = torch.linspace(-4, 4, 17, dtype=torch.float64)
+    cases = [("none", 0.0)] + [(m, d) for m in ("truth", "predicted") for d in dilations]
+    print(f"Depth of the loss's minimum along the beam at the true {args.bone} pose (mm; negative = nearer "
+          f"the source), `{' '.join(sys.argv)}`\n")
+    print("| frame | mask | dilation | " + " | ".join(f"{n} px" for n in levels) + " |")
+    print("|---|---|---|" + "---|" * len(levels))
+    for key in keys:
+        frame, truth, masks = _frame(folder, key, "true", bones)
+        predicted = _predicted(folder, key, args.model, bones)
+        for name, dilation in cases:
+            mask = {"none": None, "truth": masks[args.bone], "predicted": predicted[args.bone]}[name]
+            mask = None if mask is None else mask[None, None]
+            opts = RegistrationOptions(mask_dilation_fraction=dilation, fine_mask_dilation_fraction=None)
+            row = [depth_of_minimum(similarity_objective(volumes[args.bone], frame.image, camera, truth[args.bone],
+                                                         mask, frame.field, opts, n), offsets) for n in levels]
+            print(f"| {key} | {name} | {'-' if mask is None else dilation} | "
+                  + " | ".join(f"{v:+.2f}" for v in row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
