@@ -12,6 +12,7 @@ from FluoroRegistrationLib.geometry import (
     Camera, CentredParameterization, lateral_view, rotation_angle, rotation_from_rotvec, transform_points)
 from FluoroRegistrationLib.register import (
     RegistrationOptions, calibration_floor, distinct_minima, grid_search, line_search, rotation_scan)
+from FluoroRegistrationLib.register.optimize import parabola_vertex
 from FluoroRegistrationLib.register.pipeline import _dilation, _long_axis, _Objective, _search_starts, _weights
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.similarity import get_similarity
@@ -27,6 +28,12 @@ def test_line_search_finds_the_bottom_of_a_shallow_parabola_between_grid_points(
     x, loss, log = line_search(f, torch.zeros(6, dtype=F64), 5, 6.0, points=25)
     assert x[5] == pytest.approx(target, abs=1e-9) and loss == pytest.approx(0.0, abs=1e-12)
     assert torch.all(x[:5] == 0) and log.iterations == 25 and len(log.losses) == 25
+
+
+def test_parabola_vertex_of_three_samples_and_none_where_they_do_not_curve_up():
+    f = lambda t: 2.0 * (t - 0.3) ** 2 + 5.0  # noqa: E731
+    assert parabola_vertex(f(-1.0), f(0.0), f(1.0)) == pytest.approx(0.3, abs=1e-12)
+    assert parabola_vertex(1.0, 2.0, 1.5) is None and parabola_vertex(1.0, 1.0, 1.0) is None
 
 
 def test_grid_search_finds_the_best_grid_point_over_two_axes():

@@ -20,19 +20,19 @@ sys.path.insert(0, str(ROOT))
 
 
 def depth_of_minimum(objective, offsets) -> float:
-    """Depth (mm) of the loss's minimum along z: the sampled minimum refined by a parabola."""
+    """Depth (mm) of the loss's minimum along z: the sampled minimum refined by the parabola's vertex
+    (as the registration's ``line_search`` does, but reported without re-evaluating the vertex)."""
     import torch
+
+    from FluoroRegistrationLib.register.optimize import parabola_vertex
 
     x = torch.zeros(len(offsets), 6, dtype=torch.float64)
     x[:, 5] = offsets
     with torch.no_grad():
         loss = objective(x)
     i = int(torch.argmin(loss))
-    if not 0 < i < len(loss) - 1:
-        return float(offsets[i])
-    a, b, c = (float(v) for v in loss[i - 1:i + 2])
-    step = float(offsets[1] - offsets[0])
-    return float(offsets[i]) + step * 0.5 * (a - c) / (a - 2 * b + c)
+    vertex = parabola_vertex(*loss[i - 1:i + 2]) if 0 < i < len(loss) - 1 else None
+    return float(offsets[i]) + (vertex or 0.0) * float(offsets[1] - offsets[0])
 
 
 def main() -> None:

@@ -182,6 +182,13 @@ def best_of(objective, xs: torch.Tensor, batch: int, report, name: str,
     return xs[i].clone(), float(losses[i]), log
 
 
+def parabola_vertex(before, at, after) -> float | None:
+    """Where the parabola through three equally spaced losses has its vertex, in steps from the middle
+    one (within +-0.5 when the middle one is the lowest), or None when they do not curve upwards."""
+    curvature = float(before) - 2 * float(at) + float(after)
+    return 0.5 * (float(before) - float(after)) / curvature if curvature > 0 else None
+
+
 def line_search(objective, x0: torch.Tensor, axis: int, half_width: float, points: int = 25,
                 batch: int = 25, report=None, name: str = "line search") -> tuple[torch.Tensor, float, StageLog]:
     """Minimise along one parameter: evaluate ``points`` evenly spaced values of ``x[axis]`` within
@@ -207,16 +214,13 @@ def line_search(objective, x0: torch.Tensor, axis: int, half_width: float, point
     with torch.no_grad():
         i = int(losses.argmin())
         best, best_loss = xs[i].clone(), float(losses[i])
-        if 0 < i < points - 1:
-            l0, l1, l2 = losses[i - 1], losses[i], losses[i + 1]
-            curvature = float(l0 - 2 * l1 + l2)
-            if curvature > 0:
-                shift = 0.5 * float(l0 - l2) / curvature * float(offsets[1] - offsets[0])
-                trial = best.clone()
-                trial[axis] += shift
-                trial_loss = float(objective(trial[None])[0])
-                if trial_loss < best_loss:
-                    best, best_loss = trial, trial_loss
+        vertex = parabola_vertex(losses[i - 1], losses[i], losses[i + 1]) if 0 < i < points - 1 else None
+        if vertex is not None:
+            trial = best.clone()
+            trial[axis] += vertex * float(offsets[1] - offsets[0])
+            trial_loss = float(objective(trial[None])[0])
+            if trial_loss < best_loss:
+                best, best_loss = trial, trial_loss
     log.losses = losses.tolist()
     log.losses[i] = best_loss
     log.iterations = points
