@@ -104,8 +104,9 @@ def cmd_simulate(args) -> None:
     flex = _floats(args.flexion_range, 2, "--flexion-range")
     simulate_folder(args.out, args.ct, args.labels, names, frames=args.frames,
                     sequence=None if args.sequence == "none" else args.sequence, seed=args.seed,
-                    realism=args.realism, camera=camera, flexion_range=flex, interpolation=args.interpolation)
-    print(f"{args.frames} simulated frame(s) ({args.realism} realism) -> {args.out}/frames, masks, poses.json, "
+                    realism=args.realism, camera=camera, flexion_range=flex, interpolation=args.interpolation,
+                    clutter=None if args.clutter == "none" else args.clutter)
+    print(f"{args.frames} simulated frame(s) ({args.realism} realism, clutter {args.clutter}) -> {args.out}/frames, masks, poses.json, "
           "calib.json (nominal), calib_true.json (simulated)")
 
 
@@ -223,7 +224,8 @@ def cmd_segment_train(args) -> None:
     given = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch": args.batch, "lr": args.lr}
     options = TrainOptions(bones=tuple(b.strip() for b in args.bones.split(",") if b.strip()), arch=args.arch,
                            size=args.size, seed=args.seed, init=args.init, labelled=args.labelled,
-                           threads=args.threads, **{k: v for k, v in given.items() if v is not None})
+                           threads=args.threads, clutter=None if args.clutter == "none" else args.clutter,
+                           **{k: v for k, v in given.items() if v is not None})
     result = train_segmenter(ct, labels, names, args.out, options, camera=camera)
     print(f"trained in {result['seconds'] / 60:.1f} min; best epoch {result['best_epoch']}: validation Dice "
           + ", ".join(f"{b} {d:.4f}" for b, d in result["val_dice"].items()))
@@ -281,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="resample the detector to size x size pixels")
     p.add_argument("--interpolation", choices=["nearest", "linear"], default="nearest",
                    help="voxel model of the exact renderer used to simulate (default nearest: Siddon)")
+    p.add_argument("--clutter", choices=["none", "mixed", "heavy"], default="none",
+                   help="what else the beam crosses: the other leg, metal (screws, plates, wires), a table edge; "
+                        "mixed: in some frames, heavy: all in every frame (default none)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 
@@ -336,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--init", help="weights to fine-tune from (.safetensors, or a .pt state dict)")
     q.add_argument("--labelled", help="folder of your own labelled frames (frames/<key>.png, "
                    "masks/<key>_<bone>.png) mixed into training")
+    q.add_argument("--clutter", choices=["none", "mixed", "heavy"], default="mixed",
+                   help="the other leg, metal and table edges drawn into the training frames (not into the "
+                        "masks), so the model labels only the leg in front (default mixed: in some frames)")
     q.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_segment_train)

@@ -5,7 +5,8 @@ name: study
 seed: 0
 frames:                      # either a folder written by `fluororeg simulate` ...
   folder: sim/
-  # ... or what to simulate (into OUT/frames_sim/): count, realism, flexion_range, camera
+  # ... or what to simulate (into OUT/frames_sim/): count, realism, flexion_range, camera, clutter
+  # (clutter: none, mixed or heavy: the other leg, metal, a table edge; simulate/clutter.py)
   # simulate: {count: 6, realism: medium, flexion_range: [0, 90]}
 calibration: true            # true: the C-arm that took the frames; nominal: the folder's calib.json
 bones: [femur, tibia]
@@ -97,6 +98,8 @@ def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
     frames = dict(d.get("frames") or {})
     if ("folder" in frames) == ("simulate" in frames):
         raise FluoroRegError("frames: give either 'folder' (a `fluororeg simulate` output) or 'simulate' (what to simulate)")
+    if "simulate" in frames:
+        _simulate_known(frames["simulate"])
     if "folder" in frames and base is not None and not Path(frames["folder"]).is_absolute():
         frames["folder"] = str((base / frames["folder"]).resolve())
     d["frames"] = frames
@@ -147,3 +150,20 @@ def write_experiment(exp: Experiment, path) -> None:
     import yaml
 
     Path(path).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+
+
+SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter")
+
+
+def _simulate_known(sim) -> None:
+    """frames: simulate: has only known keys, and its realism and clutter name presets."""
+    from ..simulate.clutter import get_clutter
+    from ..simulate.frames import get_realism
+
+    if not isinstance(sim, dict):
+        raise FluoroRegError(f"frames: simulate must be a mapping ({', '.join(SIMULATE_KEYS)}), got {sim!r}")
+    unknown = sorted(set(sim) - set(SIMULATE_KEYS))
+    if unknown:
+        raise FluoroRegError(f"unknown key(s) {', '.join(unknown)} in frames: simulate; allowed: {', '.join(SIMULATE_KEYS)}")
+    get_realism(sim.get("realism", "medium"))
+    get_clutter(sim.get("clutter"))

@@ -138,7 +138,7 @@ def frames_folder(exp: Experiment, out: Path) -> Path:
         camera = sim.pop("camera", None)
         simulate_folder(folder, frames=int(sim.pop("count", 6)), seed=exp.seed, realism=sim.pop("realism", "medium"),
                         flexion_range=tuple(sim.pop("flexion_range", (0.0, 90.0))),
-                        camera=None if camera is None else Camera(**camera))
+                        camera=None if camera is None else Camera(**camera), clutter=sim.pop("clutter", None))
     return folder
 
 

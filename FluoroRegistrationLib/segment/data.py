@@ -4,7 +4,8 @@ The costly part of a frame, its line integrals at a pose (``FrameSimulator.line_
 fast renderer, ~0.3 s at 256 px), is kept in a :class:`PoseBank` and renewed a slice at a time;
 each use of a pose draws a new beam and detector (:func:`random_realism`, ~30 ms) and new
 augmentations (:func:`augment`), so no two training images are alike. Masks are the bones' exact
-projections (thickness > 0.5 mm), distorted with the image.
+projections (thickness > 0.5 mm), distorted with the image; clutter (the other leg, metal, a table
+edge: ``simulate/clutter.py``) is in the image and not in the masks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from ..errors import FluoroRegError
 from ..geometry import Camera
+from ..simulate.clutter import get_clutter, sample_clutter
 from ..simulate.detector import DetectorModel
 from ..simulate.frames import FrameSimulator, Realism, get_realism
 from ..simulate.scene import femur_pose, knee_centre, knee_poses, sample_knee_states
@@ -65,15 +67,18 @@ class PoseBank:
         centre: the knee centre (LPS mm) the kinematics turn about.
         camera: the nominal C-arm; each pose gets a :func:`random_camera` of it.
         size: frame size in pixels; flexion_range: degrees.
+        clutter: a :class:`~..simulate.clutter.ClutterModel` (or preset name) drawn into each pose's
+            frame (the other leg, metal, a table edge; not in the masks), or None.
     """
 
     def __init__(self, sim: FrameSimulator, centre, camera: Camera, size: int, capacity: int,
-                 generator: torch.Generator, flexion_range=(0.0, 130.0)):
+                 generator: torch.Generator, flexion_range=(0.0, 130.0), clutter=None):
         if not sim.realism.polyenergetic:
             raise FluoroRegError("training frames need a polyenergetic simulator (realism low/medium/high)")
         self.sim, self.centre, self.camera, self.size = sim, centre, camera, size
         self.g, self.flexion_range = generator, flexion_range
         self.capacity = capacity
+        self.clutter = get_clutter(clutter)
         self.entries: list[dict] = []
         self._next = 0
 
@@ -95,7 +100,9 @@ class PoseBank:
         femur = femur_pose(self.centre, state, KNEE_DEPTH_FRACTION * camera.sdd_mm)
         poses = knee_poses(self.centre, femur, state.flexion_deg, state.adduction_deg, state.rotation_deg,
                            bones=[p.bone for p in self.sim.parts])
-        li = self.sim.line_integrals(camera, poses)
+        scene = sample_clutter(self.clutter, self.centre, femur, camera, self.g, bones=[p.bone for p in self.sim.parts],
+                               flexion_range=self.flexion_range)
+        li = self.sim.line_integrals(camera, poses, scene)
         # masks are kept as 0/1 "thicknesses": after the detector's distortion, > 0.5 is the mask
         return {"camera": camera, "areal": li["areal"].float(),
                 "thickness": {b: (t > 0.5).to(torch.float32) for b, t in li["thickness"].items()}}

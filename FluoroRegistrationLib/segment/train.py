@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import FluoroRegError
+from ..simulate.clutter import get_clutter
 from .data import PoseBank, fixed_set, make_batch, read_labelled_folder, training_simulator
 from .metrics import dice
 from .model import ARCHITECTURES, BoneSegmenter, ModelInfo, init_from, save_model
@@ -44,6 +45,7 @@ class TrainOptions:
     labelled: str | None = None  # a folder of the user's labelled frames, mixed in
     labelled_fraction: float = 0.25
     flexion_range: tuple = (0.0, 130.0)
+    clutter: str | None = "mixed"  # other leg, metal, table edge in the frames (simulate/clutter.py)
     threads: int | None = None
 
     def check(self) -> None:
@@ -54,6 +56,7 @@ class TrainOptions:
         for name in ("epochs", "steps_per_epoch", "batch", "bank", "val_frames"):
             if getattr(self, name) < 1:
                 raise FluoroRegError(f"{name} must be >= 1, got {getattr(self, name)}")
+        get_clutter(self.clutter)
         if not self.bones:
             raise FluoroRegError("give at least one bone to segment (--bones femur,tibia)")
 
@@ -125,8 +128,9 @@ def train_segmenter(ct, labels, names, out, options: TrainOptions | None = None,
     camera = camera or DEFAULT_CAMERA
     g = torch.Generator().manual_seed(options.seed)
     g_val = torch.Generator().manual_seed(options.seed + 1_000_003)
-    bank = PoseBank(sim, centre, camera, options.size, options.bank, g, options.flexion_range)
-    val_bank = PoseBank(sim, centre, camera, options.size, options.val_frames, g_val, options.flexion_range)
+    bank = PoseBank(sim, centre, camera, options.size, options.bank, g, options.flexion_range, options.clutter)
+    val_bank = PoseBank(sim, centre, camera, options.size, options.val_frames, g_val, options.flexion_range,
+                        options.clutter)
     with tqdm(total=options.bank + options.val_frames, desc="simulate poses", unit="pose",
               disable=not progress) as bar:
         bank.fill(lambda: bar.update())

@@ -22,6 +22,7 @@ from ..errors import FluoroRegError
 from ..geometry import Camera
 from ..render import project_label, render
 from ..volume import MU_WATER_PER_MM, ImageVolume, RenderVolume, bone_volumes
+from .clutter import solid_integrals
 from .detector import DetectorModel, detect, distort_image
 from .physics import MATERIAL_ORDER, decompose, mono_mu, transmission
 from .scene import Part, split_parts
@@ -123,20 +124,23 @@ class FrameSimulator:
         return perturbed_camera(nominal, self.realism.sdd_error_mm, self.realism.principal_point_error_px, generator)
 
     def frame(self, camera: Camera, poses: dict[str, torch.Tensor], generator: torch.Generator,
-              realism: Realism | None = None) -> dict:
+              realism: Realism | None = None, clutter=None) -> dict:
         """One frame at ``poses`` ({bone: (4, 4) camera_from_volume}) seen by ``camera``.
 
         Returns {"image": (H, W) float (quantised levels, or -log(I/I0) when realism is off),
         "levels": max level or None, "transmission": (H, W) noiseless primary I/I0,
         "masks": {bone: (H, W) bool}, "thickness": {bone: (H, W) mm through the bone}}; masks and
         image share the detector's distortion. ``realism``: another beam and detector for this
-        frame (the material model, polyenergetic or not, stays the simulator's own).
+        frame (the material model, polyenergetic or not, stays the simulator's own); ``clutter``: a
+        :class:`~.clutter.ClutterScene` in the beam (see :meth:`line_integrals`).
         """
-        return self.detect(camera, self.line_integrals(camera, poses), generator, realism)
+        return self.detect(camera, self.line_integrals(camera, poses, clutter), generator, realism)
 
-    def line_integrals(self, camera: Camera, poses: dict[str, torch.Tensor]) -> dict:
+    def line_integrals(self, camera: Camera, poses: dict[str, torch.Tensor], clutter=None) -> dict:
         """The costly, realism-free part of a frame: {"areal": (1, M, H, W) line integrals of each
-        material (or of mu), "thickness": {bone: (H, W) mm}}, both at the camera's full size."""
+        material (or of mu), "thickness": {bone: (H, W) mm}}, both at the camera's full size.
+        ``clutter``: a :class:`~.clutter.ClutterScene` added to the areal (not to the thickness:
+        masks stay the registered leg's); its other leg on a grid twice as coarse."""
         missing = [p.bone for p in self.parts if p.bone not in poses]
         if missing:
             raise FluoroRegError(f"no pose for {', '.join(missing)}; the simulator moves every labelled bone")
@@ -144,27 +148,39 @@ class FrameSimulator:
         coarse = camera if factor == 1 else camera.resized(max(1, round(camera.rows / factor)),
                                                               max(1, round(camera.cols / factor)))
 
-        def full(img):  # (B, C, h, w) on the coarse grid -> (B, C, rows, cols)
-            if factor == 1:
+        def resample(img, shape):  # (B, C, h, w) -> (B, C, *shape)
+            if tuple(img.shape[-2:]) == tuple(shape):
                 return img
-            return torch.nn.functional.interpolate(img, size=camera.shape, mode="bilinear", align_corners=False)
+            return torch.nn.functional.interpolate(img, size=shape, mode="bilinear", align_corners=False)
 
         fast = self.renderer == "fast"
         with torch.no_grad():
-            areal = None
-            for n, part in enumerate(self.parts):
-                pose = poses[part.bone]
-                if not fast:
-                    img = render(part.volume, coarse, pose, "exact", interpolation=self.interpolation)
-                else:
-                    img = torch.zeros(1, len(self.materials), coarse.rows, coarse.cols, dtype=part.volume.mu.dtype)
-                    for m, vol in self._channels[n]:
-                        img[:, m:m + 1] = render(vol, coarse, pose, "fast").to(img.dtype)
-                areal = img if areal is None else areal + img
-            thickness = {b: full(project_label(v, coarse, poses[b], "fast") if fast else
-                                 project_label(v, coarse, poses[b], "exact", interpolation="nearest"))[0, 0].double()
+            areal = self._areal(coarse, poses)
+            if clutter is not None and clutter.other_leg:
+                half = coarse.resized(max(1, coarse.rows // 2), max(1, coarse.cols // 2))
+                areal = areal + resample(self._areal(half, clutter.other_leg), coarse.shape).to(areal.dtype)
+            areal = resample(areal, camera.shape)
+            if clutter is not None and clutter.solids:
+                areal = areal + solid_integrals(clutter.solids, camera, self.materials).to(areal.dtype)
+            thickness = {b: resample(project_label(v, coarse, poses[b], "fast") if fast else
+                                     project_label(v, coarse, poses[b], "exact", interpolation="nearest"),
+                                     camera.shape)[0, 0].double()
                          for b, v in self.bones.items()}
-        return {"areal": full(areal), "thickness": thickness}
+        return {"areal": areal, "thickness": thickness}
+
+    def _areal(self, camera: Camera, poses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(1, M, H, W) line integrals of every part at its bone's pose, summed."""
+        areal = None
+        for n, part in enumerate(self.parts):
+            pose = poses[part.bone]
+            if self.renderer != "fast":
+                img = render(part.volume, camera, pose, "exact", interpolation=self.interpolation)
+            else:
+                img = torch.zeros(1, len(self.materials), camera.rows, camera.cols, dtype=part.volume.mu.dtype)
+                for m, vol in self._channels[n]:
+                    img[:, m:m + 1] = render(vol, camera, pose, "fast").to(img.dtype)
+            areal = img if areal is None else areal + img
+        return areal
 
     def detect(self, camera: Camera, integrals: dict, generator: torch.Generator,
                realism: Realism | None = None) -> dict:

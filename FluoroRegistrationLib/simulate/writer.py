@@ -10,13 +10,13 @@ Layout of ``out``:
   for one frame, in the poses format every command reads;
 - ``calib.json``: the nominal calibration (what a user would have); ``calib_true.json``: the C-arm
   actually simulated;
-- ``frames.json``: per frame its knee angles; ``simulation.json``: seed, realism and beam parameters.
+- ``frames.json``: per frame its knee angles (and its clutter, when asked for); ``simulation.json``: seed, realism and beam parameters.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..files import write_poses
 from ..geometry import Camera
 from ..volume import load_ct, load_labels, read_label_names
+from .clutter import get_clutter, sample_clutter
 from .frames import FrameSimulator, occlusion_masks, realism_description
 from .scene import femur_pose, knee_centre, knee_poses, sample_knee_states
 
@@ -50,8 +51,12 @@ def read_truth_mask(folder, key: str, bone: str) -> torch.Tensor:
 def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frames: int = 8, sequence=None,
                     seed: int = 0, realism: str = "medium", camera: Camera | None = None,
                     reference_flexion_deg: float | None = None, flexion_range=(0.0, 120.0),
-                    interpolation: str = "nearest") -> dict:
-    """Simulate ``frames`` frames of a knee into ``out`` (see the module docstring). Returns paths."""
+                    interpolation: str = "nearest", clutter=None) -> dict:
+    """Simulate ``frames`` frames of a knee into ``out`` (see the module docstring). Returns paths.
+
+    ``clutter``: a preset name of ``simulate/clutter.py`` (none, mixed, heavy) or a ClutterModel;
+    drawn from a generator of its own, so the knee, the C-arm and the noise are those the same
+    seed gives without clutter."""
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
@@ -67,9 +72,11 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     labels = load_labels(labels_path, ct)
     names = read_label_names(label_names)
     camera = camera or DEFAULT_CAMERA
+    clutter_model = get_clutter(clutter)
     sim = FrameSimulator(ct, labels, names, realism, interpolation=interpolation)
     centre = knee_centre(ct, labels, names)
     generator = torch.Generator().manual_seed(seed)
+    clutter_generator = torch.Generator().manual_seed(seed + 7919)
     # the nominal calibration knows the intensifier's distortion (as a grid calibration would)
     camera = replace(camera, distortion_k=sim.realism.detector.distortion_k)
     true_camera = sim.true_camera(camera, generator)
@@ -82,7 +89,10 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
         femur = femur_pose(centre, state, KNEE_DEPTH_FRACTION * camera.sdd_mm)
         poses = knee_poses(centre, femur, state.flexion_deg, state.adduction_deg, state.rotation_deg,
                            reference_flexion_deg or 0.0, bones=[p.bone for p in sim.parts])
-        result = sim.frame(true_camera, poses, generator)
+        scene = sample_clutter(clutter_model, centre, femur, true_camera, clutter_generator,
+                               bones=[p.bone for p in sim.parts], reference_flexion_deg=reference_flexion_deg or 0.0,
+                               flexion_range=flexion_range)
+        result = sim.frame(true_camera, poses, generator, clutter=scene)
         image = result["image"].cpu().numpy()
         if result["levels"] is None:  # realism off: float line integrals, kept exactly
             np.save(out / "frames" / f"{key}.npy", image.astype(np.float32))
@@ -104,10 +114,13 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
         all_poses[key] = {b: {"camera_from_volume": T.tolist()} for b, T in poses.items()}
         meta[key] = {"flexion_deg": state.flexion_deg, "adduction_deg": state.adduction_deg,
                      "rotation_deg": state.rotation_deg, "levels": result["levels"]}
+        if clutter_model is not None:
+            meta[key]["clutter"] = scene.describe()
     (out / "poses.json").write_text(json.dumps(all_poses, indent=1) + "\n")
     (out / "frames.json").write_text(json.dumps(meta, indent=1) + "\n")
     record = {"seed": seed, "frames": frames, "sequence": sequence, "ct": str(ct_path), "labels": str(labels_path),
               "label_names": names, "knee_centre_mm": [float(c) for c in centre],
-              "interpolation": interpolation, "realism": realism_description(sim.realism, sim.spectrum)}
+              "interpolation": interpolation,
+              "clutter": None if clutter_model is None else asdict(clutter_model), "realism": realism_description(sim.realism, sim.spectrum)}
     (out / "simulation.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return {"out": str(out), "frames": frames}
