@@ -5,8 +5,13 @@ prediction, and (``--register``) compare registration with predicted, ground-tru
 
 Held-out frames: ``fluororeg simulate`` with another seed and the ``high`` realism preset (the
 strongest: 500 quanta per pixel, scatter-to-primary 0.8, 8 bits, 5 % distortion), drawn by the
-exact (Siddon) renderer at 512 x 512, where training used the fast trilinear renderer at 256 x 256.
-Writes ``benchmarks/SEGMENT_RESULTS.md`` and ``Resources/segment_predictions.png``.
+exact (Siddon) renderer at 512 x 512, where training used the fast trilinear renderer at 256 x 256;
+scored twice: as they are, and with heavy clutter (the other leg, metal, a table edge in every
+frame: the same knees, C-arms and noise). Writes ``benchmarks/SEGMENT_RESULTS.md`` and
+``Resources/segment_predictions.png``.
+
+``--realism R`` / ``--clutter C``: only the registration comparison, on frames of that realism and
+clutter (appended to SEGMENT_RESULTS.md as a section of its own).
 """
 
 from __future__ import annotations
@@ -35,14 +40,14 @@ def train(out: Path) -> dict:
     return train_segmenter(ct, labels, read_label_names(paths["labels_json"]), out / "model", TrainOptions())
 
 
-def heldout(out: Path, frames: int, seed: int) -> Path:
+def heldout(out: Path, frames: int, seed: int, clutter: str | None = None) -> Path:
     from FluoroRegistrationLib.simulate.writer import simulate_folder
 
-    folder = out / "heldout"
+    folder = out / ("heldout" if clutter is None else f"heldout_{clutter}")
     if not (folder / "poses.json").is_file():
         ph = out / "phantom"
         simulate_folder(folder, ph / "ct.nii.gz", ph / "labels.nii.gz", ph / "labels.json", frames=frames, seed=seed,
-                        realism="high", reference_flexion_deg=0.0, flexion_range=(0.0, 120.0))
+                        realism="high", reference_flexion_deg=0.0, flexion_range=(0.0, 120.0), clutter=clutter)
     return folder
 
 
@@ -79,7 +84,8 @@ def score(model_dir: Path, folder: Path) -> tuple[list[dict], dict]:
                   "threads": torch.get_num_threads()}
 
 
-def figure(folder: Path, shown: dict, path: Path, count: int = 4) -> None:
+def figure(sets: list[tuple[str, Path, dict]], path: Path, count: int = 4) -> None:
+    """One row per held-out set ((title, folder, shown)): frames with predicted and true outlines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,25 +94,40 @@ def figure(folder: Path, shown: dict, path: Path, count: int = 4) -> None:
     from FluoroRegistrationLib.segment.predict import COLOURS
     from FluoroRegistrationLib.simulate.writer import read_truth_mask
 
-    keys = list(shown)[:count]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.5))
-    for ax, key in zip(np.atleast_1d(axes), keys):
-        raw, pred = shown[key]
-        ax.imshow(raw, cmap="gray")
-        for bone, m in pred.items():
-            truth = read_truth_mask(folder, key, bone).numpy()
-            ax.contour(truth, levels=[0.5], colors="white", linewidths=1.6)
-            ax.contour(m, levels=[0.5], colors=[np.array(COLOURS[bone]) / 255], linewidths=1.0)
-        ax.set_title(f"held-out {key}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle("predicted masks (femur red, tibia blue) over the truth (white); high-realism frames", fontsize=9)
+    fig, axes = plt.subplots(len(sets), count, figsize=(3.3 * count, 3.4 * len(sets)), squeeze=False)
+    for row, (title, folder, shown) in zip(axes, sets):
+        for ax, key in zip(row, list(shown)[:count]):
+            raw, pred = shown[key]
+            ax.imshow(raw, cmap="gray")
+            for bone, m in pred.items():
+                truth = read_truth_mask(folder, key, bone).numpy()
+                ax.contour(truth, levels=[0.5], colors="white", linewidths=1.6)
+                ax.contour(m, levels=[0.5], colors=[np.array(COLOURS[bone]) / 255], linewidths=1.0)
+            ax.set_title(f"{title} {key}", fontsize=9)
+            ax.axis("off")
+    fig.suptitle("predicted masks (femur red, tibia blue) over the truth (white); high-realism held-out frames",
+                 fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def register_comparison(out: Path, workers: int, realism: str | None = None) -> str:
-    """The registration comparison of ``segment_study.yaml`` (its frames' realism, or ``realism``)."""
+def score_table(rows: list[dict], bones) -> list[str]:
+    lines = ["| bone | frames | Dice mean | Dice min | HD95 px (median / max) | HD95 mm at the detector (median) |",
+             "|---|---|---|---|---|---|"]
+    for bone in bones:
+        r = [x for x in rows if x["bone"] == bone]
+        d = np.array([x["dice"] for x in r])
+        h = np.array([x["hd95_px"] for x in r])
+        hm = np.array([x["hd95_mm"] for x in r])
+        lines.append(f"| {bone} | {len(r)} | {d.mean():.4f} | {d.min():.4f} | {np.median(h):.1f} / {h.max():.1f} | "
+                     f"{np.median(hm):.2f} |")
+    return lines
+
+
+def register_comparison(out: Path, workers: int, realism: str | None = None, clutter: str | None = None) -> str:
+    """The registration comparison of ``segment_study.yaml`` (its frames' realism and clutter, or
+    ``realism`` / ``clutter``)."""
     import yaml
 
     from FluoroRegistrationLib.evaluate import load_experiment, run_experiment, write_report
@@ -114,11 +135,15 @@ def register_comparison(out: Path, workers: int, realism: str | None = None) -> 
     config = yaml.safe_load((ROOT / "benchmarks" / "segment_study.yaml").read_text())
     config["conditions"] = [c if c.get("mask") != "predicted" else {**c, "model": str(out / "model")}
                             for c in config["conditions"]]
-    folder = out / "register"
-    if realism is not None:
-        config["frames"]["simulate"]["realism"] = realism
-        config["name"] = config["name"].replace("medium realism", f"{realism} realism")
-        folder = out / f"register_{realism}"
+    sim = config["frames"]["simulate"]
+    sim["realism"] = realism or sim.get("realism", "medium")
+    if clutter not in (None, "none"):
+        sim["clutter"] = clutter
+    default = realism is None and clutter in (None, "none")
+    folder = out / ("register" if default else f"register_{sim['realism']}"
+                    + ("" if clutter in (None, "none") else f"_{clutter}"))
+    config["name"] = config["name"].replace("medium realism", f"{sim['realism']} realism"
+                                            + ("" if clutter in (None, "none") else f", {clutter} clutter"))
     path = out / f"{folder.name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     exp = load_experiment(path)
@@ -126,11 +151,13 @@ def register_comparison(out: Path, workers: int, realism: str | None = None) -> 
     rows = run_experiment(exp, folder, workers=workers)
     wall = time.perf_counter() - t0
     write_report(exp, folder, rows)
-    if realism is None:
+    if default:
         shutil.copy(folder / "success_vs_initial_mtre.png", ROOT / "Resources" / "segment_registration.png")
+    what = "" if default else f" with {sim['realism']}-realism frames" + (
+        "" if clutter in (None, "none") else f" and {clutter} clutter")
     return (f"Registration with predicted vs ground-truth vs no masks (`benchmarks/segment_study.yaml`"
-            f"{'' if realism is None else f' with {realism}-realism frames'}, {len(rows)} runs, "
-            f"{wall / 60:.1f} min on {workers} Dask workers):\n\n" + (folder / "summary.md").read_text())
+            f"{what}, {len(rows)} runs, {wall / 60:.1f} min on {workers} Dask workers):\n\n"
+            + (folder / "summary.md").read_text())
 
 
 def main(argv=None):
@@ -143,51 +170,60 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--realism", choices=["low", "medium", "high"],
                         help="run only the registration comparison, on frames of this realism instead of the "
-                             "config's (needs OUT/model; into OUT/register_REALISM; appended to SEGMENT_RESULTS.md, "
-                             "which a run without --realism rewrites)")
+                             "config's (needs OUT/model; into OUT/register_REALISM[_CLUTTER]; appended to "
+                             "SEGMENT_RESULTS.md, which a run without --realism or --clutter rewrites)")
+    parser.add_argument("--clutter", choices=["none", "mixed", "heavy"],
+                        help="run only the registration comparison, on frames with this clutter (the other leg, "
+                             "metal, a table edge; as --realism)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.realism is not None:  # only the registration comparison on frames of another realism
+    if args.realism is not None or args.clutter is not None:  # only the registration comparison
         if not (out / "model" / "model.json").is_file():
-            parser.error(f"--realism needs a trained model in {out / 'model'}; run without --realism first")
-        section = register_comparison(out, args.workers, args.realism)
+            parser.error(f"--realism / --clutter need a trained model in {out / 'model'}; run without them first")
+        section = register_comparison(out, args.workers, args.realism, args.clutter)
         results = ROOT / "benchmarks" / "SEGMENT_RESULTS.md"
-        marker = f"\n## Registration on {args.realism}-realism frames\n"
-        kept = results.read_text().split(marker)[0] if results.is_file() else ""
+        realism = args.realism or "medium"
+        heading = f"{realism}-realism frames" + ("" if args.clutter in (None, "none") else f" with {args.clutter} clutter")
+        marker = f"\n## Registration on {heading}\n"
+        old = results.read_text() if results.is_file() else ""
+        kept, _, rest = old.partition(marker)
+        later = rest[rest.find("\n## "):] if "\n## " in rest else ""  # sections after this one stay
+        flags = (f" --realism {args.realism}" if args.realism else "") + (f" --clutter {args.clutter}" if args.clutter else "")
         results.write_text(kept.rstrip("\n") + "\n" + marker + f"\nPrinted by `.venv/bin/python benchmarks/segment.py "
-                           f"--out {out} --realism {args.realism}`.\n\n" + section)
+                           f"--out {out}{flags}`.\n\n" + section.rstrip("\n") + "\n" + later)
         print(section)
         return
     if not args.skip_train or not (out / "model" / "model.json").is_file():
         train(out)
     info = json.loads((out / "model" / "model.json").read_text())
-    folder = heldout(out, args.heldout, args.seed)
-    rows, extra = score(out / "model", folder)
-    figure(folder, extra["shown"], ROOT / "Resources" / "segment_predictions.png")
+    sets, tables, all_rows, extra = [], [], [], None
+    for clutter, title in ((None, "held-out"), ("heavy", "held-out, heavy clutter")):
+        folder = heldout(out, args.heldout, args.seed, clutter)
+        rows, scored = score(out / "model", folder)
+        extra = extra or scored
+        sets.append((title, folder, scored["shown"]))
+        tables.append((clutter, score_table(rows, info["bones"])))
+        all_rows += [{**r, "clutter": clutter or "none"} for r in rows]
+    figure(sets, ROOT / "Resources" / "segment_predictions.png")
     shutil.copy(out / "model" / "training_curve.png", ROOT / "Resources" / "segment_training_curve.png")
-    lines = ["| bone | frames | Dice mean | Dice min | HD95 px (median / max) | HD95 mm at the detector (median) |",
-             "|---|---|---|---|---|---|"]
-    for bone in info["bones"]:
-        r = [x for x in rows if x["bone"] == bone]
-        d = np.array([x["dice"] for x in r])
-        h = np.array([x["hd95_px"] for x in r])
-        hm = np.array([x["hd95_mm"] for x in r])
-        lines.append(f"| {bone} | {len(r)} | {d.mean():.4f} | {d.min():.4f} | {np.median(h):.1f} / {h.max():.1f} | "
-                     f"{np.median(hm):.2f} |")
     t = info["training"]
+    clutter_trained = t.get("options", {}).get("clutter")
     text = (f"Printed by `.venv/bin/python benchmarks/segment.py{' --register' if args.register else ''}`.\n\n"
             f"Model: {info['arch']}, input {info['size']} px, bones {', '.join(info['bones'])}; trained from scratch on "
-            f"frames simulated from the phantom in {t['seconds'] / 60:.1f} min (best epoch {t['best_epoch']}, "
-            f"validation Dice " + ", ".join(f"{b} {v:.4f}" for b, v in t["val_dice"].items()) + ").\n\n"
-            f"Held-out: {args.heldout} frames (seed {args.seed}, realism high, exact renderer, 512 x 512):\n\n"
-            + "\n".join(lines) + "\n\n"
-            f"Prediction of a 256 x 256 frame on the CPU ({extra['threads']} threads, warm): median "
-            f"{extra['predict_s_median']:.3f} s, p90 {extra['predict_s_p90']:.3f} s.\n")
+            f"frames simulated from the phantom (clutter: {clutter_trained or 'none'}) in {t['seconds'] / 60:.1f} min "
+            f"(best epoch {t['best_epoch']}, validation Dice "
+            + ", ".join(f"{b} {v:.4f}" for b, v in t["val_dice"].items()) + ").\n\n")
+    for clutter, lines in tables:
+        text += (f"Held-out: {args.heldout} frames (seed {args.seed}, realism high, exact renderer, 512 x 512"
+                 + (")" if clutter is None else f", {clutter} clutter: the other leg, metal and a table edge in "
+                    "every frame)") + ":\n\n" + "\n".join(lines) + "\n\n")
+    text += (f"Prediction of a 256 x 256 frame on the CPU ({extra['threads']} threads, warm): median "
+             f"{extra['predict_s_median']:.3f} s, p90 {extra['predict_s_p90']:.3f} s.\n")
     if args.register:
         text += "\n" + register_comparison(out, args.workers)
     (ROOT / "benchmarks" / "SEGMENT_RESULTS.md").write_text(text)
-    (out / "heldout_scores.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "heldout_scores.json").write_text(json.dumps(all_rows, indent=1) + "\n")
     print(text)
 
 
