@@ -41,6 +41,7 @@ study: $(STAMP)
 # frames, then register with predicted vs ground-truth vs no masks
 bench-segment: $(STAMP)
 	$(PY) benchmarks/segment.py --out seg_bench --register
+	$(PY) benchmarks/segment.py --out seg_bench --clutter heavy
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxel model of the exact renderer used to simulate (default nearest: Siddon)")
     p.add_argument("--clutter", choices=["none", "mixed", "heavy"], default="none",
                    help="what else the beam crosses: the other leg, metal (screws, plates, wires), a table edge; "
-                        "mixed: in some frames, heavy: all in every frame (default none)")
+                        "mixed: in some frames, heavy: all in every frame; drawn anew per frame (default none)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 

@@ -62,6 +62,14 @@ def test_chords_on_the_principal_ray_are_the_solids_depth():
     beyond = Solid("box", (5.0, 5.0, 5.0), make_pose(torch.eye(3, dtype=F64), torch.tensor([0.0, 0.0, 1200.0])),
                    "adipose", 1.0)
     assert chord_lengths(beyond, cam).max() == 0  # past the detector: not crossed
+    eye = torch.eye(3, dtype=F64)
+    straddle = Solid("box", (50.0, 50.0, 20.0), make_pose(eye, torch.tensor([0.0, 0.0, 1000.0])), "adipose", 1.0)
+    assert chord_lengths(straddle, cam)[2, 2] == pytest.approx(20.0, abs=1e-9)  # clipped at the detector
+    at_source = Solid("box", (50.0, 50.0, 10.0), make_pose(eye, torch.tensor([0.0, 0.0, 0.0])), "adipose", 1.0)
+    assert chord_lengths(at_source, cam)[2, 2] == pytest.approx(10.0, abs=1e-9)  # clipped at the source
+    along = Solid("cylinder", (0.6, 0.0, 30.0), make_pose(eye, torch.tensor([0.0, 0.0, 500.0])), "titanium", 4.54)
+    chords = chord_lengths(along, cam)  # a wire along the principal ray: 60 mm on it, nothing 1 px off
+    assert chords[2, 2] == pytest.approx(60.0, abs=1e-9) and chords[2, 4] == 0 and chords[0, 2] == 0
 
 
 def test_solids_add_density_times_chord_and_leave_the_masks(knee):
@@ -93,7 +101,8 @@ def test_other_leg_is_nearer_the_source_and_ahead_or_behind(knee):
     c = torch.as_tensor(ph.knee_centre_mm, dtype=F64)
     knee_cam = T[:3, :3] @ c + T[:3, 3]
     bones = list(ph.label_names)
-    for seed in range(4):
+    shifts = []
+    for seed in range(8):
         scene = sample_clutter(model, ph.knee_centre_mm, T, Camera(1000.0, 64, 64, 4.0, 4.0),
                                torch.Generator().manual_seed(seed), bones=bones)
         assert set(scene.other_leg) == set(bones) and not scene.solids
@@ -101,8 +110,12 @@ def test_other_leg_is_nearer_the_source_and_ahead_or_behind(knee):
         other = femur[:3, :3] @ c + femur[:3, 3]
         # the other femur's own view perturbation moves it by N(0, 10 mm) in plane, N(0, 20 mm) in depth
         assert 150 - 80 < float(knee_cam[2] - other[2]) < 230 + 80
+        # across the leg (camera x) by 50-130 mm either way, plus that N(0, 10 mm) perturbation
+        shifts.append(float(other[0] - knee_cam[0]))
+        assert 50 - 40 < abs(shifts[-1]) < 130 + 40
         tibia_motion = torch.linalg.solve(femur, scene.other_leg["tibia"])  # a knee motion about the centre
         assert torch.allclose(tibia_motion[:3, :3] @ c + tibia_motion[:3, 3], c, atol=1e-9)
+    assert min(shifts) < 0 < max(shifts)  # ahead and behind
     sim = FrameSimulator(ct, labels, ph.label_names, "low", render_factor=1)
     cam = Camera(1000.0, 40, 40, 5.0, 5.0)
     poses = knee_poses(ph.knee_centre_mm, T, 30.0, bones=bones)
@@ -111,6 +124,12 @@ def test_other_leg_is_nearer_the_source_and_ahead_or_behind(knee):
     added = cluttered["areal"] - clean["areal"]
     assert added.min() > -1e-4 and added.sum() > 0.1 * clean["areal"].sum()  # a second leg's worth of tissue
     assert all(torch.equal(clean["thickness"][b], cluttered["thickness"][b]) for b in bones)
+    coarse = FrameSimulator(ct, labels, ph.label_names, "low", render_factor=2)  # resampled to the frame
+    plain = coarse.line_integrals(cam, poses)
+    assert torch.equal(coarse.line_integrals(cam, poses, ClutterScene())["areal"], plain["areal"])
+    assert coarse.line_integrals(cam, poses, scene)["areal"].sum() > plain["areal"].sum()
+    with pytest.raises(FluoroRegError, match="the other leg has no pose for patella"):
+        sim.line_integrals(cam, poses, ClutterScene(other_leg={b: T for b in bones if b != "patella"}))
 
 
 def test_no_clutter_draws_nothing():
@@ -123,6 +142,12 @@ def test_no_clutter_draws_nothing():
 def test_clutter_errors():
     with pytest.raises(FluoroRegError, match="unknown clutter 'lots'; choose one of none, mixed, heavy"):
         get_clutter("lots")
+    with pytest.raises(FluoroRegError, match="clutter must be a preset name"):
+        get_clutter({"other_leg": 1.0})
+    with pytest.raises(FluoroRegError, match="other_leg_depth_mm must be"):
+        ClutterModel(other_leg_depth_mm=(200.0, 100.0)).check()
+    with pytest.raises(FluoroRegError, match="implants must be whole numbers"):
+        ClutterModel(implants=(0, 1.5)).check()
     with pytest.raises(FluoroRegError, match="other_leg is a probability"):
         ClutterModel(other_leg=1.5).check()
     with pytest.raises(FluoroRegError, match="implants must be"):

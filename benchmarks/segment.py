@@ -7,7 +7,7 @@ Held-out frames: ``fluororeg simulate`` with another seed and the ``high`` reali
 strongest: 500 quanta per pixel, scatter-to-primary 0.8, 8 bits, 5 % distortion), drawn by the
 exact (Siddon) renderer at 512 x 512, where training used the fast trilinear renderer at 256 x 256;
 scored twice: as they are, and with heavy clutter (the other leg, metal, a table edge in every
-frame: the same knees, C-arms and noise). Writes ``benchmarks/SEGMENT_RESULTS.md`` and
+frame: the same knees and C-arms). Writes ``benchmarks/SEGMENT_RESULTS.md`` and
 ``Resources/segment_predictions.png``.
 
 ``--realism R`` / ``--clutter C``: only the registration comparison, on frames of that realism and
@@ -176,6 +176,8 @@ def main(argv=None):
                         help="run only the registration comparison, on frames with this clutter (the other leg, "
                              "metal, a table edge; as --realism)")
     args = parser.parse_args(argv)
+    if args.clutter == "none":
+        args.clutter = None  # the config's frames, as without the flag
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.realism is not None or args.clutter is not None:  # only the registration comparison

@@ -51,9 +51,13 @@ class ClutterModel:
         for name in ("other_leg", "table"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise FluoroRegError(f"clutter {name} is a probability in 0..1, got {getattr(self, name)}")
-        lo, hi = self.implants
-        if not 0 <= lo <= hi:
-            raise FluoroRegError(f"clutter implants must be (min, max) with 0 <= min <= max, got {self.implants}")
+        for name in ("other_leg_depth_mm", "other_leg_shift_mm", "implants"):
+            value = getattr(self, name)
+            ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+            if not ok or not 0 <= value[0] <= value[1]:
+                raise FluoroRegError(f"clutter {name} must be (min, max) with 0 <= min <= max, got {value!r}")
+        if not all(isinstance(v, int) for v in self.implants):
+            raise FluoroRegError(f"clutter implants must be whole numbers, got {self.implants!r}")
 
 
 CLUTTER_PRESETS = {
@@ -67,6 +71,8 @@ def get_clutter(name) -> ClutterModel | None:
     """A preset by name (``none``, ``mixed``, ``heavy``), or a ClutterModel as it is."""
     if name is None or isinstance(name, ClutterModel):
         return name
+    if not isinstance(name, str):
+        raise FluoroRegError(f"clutter must be a preset name ({', '.join(CLUTTER_PRESETS)}), got {name!r}")
     try:
         return CLUTTER_PRESETS[name]
     except KeyError:
@@ -221,7 +227,8 @@ def sample_clutter(model: ClutterModel | None, centre, femur: torch.Tensor, came
                    g: torch.Generator, bones=(), reference_flexion_deg: float = 0.0,
                    flexion_range=(0.0, 120.0)) -> ClutterScene:
     """Draw one frame's clutter around the knee at ``centre`` (volume frame, LPS mm) seen with the
-    femur at ``femur`` (camera_from_volume, (4, 4)). ``bones``: the parts the other leg has.
+    femur at ``femur`` (camera_from_volume, (4, 4)). ``bones``: the parts the other leg has (the
+    simulator's, ``[p.bone for p in sim.parts]``).
     ``model`` None: an empty scene (and nothing drawn from ``g``)."""
     if model is None:
         return ClutterScene()

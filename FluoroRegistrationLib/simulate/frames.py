@@ -144,6 +144,11 @@ class FrameSimulator:
         missing = [p.bone for p in self.parts if p.bone not in poses]
         if missing:
             raise FluoroRegError(f"no pose for {', '.join(missing)}; the simulator moves every labelled bone")
+        if clutter is not None and clutter.other_leg:
+            missing = [p.bone for p in self.parts if p.bone not in clutter.other_leg]
+            if missing:
+                raise FluoroRegError(f"the other leg has no pose for {', '.join(missing)}; draw it with "
+                                     "sample_clutter(..., bones=[p.bone for p in sim.parts])")
         factor = self._factor(camera)
         coarse = camera if factor == 1 else camera.resized(max(1, round(camera.rows / factor)),
                                                               max(1, round(camera.cols / factor)))

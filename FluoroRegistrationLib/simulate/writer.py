@@ -55,8 +55,8 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     """Simulate ``frames`` frames of a knee into ``out`` (see the module docstring). Returns paths.
 
     ``clutter``: a preset name of ``simulate/clutter.py`` (none, mixed, heavy) or a ClutterModel;
-    drawn from a generator of its own, so the knee, the C-arm and the noise are those the same
-    seed gives without clutter."""
+    drawn anew for every frame from a generator of its own, so the knees and the C-arm are those
+    the same seed gives without clutter (the noise is not: Poisson draws depend on the signal)."""
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
