@@ -151,8 +151,8 @@ def register_comparison(out: Path, workers: int, realism: str | None = None, clu
     rows = run_experiment(exp, folder, workers=workers)
     wall = time.perf_counter() - t0
     write_report(exp, folder, rows)
-    if default:
-        shutil.copy(folder / "success_vs_initial_mtre.png", ROOT / "Resources" / "segment_registration.png")
+    picture = "segment_registration.png" if default else f"segment_{folder.name}.png"
+    shutil.copy(folder / "success_vs_initial_mtre.png", ROOT / "Resources" / picture)
     what = "" if default else f" with {sim['realism']}-realism frames" + (
         "" if clutter in (None, "none") else f" and {clutter} clutter")
     return (f"Registration with predicted vs ground-truth vs no masks (`benchmarks/segment_study.yaml`"
