@@ -225,6 +225,7 @@ def cmd_segment_train(args) -> None:
     options = TrainOptions(bones=tuple(b.strip() for b in args.bones.split(",") if b.strip()), arch=args.arch,
                            size=args.size, seed=args.seed, init=args.init, labelled=args.labelled,
                            threads=args.threads, clutter=None if args.clutter == "none" else args.clutter,
+                           precision=args.precision,
                            **{k: v for k, v in given.items() if v is not None})
     result = train_segmenter(ct, labels, names, args.out, options, camera=camera)
     print(f"trained in {result['seconds'] / 60:.1f} min; best epoch {result['best_epoch']}: validation Dice "
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the other leg, metal and table edges drawn into the training frames (not into the "
                         "masks), so the model labels only the leg in front (default mixed: in some frames)")
     q.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    q.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16: autocast the network to bfloat16 (about 1.3x faster on a CPU with AVX512-BF16); "
+                        "auto (default): bf16 where the CPU computes it natively")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_segment_train)
     q = seg.add_parser("predict", help="one mask PNG per bone and a coloured overlay per frame")

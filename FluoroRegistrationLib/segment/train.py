@@ -47,6 +47,8 @@ class TrainOptions:
     flexion_range: tuple = (0.0, 130.0)
     clutter: str | None = "mixed"  # other leg, metal, table edge in the frames (simulate/clutter.py)
     threads: int | None = None
+    precision: str = "auto"  # "fp32", "bf16" (autocast), "auto": bf16 where the CPU or GPU computes it natively
+    prefetch: bool = True    # simulate the next batch in a thread while the network trains on this one
 
     def check(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -57,8 +59,46 @@ class TrainOptions:
             if getattr(self, name) < 1:
                 raise FluoroRegError(f"{name} must be >= 1, got {getattr(self, name)}")
         get_clutter(self.clutter)
+        if self.precision not in PRECISIONS:
+            raise FluoroRegError(f"unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}")
         if not self.bones:
             raise FluoroRegError("give at least one bone to segment (--bones femur,tibia)")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """"auto" -> "bf16" where it is computed natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU
+    with bf16 support), else "fp32"; other values as they are."""
+    if precision != "auto":
+        return precision
+    if str(device).startswith("cuda"):
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "fp32"
+
+
+class _Prefetch:
+    """Batches made one ahead in a thread (the simulator's torch work releases the GIL), so the
+    network's step and the next batch's simulation overlap; batches come out in the order they
+    were asked for, from the same generator, so a run is as reproducible as without it."""
+
+    def __init__(self, make, enabled: bool):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.make, self.pool, self.pending = make, ThreadPoolExecutor(1) if enabled else None, None
+
+    def next(self, more: bool):
+        """The next batch; ``more``: another will be wanted after it (start making it now)."""
+        batch = self.pending.result() if self.pending is not None else self.make()
+        self.pending = self.pool.submit(self.make) if (more and self.pool is not None) else None
+        return batch
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -139,10 +179,11 @@ def train_segmenter(ct, labels, names, out, options: TrainOptions | None = None,
     labelled = read_labelled_folder(options.labelled, bones, options.size) if options.labelled else None
 
     model = BoneSegmenter(options.arch, bones, options.decoder)
-    notes = {}
+    notes = {"precision": resolve_precision(options.precision)}
     if options.init:
         notes["init"] = options.init
         notes["init_not_copied"] = init_from(model, options.init)
+    model = model.to(memory_format=torch.channels_last)  # measured faster on CPU (README)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     total = options.epochs * options.steps_per_epoch
@@ -153,17 +194,25 @@ def train_segmenter(ct, labels, names, out, options: TrainOptions | None = None,
         losses = []
         bar = tqdm(range(options.steps_per_epoch), desc=f"epoch {epoch}/{options.epochs}", unit="batch",
                    disable=not progress)
-        for _ in bar:
-            x, y = make_batch(sim, bank, bones, options.batch, g, labelled, options.labelled_fraction)
-            loss = segmentation_loss(model(x), y)
-            if not torch.isfinite(loss):
-                raise FluoroRegError("training diverged (loss is not finite); lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.set_postfix_str(f"loss {np.mean(losses[-10:]):.3f}")
+        # within an epoch only: the bank is renewed (from the same generator) between epochs
+        batches = _Prefetch(lambda: make_batch(sim, bank, bones, options.batch, g, labelled, options.labelled_fraction),
+                            options.prefetch)
+        try:
+            for step in bar:
+                x, y = batches.next(more=step + 1 < options.steps_per_epoch)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=notes["precision"] == "bf16"):
+                    logits = model(x.contiguous(memory_format=torch.channels_last))
+                loss = segmentation_loss(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise FluoroRegError("training diverged (loss is not finite); lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.set_postfix_str(f"loss {np.mean(losses[-10:]):.3f}")
+        finally:
+            batches.close()
         val = validate(model, val_x, val_y, info.threshold)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": val,
                   "seconds": time.perf_counter() - t_start}
@@ -187,4 +236,4 @@ def train_segmenter(ct, labels, names, out, options: TrainOptions | None = None,
             "val_dice": info.training["val_dice"]}
 
 
-__all__ = ["TrainOptions", "plot_curve", "segmentation_loss", "train_segmenter", "validate"]
+__all__ = ["PRECISIONS", "TrainOptions", "plot_curve", "resolve_precision", "segmentation_loss", "train_segmenter", "validate"]
