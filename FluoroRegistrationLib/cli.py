@@ -346,9 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the other leg, metal and table edges drawn into the training frames (not into the "
                         "masks), so the model labels only the leg in front (default mixed: in some frames)")
     q.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    q.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="bf16: autocast the network to bfloat16 (about 1.3x faster on a CPU with AVX512-BF16); "
-                        "auto (default): bf16 where the CPU computes it natively")
+    q.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="bf16: autocast the network to bfloat16, channels-last (faster per batch on a CPU with "
+                        "AVX512-BF16, not measured better per minute of training: see the README); auto: bf16 "
+                        "where the CPU computes it natively; default fp32")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_segment_train)
     q = seg.add_parser("predict", help="one mask PNG per bone and a coloured overlay per frame")
