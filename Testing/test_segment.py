@@ -123,6 +123,9 @@ def test_train_writes_a_model_that_round_trips(knee, tmp_path):
     assert info["bones"] == ["femur", "tibia"] and info["size"] == 64
     assert info["arch"] == "deeplabv3_mobilenet_v3_large" and "normalise" in info["preprocessing"]
     assert info["training"]["seconds"] > 0 and info["training"]["best_epoch"] in (1, 2)
+    # the options are recorded as resolved: "auto" becomes the precision that ran
+    assert info["training"]["options"]["precision"] == resolve_precision("auto") == info["training"]["precision"]
+    assert info["training"]["options"]["steps_per_epoch"] == 1
     model, loaded = load_model(tmp_path)
     assert loaded.classes == ["background", "femur", "tibia"]
     again, _ = load_model(tmp_path / "model.json")
@@ -198,6 +201,26 @@ def test_training_with_prefetch_is_reproducible(knee, tmp_path):
         weights.append(read_weights(tmp_path / str(i) / "model.safetensors"))
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
+
+
+def test_default_batches_per_epoch_follow_the_precision(knee, tmp_path, monkeypatch):
+    """No --steps: the number of batches is the resolved precision's (sized to the time budget)."""
+    from FluoroRegistrationLib.segment import train
+
+    assert TrainOptions().steps_per_epoch is None and train.DEFAULT_STEPS == {"bf16": 75, "fp32": 60}
+    monkeypatch.setattr(train, "DEFAULT_STEPS", {"bf16": 2, "fp32": 3})
+    counted = []
+    real = train.segmentation_loss
+    monkeypatch.setattr(train, "segmentation_loss", lambda *a: counted.append(1) or real(*a))
+    ph, ct, labels = knee
+    opts = TrainOptions(size=64, epochs=1, batch=2, bank=2, renew=1, val_frames=2, precision="fp32")
+    train_segmenter(ct, labels, ph.label_names, tmp_path, opts, camera=Camera(1000.0, 64, 64, 4.0, 4.0),
+                    progress=False)
+    assert len(counted) == 3
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["training"]["options"]["steps_per_epoch"] == 3
+    with pytest.raises(FluoroRegError, match="steps_per_epoch"):
+        TrainOptions(steps_per_epoch=0).check()
 
 
 class Payload:
