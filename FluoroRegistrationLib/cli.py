@@ -236,7 +236,7 @@ def cmd_segment_train(args) -> None:
 def cmd_segment_predict(args) -> None:
     from .segment import predict_files
 
-    records = predict_files(args.model, args.frame, args.out, polarity=args.polarity)
+    records = predict_files(args.model, args.frame, args.out, polarity=args.polarity, flip=not args.no_flip)
     for r in records:
         print(f"{r['frame']}: " + ", ".join(f"{b} {n} px" for b, n in r["pixels"].items())
               + f" ({r['seconds']:.2f} s)")
@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--frame", required=True, nargs="+", help="frame file(s) (PNG, TIFF, .npy, DICOM)")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
+    q.add_argument("--no-flip", action="store_true",
+                   help="predict from the frame alone (default: average with its mirror image; half the time)")
     q.set_defaults(func=cmd_segment_predict)
 
     p = sub.add_parser("demo", help="the built-in example: phantom, C-arm, DRRs and pictures")

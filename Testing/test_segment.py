@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from FluoroRegistrationLib.cli import main
 from FluoroRegistrationLib.errors import FluoroRegError
 from FluoroRegistrationLib.geometry import Camera, lateral_view
 from FluoroRegistrationLib.phantom import make_knee_phantom, write_phantom
 from FluoroRegistrationLib.segment import (BoneSegmenter, ModelInfo, TrainOptions, dice, hd95, load_model,
-                                           predict_files, predict_masks, save_model, train_segmenter)
+                                           predict_files, predict_masks, predict_probabilities, save_model,
+                                           train_segmenter)
 from FluoroRegistrationLib.segment.data import augment, random_realism
 from FluoroRegistrationLib.segment.model import init_from, preprocess, read_weights
 from FluoroRegistrationLib.segment.train import _Prefetch, resolve_precision, segmentation_loss
@@ -277,6 +279,29 @@ def test_predict_masks_on_the_frame_grid_and_files(untrained, tmp_path):
     overlay = sitk.GetArrayFromImage(sitk.ReadImage(files["overlay"]))
     assert overlay.shape == (80, 96, 3)
     assert sitk.GetArrayFromImage(sitk.ReadImage(files["femur"])).shape == (80, 96)
+
+
+def test_flip_averaged_prediction_is_mirror_equivariant(untrained):
+    """The default prediction averages the logits of the frame and of its mirror image: the mirrored
+    frame's probabilities are the frame's mirrored (exactly, up to float), which the network alone
+    is not; and the logits are the mean of the two single passes."""
+    _, info = load_model(untrained)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 3, 5, padding=2).eval()  # a network that is not mirror-symmetric
+    rng = np.random.default_rng(0)
+    raw = 3000.0 - 1500.0 * ndimage.gaussian_filter(rng.random((80, 96)), 4) * 4
+    raw[30:50, 10:40] -= 800.0  # something asymmetric
+    both = predict_probabilities(model, info, raw)
+    both_mirrored = predict_probabilities(model, info, raw[:, ::-1].copy())
+    one = predict_probabilities(model, info, raw, flip=False)
+    one_mirrored = predict_probabilities(model, info, raw[:, ::-1].copy(), flip=False)
+    logit = lambda p: np.log(p) - np.log1p(-p)
+    for b in info.bones:
+        np.testing.assert_allclose(both_mirrored[b], both[b][:, ::-1], atol=2e-5)
+        assert np.abs(one_mirrored[b] - one[b][:, ::-1]).max() > 1e-3  # the network alone is not symmetric
+        inside = (both[b] > 0) & (one[b] > 0)
+        np.testing.assert_allclose(logit(both[b][inside]),
+                                   0.5 * (logit(one[b]) + logit(one_mirrored[b][:, ::-1]))[inside], atol=1e-3)
 
 
 def test_segment_and_register_commands(untrained, tmp_path, capsys):

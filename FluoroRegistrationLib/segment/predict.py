@@ -14,10 +14,12 @@ COLOURS = {"femur": (255, 90, 60), "tibia": (60, 160, 255), "patella": (255, 220
 
 
 def predict_probabilities(model: BoneSegmenter, info: ModelInfo, raw, polarity: str = "auto",
-                          bones=None) -> dict:
+                          bones=None, flip: bool = True) -> dict:
     """Per bone, the probability (H, W) float32 numpy that each pixel of ``raw`` (H, W) shows it
     (the network's output resized back to the frame; 0 outside the field). ``bones``: the ones
-    wanted (default all the model knows); one it does not know is an error."""
+    wanted (default all the model knows); one it does not know is an error. ``flip``: average the
+    logits of the frame and of its mirror image (training flips frames too; measured +0.01-0.02
+    Dice on cluttered frames for twice the time, README)."""
     bones = list(bones) if bones else list(info.bones)
     unknown = [b for b in bones if b not in info.bones]
     if unknown:
@@ -26,7 +28,11 @@ def predict_probabilities(model: BoneSegmenter, info: ModelInfo, raw, polarity: 
     x, field = preprocess(raw, info.size, polarity)
     device = next(model.parameters()).device
     with torch.inference_mode():
-        logits = model(x.to(device)).float().cpu()
+        x = x.to(device)
+        logits = model(x).float()
+        if flip:
+            logits = 0.5 * (logits + model(x.flip(-1)).float().flip(-1))
+        logits = logits.cpu()
     H, W = np.asarray(raw).shape
     if logits.shape[-2:] != (H, W):
         logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
@@ -35,10 +41,10 @@ def predict_probabilities(model: BoneSegmenter, info: ModelInfo, raw, polarity: 
 
 
 def predict_masks(model: BoneSegmenter, info: ModelInfo, raw, polarity: str = "auto",
-                  bones=None) -> dict[str, np.ndarray]:
+                  bones=None, flip: bool = True) -> dict[str, np.ndarray]:
     """Per bone, the predicted (H, W) bool mask of ``raw`` (probability > the model's threshold);
-    ``bones`` as in :func:`predict_probabilities`."""
-    prob = predict_probabilities(model, info, raw, polarity, bones)
+    ``bones``, ``flip`` as in :func:`predict_probabilities`."""
+    prob = predict_probabilities(model, info, raw, polarity, bones, flip)
     return {b: m > info.threshold for b, m in prob.items()}
 
 
@@ -59,9 +65,11 @@ def overlay_image(raw, masks: dict[str, np.ndarray], alpha: float = 0.35) -> np.
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
-def predict_files(model_dir, frames, out, polarity: str = "auto", progress: bool = True) -> list[dict]:
-    """Masks for each frame file: ``OUT/<stem>_<bone>.png`` (0/255) and ``OUT/<stem>_overlay.png``.
-    Returns one record per frame: its files and the seconds the prediction took."""
+def predict_files(model_dir, frames, out, polarity: str = "auto", progress: bool = True,
+                  flip: bool = True) -> list[dict]:
+    """Masks for each frame file: ``OUT/<stem>_<bone>.png`` (0/255) and ``OUT/<stem>_overlay.png``
+    (``flip`` as in :func:`predict_probabilities`). Returns one record per frame: its files and the
+    seconds the prediction took."""
     import time
 
     import SimpleITK as sitk
@@ -77,7 +85,7 @@ def predict_files(model_dir, frames, out, polarity: str = "auto", progress: bool
         path = Path(path)
         raw = read_frame_array(path)
         t0 = time.perf_counter()
-        masks = predict_masks(model, info, raw, polarity)
+        masks = predict_masks(model, info, raw, polarity, flip=flip)
         seconds = time.perf_counter() - t0
         files = {}
         for bone, mask in masks.items():
