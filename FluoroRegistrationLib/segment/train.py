@@ -192,7 +192,7 @@ def train_segmenter(ct, labels, names, out, options: TrainOptions | None = None,
         notes["init_not_copied"] = init_from(model, options.init)
     # bf16 runs channels-last (measured faster together, benchmarks/segment_throughput.py); fp32
     # keeps the default layout, so its training gives the weights it gave before
-    layout = torch.channels_last if notes["precision"] == "bf16" else torch.contiguous_format
+    layout = torch.channels_last if precision == "bf16" else torch.contiguous_format
     model = model.to(memory_format=layout)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -210,7 +210,7 @@ def train_segmenter(ct, labels, names, out, options: TrainOptions | None = None,
         try:
             for step in bar:
                 x, y = batches.next(more=step + 1 < options.steps_per_epoch)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=notes["precision"] == "bf16"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                     logits = model(x.contiguous(memory_format=layout))
                 loss = segmentation_loss(logits.float(), y)
                 if not torch.isfinite(loss):
