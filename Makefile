@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-register study bench-segment bench-peer-deps clean
+.PHONY: demo test test-slow bench bench-register study bench-segment bench-peer-deps zoo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 # registration benchmark (20 simulated frames, about 10 min on 2 cores) and the study (about 1 h)
 bench-register: $(STAMP)
 	$(PY) benchmarks/register.py --frames 20 --calibration true
+
+# the validation zoo: 5 CTs (grids, sizes, densities, noise, a cut field of view) x 3 detector
+# geometries, through the evaluation harness; one table (zoo_out/zoo.md)
+zoo: $(STAMP)
+	$(VENV)/bin/fluororeg zoo --out zoo_out
 
 study: $(STAMP)
 	$(PY) benchmarks/study.py --out study_out

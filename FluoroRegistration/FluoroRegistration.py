@@ -58,6 +58,7 @@ class FluoroRegistrationParameterNode:
     colSpacingMm: float = 0.3
     principalCol: float = -1.0  # -1: the image centre
     principalRow: float = -1.0
+    distortionK: float = 0.0  # image-intensifier pincushion (docs/CONVENTIONS.md); 0 for flat panels
     showHandles: bool = True
     livePreview: bool = True
     previewSize: Annotated[int, Minimum(16)] = 128
@@ -214,7 +215,7 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         job, outputs = prepared
         self._outputs, self._events, self._cancel = outputs, queue.Queue(), threading.Event()
-        self._expected = max(1, self.logic.expectedIterations(job.options)) * len(job.bones)
+        self._expected = max(1, self.logic.expectedIterations(job.registration.config)) * len(job.bones)
         self._done = 0
 
         def progress(stage, iteration, similarity, pose):  # worker thread: no MRML here
@@ -343,6 +344,8 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
                "col_spacing_mm": p.colSpacingMm}
         if p.principalCol >= 0 and p.principalRow >= 0:
             out["principal_point"] = {"col": p.principalCol, "row": p.principalRow}
+        if p.distortionK:
+            out["distortion"] = {"model": "radial", "k": p.distortionK}
         return out
 
     def loadCalibration(self, p, path):
@@ -353,6 +356,7 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
             p.sddMm, p.rows, p.cols = camera.sdd_mm, camera.rows, camera.cols
             p.rowSpacingMm, p.colSpacingMm = camera.row_spacing_mm, camera.col_spacing_mm
             p.principalCol, p.principalRow = camera.u0, camera.v0
+            p.distortionK = camera.distortion_k
 
     def boneNames(self, p):
         return [b.strip() for b in (p.bones or "").split(",") if b.strip()]
@@ -428,9 +432,10 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         return job, self.poseNodes(p, "output")
 
     @staticmethod
-    def expectedIterations(options):
-        search = options.search_steps if options.global_search else 0
-        return search + sum(options.iterations)
+    def expectedIterations(config):
+        """About how many progress reports one bone's registration makes (for the progress bar)."""
+        search = config.search.steps if config.search.enabled else 0
+        return search + sum(config.pyramid.iterations)
 
     def showResult(self, p, result, outputs):
         """Poses written, bones shown at their poses in 3D, outlines over the frame; returns the summary line."""
@@ -497,7 +502,8 @@ class FluoroRegistrationTest(ScriptedLoadableModuleTest):
 
         from FluoroRegistrationLib import FluoroRegError
         from FluoroRegistrationLib.geometry import CentredParameterization
-        from FluoroRegistrationLib.register import RegistrationOptions, pose_errors
+        from FluoroRegistrationLib.register import pose_errors
+        from FluoroRegistrationLib.register.config import QUICK
         from FluoroRegistrationLib.slicer import phantom_scene, to_parent_from_pose
 
         self.delayDisplay("Phantom knee scene")
@@ -515,7 +521,7 @@ class FluoroRegistrationTest(ScriptedLoadableModuleTest):
         output = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur pose")
         result = core.register(knee.ctNode, knee.labelNode, knee.frameNode, knee.camera, ["femur"], [initial], [output],
                                device="cpu", polarity="bone-dark",
-                               options=RegistrationOptions(global_search=False, levels=(64, 128), iterations=(60, 60)))
+                               config=QUICK)
         pose = result.bones["femur"].camera_from_volume
         self.assertLess(pose_errors(pose, knee.truth, knee.femur.centroid, knee.femur.points)["mtre_mm"], 1.0)
         written = slicer.util.arrayFromTransformMatrix(output)

@@ -76,15 +76,9 @@ def cmd_render(args) -> None:
 
 
 def _default_label_names(labels_path):
-    from pathlib import Path
+    from .volume import default_label_names
 
-    candidate = Path(str(labels_path).replace(".nii.gz", "").replace(".nrrd", "").replace(".mha", "") + ".json")
-    if candidate.is_file():
-        return candidate
-    sibling = Path(labels_path).parent / "labels.json"
-    if sibling.is_file():
-        return sibling
-    raise FluoroRegError("no label names: pass --label-names labels.json (or femur=1,tibia=2)")
+    return default_label_names(labels_path)
 
 
 def cmd_simulate(args) -> None:
@@ -110,82 +104,97 @@ def cmd_simulate(args) -> None:
           "calib.json (nominal), calib_true.json (simulated)")
 
 
-def cmd_register(args) -> None:
-    import json
-    from pathlib import Path
+def _registration_config(args):
+    """The registration settings the flags give, on top of ``--config`` (a YAML / JSON of
+    RegistrationConfig's nested fields) or the defaults."""
+    from .register import RegistrationConfig
 
-    import torch
+    base = {}
+    if args.config:
+        base = _read_mapping(args.config, "--config")
+    overrides = {"seed": args.seed, "similarity": args.similarity}
+    if args.range:
+        rng, deg = _floats(args.range, 2, "--range")
+        overrides["search"] = {"range_mm": rng, "range_deg": deg}
+    if args.no_global_search:
+        overrides.setdefault("search", {})["enabled"] = False
+    if args.mask_dilation:
+        coarse, fine = _floats(args.mask_dilation, 2, "--mask-dilation")
+        overrides["masks"] = {"dilation_mm": coarse, "fine_dilation_mm": fine}
+    return RegistrationConfig.from_dict(base, f"--config {args.config}").merged(
+        {k: v for k, v in overrides.items() if v is not None})
+
+
+def _read_mapping(path, what: str) -> dict:
+    from .files import read_yaml
+
+    data = read_yaml(path, what)
+    if not isinstance(data, dict):
+        raise FluoroRegError(f"{what} {path} must hold a mapping of settings (e.g. search: {{range_mm: 20}})")
+    return data
+
+
+def _masks_argument(items):
+    """--mask values -> what register_frame takes: None, "auto", a label map path, or {bone: path}."""
+    items = list(items or [])
+    if not items:
+        return None
+    if "auto" in items:
+        if len(items) > 1:
+            raise FluoroRegError("--mask auto predicts every bone's mask; do not give other --mask values with it")
+        return "auto"
+    plain = [i for i in items if "=" not in i]
+    if plain:
+        if len(items) > 1:
+            raise FluoroRegError(f"--mask {plain[0]} is a label map of every bone; give it alone, or give "
+                                 "bone=FILE for each bone")
+        return plain[0]
+    masks = {}
+    for item in items:
+        bone, path = item.split("=", 1)
+        masks[bone.strip()] = path.strip()
+    return masks
+
+
+def cmd_register(args) -> None:
     from tqdm import tqdm
 
-    from .files import read_poses
-    from .frame import load_frame, read_frame_array
-    from .geometry import Camera
-    from .register import RegistrationOptions, register
+    from .register import Registration
     from .register.overlay import draw_overlay
-    from .volume import load_ct, load_labels, read_label_names, registration_volumes
 
-    rng, deg = _floats(args.range, 2, "--range")
-    coarse, fine = _floats(args.mask_dilation, 2, "--mask-dilation")
-    if not (0 <= coarse <= 0.5 and 0 <= fine <= 0.5):
-        raise FluoroRegError(f"--mask-dilation takes fractions of the detector between 0 and 0.5, got "
-                             f"'{args.mask_dilation}'")
-    camera = Camera.from_json(args.calib)
-    frame = load_frame(args.frame, camera, polarity=args.polarity)
-    ct = load_ct(args.ct)
-    labels = load_labels(args.labels, ct)
-    names = read_label_names(args.label_names or _default_label_names(args.labels))
+    config = _registration_config(args)
     wanted = [b.strip() for b in args.bone.split(",") if b.strip()]
-    bones = registration_volumes(ct, labels, names, wanted)
-    init = read_poses(args.init)
-    missing = [b for b in wanted if b not in init]
-    if missing:
-        raise FluoroRegError(f"no initial pose for {', '.join(missing)} in {args.init}; add one per bone")
-    masks = {}
-    items = list(args.mask or [])
-    if "auto" in items:
-        if not args.model:
-            raise FluoroRegError("--mask auto needs --model DIR (a model from `fluororeg segment train`)")
-        from .segment import load_model, predict_masks
-
-        model, info = load_model(args.model)
-        raw = read_frame_array(args.frame)
-        predicted = predict_masks(model, info, raw, args.polarity, bones=wanted)
-        masks.update({b: torch.from_numpy(m) for b, m in predicted.items()})
-        for b, m in predicted.items():
-            if not m.any():
-                raise FluoroRegError(f"the model found no {b} in {args.frame}; check the frame, or give "
-                                     f"--mask {b}=FILE")
-        print("predicted masks: " + ", ".join(f"{b} {int(m.sum())} px" for b, m in predicted.items()))
-        items.remove("auto")
-    elif args.model:
+    reg = Registration.from_ct(args.ct, args.labels, wanted, args.label_names, config)
+    masks = _masks_argument(args.mask)
+    if args.model and masks != "auto":
         raise FluoroRegError("--model is used with --mask auto; add --mask auto (or drop --model)")
-    for item in items:
-        if "=" not in item:
-            raise FluoroRegError(f"--mask must look like femur=mask.png or auto, got '{item}'")
-        bone, path = item.split("=", 1)
-        arr = read_frame_array(path)
-        camera.check_frame(*arr.shape, what=f"mask {path}")
-        masks[bone.strip()] = torch.from_numpy(arr > 0.5 * arr.max())
-    options = RegistrationOptions(similarity=args.similarity, search_range_mm=rng, search_range_deg=deg,
-                                  mask_dilation_fraction=coarse, fine_mask_dilation_fraction=fine,
-                                  global_search=not args.no_global_search, seed=args.seed)
-    bar = tqdm(desc="register", unit="it")
+    if masks == "auto" and not args.model:
+        raise FluoroRegError("--mask auto needs --model DIR (a model from `fluororeg segment train`)")
+    bars = []  # made at the first report, so that an input error stays one line
 
     def progress(stage, iteration, similarity, pose):
-        bar.set_postfix_str(f"{stage} it {iteration} similarity {similarity:.4f}")
-        bar.update()
+        if not bars:
+            bars.append(tqdm(desc="register", unit="it"))
+        bars[0].set_postfix_str(f"{stage} it {iteration} similarity {similarity:.4f}")
+        bars[0].update()
 
-    result = register(bones, frame.image, camera, {b: init[b] for b in wanted}, masks=masks, field=frame.field,
-                      options=options, progress=progress)
-    bar.close()
-    out = {b: r.to_dict() for b, r in result.bones.items()}
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    try:
+        result = reg.register(args.frame, args.calib, args.init, masks=masks, model=args.model,
+                              polarity=args.polarity, index=args.index, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    result.save(args.out)
     for b, r in result.bones.items():
         print(f"{b}: similarity {r.similarity:.4f}, {r.iterations} iterations, {r.seconds:.1f} s ({r.stop_reason})")
     print(f"wrote {args.out}")
     if args.overlay:
-        raw = read_frame_array(args.frame)
-        draw_overlay(args.overlay, raw, camera, bones, result.poses(), {b: init[b] for b in wanted})
+        from .frame import read_frame_array
+        from .geometry import as_camera
+
+        initial = {b: r.initial for b, r in result.bones.items()}
+        draw_overlay(args.overlay, read_frame_array(args.frame, args.index), as_camera(args.calib), reg.volumes,
+                     result.poses(), initial)
         print(f"wrote {args.overlay}")
 
 
@@ -210,6 +219,28 @@ def cmd_evaluate(args) -> None:
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/runs.csv ({len(rows)} runs), summary.md, summary.json and plots"
           + (" and landscapes" if "landscapes" in result else ""))
+
+
+def cmd_zoo(args) -> None:
+    import json
+    from pathlib import Path
+
+    from .evaluate.zoo import GEOMETRIES, MEMBERS, ZooSettings, run_zoo, zoo_summary, zoo_table
+
+    def names(text, known):
+        return tuple(known) if text == "all" else tuple(t.strip() for t in text.split(",") if t.strip())
+
+    settings = ZooSettings(members=names(args.members, MEMBERS), geometries=names(args.geometries, GEOMETRIES),
+                           frames=args.frames, realism=args.realism, per_bin=args.per_bin, seed=args.seed)
+    options = _read_mapping(args.config, "--config") if args.config else None
+    rows = run_zoo(settings, args.out, workers=args.workers, serial=args.serial, options=options)
+    summary = zoo_summary(rows)
+    text = zoo_table(summary)
+    out = Path(args.out)
+    (out / "zoo.md").write_text(text + "\n")
+    (out / "zoo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(text)
+    print(f"wrote {out}/zoo.md, zoo.json ({len(rows)} runs)")
 
 
 def cmd_segment_train(args) -> None:
@@ -299,16 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", required=True, help="calibration JSON of the frame")
     p.add_argument("--init", required=True, help="initial poses JSON (one camera_from_volume per bone)")
     p.add_argument("--mask", action="append", help="bone=mask.png: the bone's 2D region (repeatable); "
-                   "auto: every bone's mask predicted by --model")
+                   "LABELMAP.png: one image holding each bone's label id; auto: every bone's mask predicted by --model")
     p.add_argument("--model", help="segmentation model folder (from `fluororeg segment train`) for --mask auto")
     p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
-    p.add_argument("--similarity", default="patch-gncc", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
-    p.add_argument("--range", default="30,25", help="global search half-widths: mm,deg (default 30,25)")
+    p.add_argument("--index", type=int, default=0, help="which frame of a multi-frame file (default 0)")
+    p.add_argument("--config", help="registration settings, YAML or JSON: RegistrationConfig's stages, e.g. "
+                   "{search: {range_mm: 20}, pyramid: {iterations: [60, 50, 40, 30]}} (docs/CONVENTIONS.md)")
+    p.add_argument("--similarity", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
+    p.add_argument("--range", help="global search half-widths: mm,deg (default 30,25)")
     p.add_argument("--no-global-search", action="store_true", help="refine from the initial pose only")
-    p.add_argument("--mask-dilation", default="0.02,0.06",
-                   help="masks grow by these fractions of the detector: search and 64/128 px levels, finer levels "
-                        "(default 0.02,0.06)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-dilation",
+                   help="masks grow by these millimetres at the bone: search and coarse levels, finer levels "
+                        "(default 3.6,10.8)")
+    p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--overlay", help="PNG of the registered outlines over the frame")
     p.set_defaults(func=cmd_register)
@@ -321,6 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="local cluster worker processes (default: the machine's cores)")
     p.add_argument("--serial", action="store_true", help="run in this process, without Dask")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("zoo", help="the validation zoo: registration on many anatomies, CT grids and C-arm "
+                       "geometries through the evaluation harness, one table", epilog=CONVENTIONS)
+    p.add_argument("--out", required=True, help="output folder; rerunning resumes")
+    p.add_argument("--members", default="all", help="comma-separated zoo members (default all; see evaluate/zoo.py)")
+    p.add_argument("--geometries", default="all", help="comma-separated detector geometries (default all)")
+    p.add_argument("--frames", type=int, default=2, help="frames per member and geometry (default 2)")
+    p.add_argument("--per-bin", type=int, default=1, help="starts per frame, bone and mTRE bin 0-4-8-12 mm (default 1)")
+    p.add_argument("--realism", choices=["low", "medium", "high"], default="medium")
+    p.add_argument("--config", help="registration settings (YAML) for every run, as in `register --config`")
+    p.add_argument("--workers", type=int, help="local Dask workers (default: the machine's cores)")
+    p.add_argument("--serial", action="store_true", help="run in this process, without Dask")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("segment", help="bone masks of fluoroscopy frames: train DeepLabv3 on frames simulated "
                        "from a CT, or predict with a trained model")

@@ -13,28 +13,26 @@ from pathlib import Path
 import torch
 
 from .files import read_poses
-from .frame import load_frame, read_frame_array
+from .frame import read_frame_array
 from .geometry import Camera, CentredParameterization
-from .register import RegistrationOptions, pose_errors, register
+from .register import Registration, pose_errors
 from .register.overlay import draw_overlay
-from .volume import load_ct, load_labels, read_label_names, registration_volumes
 
 BONES = ("femur", "tibia")
 
 
 def run_register_demo(out, seed: int = 3, realism: str = "medium") -> list[dict]:
-    from .simulate.writer import read_truth_mask, simulate_folder
+    from .simulate.writer import simulate_folder
 
     out = Path(out)
     sim = out / "simulated"
     t0 = time.perf_counter()
     simulate_folder(sim, frames=1, seed=seed, realism=realism, flexion_range=(10.0, 60.0))
     print(f"simulated a lateral knee frame ({realism} realism) in {time.perf_counter() - t0:.0f} s -> {sim}")
-    ct = load_ct(sim / "phantom" / "ct.nii.gz")
-    labels = load_labels(sim / "phantom" / "labels.nii.gz", ct)
-    bones = registration_volumes(ct, labels, read_label_names(sim / "phantom" / "labels.json"), list(BONES))
-    camera = Camera.from_json(sim / "calib_true.json")  # the demo isolates the method from calibration error
-    frame = load_frame(sim / "frames" / "0000.png", camera, log=False)
+    reg = Registration.from_ct(sim / "phantom" / "ct.nii.gz", sim / "phantom" / "labels.nii.gz", list(BONES))
+    bones = reg.volumes
+    calibration = sim / "calib_true.json"  # the demo isolates the method from calibration error
+    camera = Camera.from_json(calibration)
     truth = read_poses(sim / "poses" / "0000.json")
     g = torch.Generator().manual_seed(seed)
     start = {}
@@ -42,11 +40,11 @@ def run_register_demo(out, seed: int = 3, realism: str = "medium") -> list[dict]
         direction = torch.randn(6, generator=g, dtype=torch.float64)
         x = torch.cat([direction[:3] / direction[:3].norm() * math.radians(8), direction[3:] / direction[3:].norm() * 10])
         start[b] = CentredParameterization(bones[b].centroid, truth[b]).pose(x)
-    masks = {b: read_truth_mask(sim, "0000", b) for b in BONES}
+    masks = {b: sim / "masks" / f"0000_{b}.png" for b in BONES}
     rows = []
     raw = read_frame_array(sim / "frames" / "0000.png")
     for condition, m in (("masks", masks), ("no masks", None)):
-        result = register(bones, frame.image, camera, start, masks=m, field=frame.field, options=RegistrationOptions())
+        result = reg.register(sim / "frames" / "0000.png", calibration, start, masks=m)
         for b, r in result.bones.items():
             e0 = pose_errors(start[b], truth[b], bones[b].centroid, bones[b].points, camera)
             e = pose_errors(r.camera_from_volume, truth[b], bones[b].centroid, bones[b].points, camera)

@@ -15,6 +15,20 @@ import torch
 from .errors import FluoroRegError
 
 
+def read_yaml(path, what: str, hint: str = "check the path"):
+    """The parsed contents of a YAML (or JSON) file; a missing file or bad syntax is one line
+    naming ``what`` and the fix."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FluoroRegError(f"{what} {path} not found; {hint}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise FluoroRegError(f"{what} {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+
+
 def read_poses(path) -> dict[str, torch.Tensor]:
     """Read a poses JSON file -> {bone: (4, 4) float64 tensor}; checks each is a rigid 4x4."""
     path = Path(path)

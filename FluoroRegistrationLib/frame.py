@@ -22,6 +22,11 @@ from scipy import ndimage
 from .errors import FluoroRegError
 
 POLARITIES = ("bone-dark", "bone-bright", "auto")
+# How registration converts a bone-dark frame: linear (1 - I / I_ref), not -log(I / I_ref). Measured
+# on simulated frames of both realisms and on the clinical detector geometry (docs/EXPERIMENTS.md,
+# "Frame conversion"): display-windowed frames hold 0 over the densest bone, which the log maps far
+# above any bone, and the gradient similarities compare edges, which both conversions keep.
+LOG_CONVERSION = False
 FLAT_TOL = 2e-3          # "equal to the extreme": within this fraction of the image's value range
 MIN_FIELD_FRACTION = 0.2  # a detected field smaller than this is not trusted (all True instead)
 STEP = 0.05               # a collimator edge is a step of at least this fraction of the value range
@@ -35,11 +40,15 @@ class Frame:
         (line-integral-like, about 0..5) for a bone-dark frame with ``log=True``, else in [0, 1].
     field: (1, 1, H, W) bool, pixels inside the collimated field (all True if none was found).
     path: the file read.  polarity: the polarity used, "bone-dark" or "bone-bright".
+    log: whether a bone-dark frame was converted by ``-log(I / I_ref)`` (else ``1 - I / I_ref``).
+    raw: (H, W) float64, the values as stored (segmentation models read these).
     """
     image: torch.Tensor
     field: torch.Tensor
     path: str
     polarity: str
+    log: bool = False
+    raw: np.ndarray | None = None
 
 
 def _check_polarity(polarity: str) -> None:
@@ -308,9 +317,19 @@ def to_attenuation(raw, polarity: str = "auto", field=None, log: bool = True,
     return _convert(raw, polarity, field, log, floor)[0]
 
 
-def load_frame(path, camera=None, polarity: str = "auto", log: bool = True, index: int = 0,
+def load_frame(path, camera=None, polarity: str = "auto", log: bool = LOG_CONVERSION, index: int = 0,
                floor: float = 1e-4) -> Frame:
-    """Read frame ``index`` of ``path``, check its size against ``camera`` and convert it.
+    """Read frame ``index`` of ``path``, check its size against ``camera`` and convert it
+    (:func:`frame_from_array`)."""
+    _check_polarity(polarity)
+    raw = read_frame_array(path, index)
+    return frame_from_array(raw, camera, polarity, log, floor, path=str(path))
+
+
+def frame_from_array(raw, camera=None, polarity: str = "auto", log: bool = LOG_CONVERSION, floor: float = 1e-4,
+                     path: str = "<array>") -> Frame:
+    """A raw frame (H, W), values as stored, -> :class:`Frame`: size checked against ``camera``,
+    field found, polarity resolved, converted to attenuation-like.
 
     The field: a flat dark border (detected frames) or flat bright border (inverted frames) around a
     convex field, see :func:`detect_field`. With ``polarity="auto"`` the polarity is guessed inside
@@ -321,7 +340,12 @@ def load_frame(path, camera=None, polarity: str = "auto", log: bool = True, inde
     :func:`to_attenuation`.
     """
     _check_polarity(polarity)
-    raw = read_frame_array(path, index)
+    raw = np.asarray(raw, dtype=np.float64)
+    if raw.ndim != 2:
+        raise FluoroRegError(f"{path}: expected a 2D frame (rows, cols), got shape {raw.shape}; pick one frame first")
+    if not np.isfinite(raw).all():
+        raise FluoroRegError(f"{path} contains NaN or infinite values; replace them (e.g. np.nan_to_num) "
+                             "before registration")
     if camera is not None:
         try:
             camera.check_frame(*raw.shape)
@@ -329,7 +353,8 @@ def load_frame(path, camera=None, polarity: str = "auto", log: bool = True, inde
             raise FluoroRegError(f"{path}: {err}") from None
     att, field, pol = _convert(raw, polarity, None, log, floor)
     return Frame(image=torch.from_numpy(att).float()[None, None].contiguous(),
-                 field=torch.from_numpy(field)[None, None].contiguous(), path=str(path), polarity=pol)
+                 field=torch.from_numpy(field)[None, None].contiguous(), path=path, polarity=pol, log=log,
+                 raw=raw)
 
 
 def pyramid(image: torch.Tensor, field: torch.Tensor, levels) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -142,6 +142,21 @@ def load_labels(path, ct: ImageVolume) -> ImageVolume:
     return labels
 
 
+def default_label_names(labels_path) -> Path:
+    """The label names file of a labelmap: ``NAME.json`` beside ``NAME.nii.gz`` (or .nrrd, .mha),
+    else ``labels.json`` in its folder."""
+    labels_path = Path(labels_path)
+    stem = str(labels_path)
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    for candidate in (Path(stem + ".json"), labels_path.parent / "labels.json"):
+        if candidate.is_file():
+            return candidate
+    raise FluoroRegError(f"no label names beside {labels_path}: pass --label-names labels.json (or femur=1,tibia=2)")
+
+
 def read_label_names(spec) -> dict[str, int]:
     """Label names from a JSON file ``{"femur": 1, ...}``, a dict, or ``"femur=1,tibia=2"``."""
     if isinstance(spec, dict):

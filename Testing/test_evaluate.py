@@ -68,8 +68,16 @@ def test_landscape_numbers_on_known_curves():
 def test_config_errors_are_one_line_and_name_the_fix(tmp_path):
     with pytest.raises(FluoroRegError, match="either 'folder'"):
         experiment_from_dict({"frames": {}})
-    with pytest.raises(FluoroRegError, match="unknown registration option"):
+    with pytest.raises(FluoroRegError, match="options: unknown key.*learning_rat; allowed: axial_probe"):
         experiment_from_dict({"frames": {"folder": "x"}, "options": {"learning_rat": 1}})
+    with pytest.raises(FluoroRegError, match=r"Pyramid.learning_rate = -1 is out of range; allowed > 0"):
+        experiment_from_dict({"frames": {"folder": "x"}, "options": {"pyramid": {"learning_rate": -1}}})
+    with pytest.raises(FluoroRegError, match="Pyramid.iterations has 1 entries but pixel_mm has 4 levels"):
+        experiment_from_dict({"frames": {"folder": "x"}, "conditions": [
+            {"name": "a", "options": {"pyramid": {"iterations": [5]}}}]})
+    # the documented `calibration: true` (a YAML boolean) is the true calibration
+    assert experiment_from_dict({"frames": {"folder": "x"}, "calibration": True}).calibration == "true"
+    assert experiment_from_dict({"frames": {"folder": "x"}, "calibration": False}).calibration == "nominal"
     with pytest.raises(FluoroRegError, match="mask must be one of"):
         experiment_from_dict({"frames": {"folder": "x"}, "conditions": [{"name": "a", "mask": "auto?"}]})
     with pytest.raises(FluoroRegError, match="must rise from 0"):
@@ -88,9 +96,9 @@ TINY = {
                                        "row_spacing_mm": 2.0, "col_spacing_mm": 2.0}}},
     "starts": {"mtre_bins_mm": [0, 3, 6], "per_bin": 1, "per_axis": {"translation_mm": [4.0]}},
     "conditions": [{"name": "mask", "mask": "truth"}, {"name": "no mask", "mask": "none"}],
-    "options": {"levels": [32, 64, 128], "iterations": [20, 20, 15], "search_steps": 5, "search_candidates": 8,
-                "starts": 2},
-    "landscape": {"frames": [0], "points": 9, "pairs": [[3, 4]], "level": 64},
+    "options": {"pyramid": {"pixel_mm": [5.6, 2.8, 1.4], "iterations": [20, 20, 15]},
+                "search": {"steps": 5, "candidates": 8}, "ranking": {"starts": 2}},
+    "landscape": {"frames": [0], "points": 9, "pairs": [[3, 4]], "pixel_mm": 2.8},
 }
 
 
@@ -109,6 +117,10 @@ def test_tiny_experiment_writes_every_run_and_a_report(serial_run):
     assert (out / "config.yaml").is_file() and load_experiment(out / "config.yaml").to_dict() == exp.to_dict()
     for r in rows:
         assert r["initial_mtre_mm"] > 0 and r["seconds"] > 0 and r["mtre_mm"] >= 0
+        # the true pose's similarity, at the level the result's is measured: near the result's when it succeeds
+        assert 0 < r["truth_similarity"] <= 1
+        if r["mtre_mm"] < 0.5:
+            assert abs(r["truth_similarity"] - r["similarity"]) < 0.05, r
     result = write_report(exp, out, rows)
     text = (out / "summary.md").read_text()
     assert "| femur | mask |" in text and "| femur | no mask |" in text and "minima / basin" in text

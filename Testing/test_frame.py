@@ -205,9 +205,12 @@ def test_beer_lambert_log_is_exact(tmp_path):
     np.testing.assert_allclose(att[field], L[field], atol=1e-12)
     assert (att[~field] == 0).all()
     np.save(tmp_path / "i.npy", intensity)
-    frame = load_frame(tmp_path / "i.npy", polarity="auto")
-    assert frame.polarity == "bone-dark"
+    frame = load_frame(tmp_path / "i.npy", polarity="auto", log=True)
+    assert frame.polarity == "bone-dark" and frame.log
     np.testing.assert_allclose(frame.image[0, 0].numpy()[field], L[field], atol=1e-6)
+    linear = load_frame(tmp_path / "i.npy", polarity="auto")  # registration's conversion: 1 - I / I_ref
+    assert not linear.log and np.array_equal(linear.raw, intensity)
+    np.testing.assert_allclose(linear.image[0, 0].numpy()[field], 1 - np.exp(-L[field]), atol=1e-6)
     lin = to_attenuation(intensity, "bone-dark", log=False)
     np.testing.assert_allclose(lin[field], 1 - np.exp(-L[field]), atol=1e-12)
 

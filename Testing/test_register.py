@@ -13,7 +13,7 @@ from FluoroRegistrationLib.files import write_poses
 from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view
 from FluoroRegistrationLib.phantom import make_knee_phantom
 from FluoroRegistrationLib.register import (
-    Cancelled, RegistrationOptions, adam_refine, pose_errors, register, simulated_annealing)
+    Cancelled, RegistrationConfig, adam_refine, pose_errors, register, simulated_annealing)
 from FluoroRegistrationLib.render import project_label, render
 from FluoroRegistrationLib.volume import ImageVolume, registration_volumes, whole_volume
 
@@ -62,8 +62,9 @@ def test_registration_recovers_a_known_pose_with_a_mask(scene):
     par = CentredParameterization(bones["femur"].centroid, truth)
     start = par.pose(torch.tensor([math.radians(3), math.radians(-2), math.radians(4), 4.0, -3.0, 5.0], dtype=F64))
     calls = []
-    options = RegistrationOptions(global_search=False, levels=(64, 128), iterations=(60, 60))
-    result = register(bones, frame, camera, {"femur": start}, masks={"femur": mask}, options=options,
+    config = RegistrationConfig.from_dict({"search": {"enabled": False},
+                                           "pyramid": {"pixel_mm": [2.8, 1.4], "iterations": [60, 60]}})
+    result = register(bones, frame, camera, {"femur": start}, masks={"femur": mask}, config=config,
                       progress=lambda *a: calls.append(a))
     femur = result.bones["femur"]
     before = pose_errors(start, truth, bones["femur"].centroid, bones["femur"].points)
@@ -81,10 +82,11 @@ def test_the_turn_about_the_long_axis_is_probed_after_the_second_level(scene):
     bones, camera, truth, frame, mask = scene
     par = CentredParameterization(bones["femur"].centroid, truth)
     start = par.pose(torch.tensor([math.radians(2), math.radians(-2), math.radians(3), 3.0, -2.0, 2.0], dtype=F64))
-    options = RegistrationOptions(search_steps=4, search_candidates=8, starts=2, levels=(64, 128), iterations=(40, 40))
-    femur = register(bones, frame, camera, {"femur": start}, masks={"femur": mask}, options=options).bones["femur"]
-    names = [s.name for s in femur.stages]
-    assert "start 2/2: rank 128px" in names and "axial probe 128px" in names
+    config = RegistrationConfig.from_dict({"search": {"steps": 4, "candidates": 8}, "ranking": {"starts": 2},
+                                           "pyramid": {"pixel_mm": [2.8, 1.4], "iterations": [40, 40]}})
+    femur = register(bones, frame, camera, {"femur": start}, masks={"femur": mask}, config=config).bones["femur"]
+    names = [s.name.rsplit(" ", 1)[0] for s in femur.stages]  # the level's size (px) follows the name
+    assert "start 2/2: rank" in names and "axial probe" in names
     after = pose_errors(femur.camera_from_volume, truth, bones["femur"].centroid, bones["femur"].points)
     assert after["in_plane_mm"] < 0.5 and after["rotation_deg"] < 1.5
 
@@ -92,7 +94,7 @@ def test_the_turn_about_the_long_axis_is_probed_after_the_second_level(scene):
 def test_cancel_stops_the_registration(scene):
     bones, camera, truth, frame, mask = scene
     with pytest.raises(Cancelled):
-        register(bones, frame, camera, {"femur": truth}, options=RegistrationOptions(global_search=False),
+        register(bones, frame, camera, {"femur": truth}, config=RegistrationConfig.from_dict({"search": {"enabled": False}}),
                  cancel=lambda: True)
 
 
@@ -163,15 +165,16 @@ def test_distortion_in_the_calibration_is_undone_before_registering(tmp_path):
 
 def test_device_option_is_honoured(scene):
     bones, camera, truth, frame, mask = scene
-    options = RegistrationOptions(global_search=False, levels=(64,), iterations=(5,))
-    base = register(bones, frame, camera, {"femur": truth}, masks={"femur": mask}, options=options)
+    quick = {"search": {"enabled": False}, "pyramid": {"pixel_mm": [2.8], "iterations": [5]}, "ranking": {"level": 0}}
+    base = register(bones, frame, camera, {"femur": truth}, masks={"femur": mask},
+                    config=RegistrationConfig.from_dict(quick))
     on_cpu = register(bones, frame, camera, {"femur": truth}, masks={"femur": mask},
-                      options=RegistrationOptions(global_search=False, levels=(64,), iterations=(5,), device="cpu"))
+                      config=RegistrationConfig.from_dict({**quick, "device": "cpu"}))
     assert torch.equal(base.bones["femur"].camera_from_volume, on_cpu.bones["femur"].camera_from_volume)
     if not torch.cuda.is_available():
         with pytest.raises(FluoroRegError, match="CUDA is not available"):
             register(bones, frame, camera, {"femur": truth},
-                     options=RegistrationOptions(global_search=False, levels=(64,), iterations=(5,), device="cuda"))
+                     config=RegistrationConfig.from_dict({**quick, "device": "cuda"}))
 
 
 @pytest.mark.cuda
@@ -180,7 +183,8 @@ def test_registration_on_cuda_matches_the_cpu(scene):
     par = CentredParameterization(bones["femur"].centroid, truth)
     start = par.pose(torch.tensor([0.03, -0.02, 0.04, 3.0, -2.0, 4.0], dtype=F64))
     results = [register(bones, frame, camera, {"femur": start}, masks={"femur": mask},
-                        options=RegistrationOptions(levels=(64, 128), iterations=(40, 30), device=d)).bones["femur"]
+                        config=RegistrationConfig.from_dict({"pyramid": {"pixel_mm": [2.8, 1.4], "iterations": [40, 30]},
+                                                             "device": d})).bones["femur"]
                for d in ("cpu", "cuda")]
     errs = [pose_errors(r.camera_from_volume, truth, bones["femur"].centroid, bones["femur"].points) for r in results]
     assert errs[1]["in_plane_mm"] < 0.5 and abs(errs[1]["mtre_mm"] - errs[0]["mtre_mm"]) < 1.0

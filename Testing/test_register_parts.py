@@ -11,9 +11,9 @@ import torch
 from FluoroRegistrationLib.geometry import (
     Camera, CentredParameterization, lateral_view, rotation_angle, rotation_from_rotvec, transform_points)
 from FluoroRegistrationLib.register import (
-    RegistrationOptions, calibration_floor, distinct_minima, grid_search, line_search, rotation_scan)
+    Ranking, RegistrationConfig, calibration_floor, distinct_minima, grid_search, line_search, rotation_scan)
 from FluoroRegistrationLib.register.optimize import parabola_vertex
-from FluoroRegistrationLib.register.pipeline import _dilation, _long_axis, _Objective, _search_starts, _weights
+from FluoroRegistrationLib.register.pipeline import _BoneRegistration, _long_axis, _Objective, _search_starts, _weights
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.similarity import get_similarity
 from FluoroRegistrationLib.volume import (
@@ -83,11 +83,11 @@ def test_the_initial_pose_joins_the_starts_unless_a_minimum_is_near_it():
     separation = torch.tensor([0.1] * 3 + [5.0] * 3, dtype=F64)
     far = torch.tensor([[0.3, 0, 0, 0, 0, 0], [0, 0, 0, 0, 12.0, 0]], dtype=F64)
     loss = torch.tensor([0.2, 0.3], dtype=F64)
-    starts = _search_starts((far, loss), far[0], separation, RegistrationOptions(starts=4))
+    starts = _search_starts((far, loss), far[0], separation, Ranking(starts=4))
     assert len(starts) == 3 and torch.equal(starts[-1], torch.zeros(6, dtype=F64))
-    assert len(_search_starts((far, loss), far[0], separation, RegistrationOptions(keep_initial=False))) == 2
+    assert len(_search_starts((far, loss), far[0], separation, Ranking(keep_initial=False))) == 2
     near = torch.cat([far, torch.tensor([[0.05, 0, 0, 1.0, 0, 0]], dtype=F64)])
-    starts = _search_starts((near, torch.tensor([0.2, 0.3, 0.1], dtype=F64)), near[2], separation, RegistrationOptions())
+    starts = _search_starts((near, torch.tensor([0.2, 0.3, 0.1], dtype=F64)), near[2], separation, Ranking())
     assert len(starts) == 3 and not any(bool((s == 0).all()) for s in starts)
 
 
@@ -131,7 +131,7 @@ def test_the_objective_on_the_masks_bounding_box_equals_the_whole_image(box_volu
     x = torch.tensor([[0.02, -0.01, 0.03, 1.0, -2.0, 3.0], [0, 0, 0, 0, 0, 0]], dtype=F64)
     for name in ("patch-gncc", "gcc", "ncc", "patch-ncc", "multiscale-ncc"):
         loss_fn = get_similarity(name)
-        weights = _weights(mask, None, (96, 96), 0.0)
+        weights = _weights(mask, None, (96, 96), 0)
         objective = _Objective(box_volume, camera, par, frame, weights, loss_fn)
         assert objective.frame.shape[-1] < 96  # it did crop
         whole = loss_fn(render(box_volume, camera, par.pose(x), "fast"), frame, weights)
@@ -139,17 +139,29 @@ def test_the_objective_on_the_masks_bounding_box_equals_the_whole_image(box_volu
 
 
 def test_the_mask_grows_by_its_level_s_dilation_tight_for_the_search_and_wider_at_fine_levels():
-    options = RegistrationOptions(mask_dilation_fraction=0.02, fine_mask_dilation_fraction=0.06)
-    assert [_dilation(options, n) for n in options.levels] == [0.02, 0.02, 0.06, 0.06]
-    assert _dilation(replace(options, fine_mask_dilation_fraction=None), 512) == 0.02
     mask = torch.zeros(1, 1, 200, 200)
     mask[..., 90:110, 80:120] = 1
-    for fraction in (0.02, 0.06):
-        w = _weights(mask, None, (200, 200), fraction)[0, 0]
-        r = round(fraction * 200)  # a square structuring element of half-width r
+    for r in (0, 4, 12):
+        w = _weights(mask, None, (200, 200), r)[0, 0]  # a square structuring element of half-width r
         rows, cols = torch.nonzero(w > 0, as_tuple=True)
         assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (90 - r, 109 + r, 80 - r, 119 + r)
         assert int(w.sum()) == (20 + 2 * r) * (40 + 2 * r)
+
+
+def test_the_dilation_is_in_millimetres_at_the_bone_and_wider_after_the_ranking_level(box_volume):
+    camera = Camera(1000.0, 512, 512, 0.5, 0.5)
+    truth = lateral_view(box_volume.centroid, 700.0)
+    frame = torch.zeros(1, 1, 512, 512)
+    mask = torch.zeros(1, 1, 512, 512, dtype=torch.bool)
+    mask[..., 200:300, 240:280] = True
+    job = _BoneRegistration(box_volume, frame, camera, truth, mask, None, RegistrationConfig(), None)
+    # 0.5 mm pixels seen 700 mm from the source over 1000 mm: 0.35 mm at the bone; levels 2.8 .. 0.35 mm
+    assert [lv.size for lv in job.levels] == [(64, 64), (128, 128), (256, 256), (512, 512)]
+    for index, (level, dilation_mm) in enumerate(zip(job.levels, (3.6, 3.6, 10.8, 10.8))):
+        w = job.level_objective(index).weights[0, 0]
+        rows = torch.nonzero(w.sum(1) > 0).flatten()
+        grown = (len(rows) - 100 * level.size[0] / 512) / 2  # pixels added on each side
+        assert abs(grown - round(dilation_mm / level.pixel_mm)) <= 1, (index, grown)
 
 
 def test_background_subtraction_draws_the_bone_in_excess_of_soft_tissue():
@@ -182,8 +194,9 @@ def test_calibration_floor_matches_the_geometry_of_the_error():
     assert e["in_plane_mm"] == pytest.approx(2 * 0.5 * depth / 1000.0, rel=0.02)
 
 
-def test_options_default_to_a_search_that_ranks_several_starts():
-    o = RegistrationOptions()
-    assert o.starts > 1 and o.tilt_probe_deg > 0 and o.depth_scan_mm > 0 and len(o.levels) == len(o.iterations)
+def test_the_default_configuration_ranks_several_starts_in_a_box_that_holds_the_study_s_starts():
+    c = RegistrationConfig()
+    assert c.ranking.starts > 1 and c.tilt_probe.enabled and c.depth_scan.enabled
+    assert len(c.pyramid.pixel_mm) == len(c.pyramid.iterations)
     # the box holds the study's farthest starts (24 mm initial mTRE, up to 32 deg of rotation)
-    assert math.isclose(o.search_range_deg, 25.0) and math.isclose(o.search_range_mm, 30.0)
+    assert math.isclose(c.search.range_deg, 25.0) and math.isclose(c.search.range_mm, 30.0)

@@ -337,7 +337,7 @@ def test_segment_and_register_commands(untrained, tmp_path, capsys):
     write_poses(tmp_path / "none.json", {"femur": lateral_view(ph.knee_centre_mm, 700.0)})
     for extra, message in [(["--mask", "auto"], "--mask auto needs --model"),
                            (["--model", str(untrained)], "--model is used with --mask auto"),
-                           (["--mask-dilation", "0.02,0.9"], "--mask-dilation takes fractions"),
+                           (["--mask-dilation", "3,500"], "MaskFocus.fine_dilation_mm = 500.0 is out of range"),
                            (["--mask-dilation", "0.02,x"], "--mask-dilation must be 2")]:
         assert main(base + extra) == 2
         err = capsys.readouterr().err

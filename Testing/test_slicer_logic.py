@@ -12,7 +12,8 @@ vtk = pytest.importorskip("vtk")
 
 from FluoroRegistrationLib import FluoroRegError  # noqa: E402
 from FluoroRegistrationLib.geometry import Camera, CentredParameterization, transform_points  # noqa: E402
-from FluoroRegistrationLib.register import Cancelled, RegistrationOptions, pose_errors  # noqa: E402
+from FluoroRegistrationLib.register import Cancelled, pose_errors  # noqa: E402
+from FluoroRegistrationLib.register.config import QUICK as FAST  # noqa: E402
 from FluoroRegistrationLib.render import project_label, render  # noqa: E402
 from FluoroRegistrationLib.slicer import FluoroRegistrationLogic, frame_ijk_to_ras, phantom_scene, to_parent_from_pose  # noqa: E402
 from FluoroRegistrationLib.slicer.demo_scene import DEMO_CAMERA as CAMERA  # noqa: E402
@@ -20,7 +21,6 @@ from FluoroRegistrationLib.slicer.nodes import matrix_to_numpy as numpy_matrix  
 from FluoroRegistrationLib.slicer.nodes import numpy_to_matrix as vtk_matrix  # noqa: E402
 
 F64 = torch.float64
-FAST = RegistrationOptions(global_search=False, levels=(64, 128), iterations=(60, 60))
 
 
 def add_volume(scene, class_name, name, array, ijk_to_ras):
@@ -149,7 +149,7 @@ def test_register_brings_a_perturbed_femur_back_within_1mm(knee):
     logic.projectBones(knee["ct_node"], knee["label_node"], CAMERA, ["femur"], [add_transform(scene, "t", truth)], masks)
     calls = []
     result = logic.register(knee["ct_node"], knee["label_node"], knee["frame_node"], CAMERA, ["femur"],
-                            {"femur": initial}, {"femur": output}, maskNode=masks, device="cpu", options=FAST,
+                            {"femur": initial}, {"femur": output}, maskNode=masks, device="cpu", config=FAST,
                             progress=lambda *a: calls.append(a), polarity="bone-dark")
     pose = result.bones["femur"].camera_from_volume
     before = pose_errors(start, truth, femur.centroid, femur.points)["mtre_mm"]
@@ -160,7 +160,7 @@ def test_register_brings_a_perturbed_femur_back_within_1mm(knee):
     assert calls and calls[0][0].startswith("femur: ") and len(calls) == result.bones["femur"].iterations
     with pytest.raises(Cancelled):
         logic.register(knee["ct_node"], knee["label_node"], knee["frame_node"], CAMERA, ["femur"], [initial],
-                       [output], options=FAST, cancel=lambda: True, polarity="bone-dark")
+                       [output], config=FAST, cancel=lambda: True, polarity="bone-dark")
 
 
 def test_extract_frame_picks_one_slice_of_a_stack(knee):

@@ -3,7 +3,7 @@ evaluated at the true pose moved along the camera's z axis (-4..+4 mm, a parabol
 lowest samples), at each pyramid level, with no mask, the true mask and a predicted one.
 
     .venv/bin/python benchmarks/mask_depth.py --frames OUT/register_high/frames_sim --model OUT/model \
-        [--bone tibia] [--dilations 0.02,0.06] [--levels 128,512]
+        [--bone tibia] [--dilations 3.6,10.8] [--levels 1.4,0.35]
 
 ``--frames`` is a folder the evaluation harness simulated (``benchmarks/segment.py`` writes one per
 realism). Prints a table: depth of the minimum (mm; negative = nearer the source) per frame.
@@ -39,15 +39,15 @@ def main() -> None:
     import torch
 
     from FluoroRegistrationLib.evaluate.runner import _frame, _predicted, _scene
-    from FluoroRegistrationLib.register import RegistrationOptions
+    from FluoroRegistrationLib.register import RegistrationConfig
     from FluoroRegistrationLib.register.pipeline import similarity_objective
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", required=True, help="a harness frames folder (frames_sim)")
     parser.add_argument("--model", required=True, help="segmentation model folder")
     parser.add_argument("--bone", default="tibia")
-    parser.add_argument("--dilations", default="0.02,0.06", help="mask dilations to compare (fractions)")
-    parser.add_argument("--levels", default="128,512", help="pyramid levels (longest side, px)")
+    parser.add_argument("--dilations", default="3.6,10.8", help="mask dilations to compare (mm at the bone)")
+    parser.add_argument("--levels", default="1.4,0.35", help="levels to compare (pixel size at the bone, mm)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     bones = ("femur", "tibia")
@@ -55,12 +55,12 @@ def main() -> None:
     volumes, camera = _scene(folder, bones, "true")
     keys = sorted(p.stem for p in (Path(folder) / "frames").glob("*.png"))
     dilations = [float(v) for v in args.dilations.split(",")]
-    levels = [int(v) for v in args.levels.split(",")]
+    levels = [float(v) for v in args.levels.split(",")]
     offsets = torch.linspace(-4, 4, 17, dtype=torch.float64)
     cases = [("none", 0.0)] + [(m, d) for m in ("truth", "predicted") for d in dilations]
     print(f"Depth of the loss's minimum along the beam at the true {args.bone} pose (mm; negative = nearer "
           f"the source), `{' '.join(sys.argv)}`\n")
-    print("| frame | mask | dilation | " + " | ".join(f"{n} px" for n in levels) + " |")
+    print("| frame | mask | dilation mm | " + " | ".join(f"{p:g} mm pixels" for p in levels) + " |")
     print("|---|---|---|" + "---|" * len(levels))
     for key in keys:
         frame, truth, masks = _frame(folder, key, "true", bones)
@@ -68,9 +68,10 @@ def main() -> None:
         for name, dilation in cases:
             mask = {"none": None, "truth": masks[args.bone], "predicted": predicted[args.bone]}[name]
             mask = None if mask is None else mask[None, None]
-            opts = RegistrationOptions(mask_dilation_fraction=dilation, fine_mask_dilation_fraction=None)
+            config = RegistrationConfig.from_dict({"masks": {"dilation_mm": dilation}})
             row = [depth_of_minimum(similarity_objective(volumes[args.bone], frame.image, camera, truth[args.bone],
-                                                         mask, frame.field, opts, n), offsets) for n in levels]
+                                                         mask, frame.field, config, pixel_mm=p, fine=False), offsets)
+                   for p in levels]
             print(f"| {key} | {name} | {'-' if mask is None else dilation} | "
                   + " | ".join(f"{v:+.2f}" for v in row) + " |", flush=True)
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur", "tibia"), options=None,
+def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur", "tibia"), config=None,
         sim_dir=None, flexion_range=(0.0, 90.0), calibration="true", calibration_error=None, camera=None,
         conditions=("mask", "no mask")):
     """Simulate (or reuse ``sim_dir``), register, and return (rows, summary).
@@ -43,25 +43,22 @@ def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur",
     from tqdm import tqdm
 
     from FluoroRegistrationLib.files import read_poses
-    from FluoroRegistrationLib.frame import load_frame
     from FluoroRegistrationLib.geometry import Camera, CentredParameterization
-    from FluoroRegistrationLib.register import RegistrationOptions, calibration_floor, pose_errors, register_bone
+    from FluoroRegistrationLib.register import Registration, calibration_floor, pose_errors, prepare_frame
     from FluoroRegistrationLib.simulate.frames import get_realism, perturbed_camera
-    from FluoroRegistrationLib.simulate.writer import read_truth_mask, simulate_folder
-    from FluoroRegistrationLib.volume import load_ct, load_labels, read_label_names, registration_volumes
+    from FluoroRegistrationLib.simulate.writer import simulate_folder
 
     sim_dir = Path(sim_dir or tempfile.mkdtemp(prefix="fluororeg-regbench-"))
     if not (sim_dir / "poses.json").is_file():
         simulate_folder(sim_dir, frames=frames, seed=seed, realism=realism, flexion_range=flexion_range,
                         camera=camera)
-    ct = load_ct(sim_dir / "phantom" / "ct.nii.gz")
-    labels = load_labels(sim_dir / "phantom" / "labels.nii.gz", ct)
-    vols = registration_volumes(ct, labels, read_label_names(sim_dir / "phantom" / "labels.json"), list(bones))
+    reg = Registration.from_ct(sim_dir / "phantom" / "ct.nii.gz", sim_dir / "phantom" / "labels.nii.gz", list(bones),
+                               config=config)
+    vols = reg.volumes
     true_camera = Camera.from_json(sim_dir / "calib_true.json")
     if calibration_error is None:
         preset = get_realism(realism)
         calibration_error = (preset.sdd_error_mm, preset.principal_point_error_px)
-    options = options or RegistrationOptions()
     g = torch.Generator().manual_seed(seed + 1)
     g_calib = torch.Generator().manual_seed(seed + 2)
     rows = []
@@ -70,22 +67,23 @@ def run(frames=10, realism="medium", offset=(12.0, 8.0), seed=0, bones=("femur",
         key = f"{i:04d}"
         nominal = perturbed_camera(true_camera, *calibration_error, g_calib)  # drawn every job: same streams
         camera_used = nominal if calibration == "nominal" else true_camera
-        frame = load_frame(sim_dir / "frames" / f"{key}.png", camera_used, log=False)
+        frame = prepare_frame(sim_dir / "frames" / f"{key}.png", camera_used)
         truth = read_poses(sim_dir / "poses" / f"{key}.json")[bone]
         vol = vols[bone]
         par = CentredParameterization(vol.centroid, truth)
         u = torch.rand(6, generator=g, dtype=torch.float64) * 2 - 1
         x = u * torch.tensor([math.radians(offset[1])] * 3 + [offset[0]] * 3, dtype=torch.float64)
         start = par.pose(x)
-        mask = read_truth_mask(sim_dir, key, bone)[None, None]
+        mask = sim_dir / "masks" / f"{key}_{bone}.png"
         before = pose_errors(start, truth, vol.centroid, vol.points, camera_used)
         floor = {}
         if calibration == "nominal":
             _, f = calibration_floor(truth, vol.centroid, vol.points, true_camera, camera_used)
             floor = {f"floor_{k}": v for k, v in f.items()}
         for condition in conditions:
-            res = register_bone(vol, frame.image, camera_used, start, mask if condition == "mask" else None,
-                                frame.field, options)
+            one = Registration({bone: vol}, reg.config)  # the one path, this bone alone
+            res = one.register(frame, camera_used, {bone: start},
+                               masks={bone: mask} if condition == "mask" else None).bones[bone]
             err = pose_errors(res.camera_from_volume, truth, vol.centroid, vol.points, camera_used)
             rows.append({"frame": key, "bone": bone, "condition": condition, "initial_mtre_mm": before["mtre_mm"],
                          **err, **floor, "seconds": res.seconds, "similarity": res.similarity})
@@ -154,14 +152,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
 
-    from FluoroRegistrationLib.register import RegistrationOptions
+    from FluoroRegistrationLib.register import RegistrationConfig
 
     torch.set_num_threads(args.threads)
     mm, deg = (float(v) for v in args.offset.split(","))
     error = None if not args.calibration_error else tuple(float(v) for v in args.calibration_error.split(","))
-    options = RegistrationOptions(global_search=not args.no_global_search, seed=args.seed,
-                                  similarity=args.similarity)
-    rows, summary = run(args.frames, args.realism, (mm, deg), args.seed, options=options, sim_dir=args.sim_dir,
+    config = RegistrationConfig.from_dict({"search": {"enabled": not args.no_global_search}, "seed": args.seed,
+                                           "similarity": args.similarity})
+    rows, summary = run(args.frames, args.realism, (mm, deg), args.seed, config=config, sim_dir=args.sim_dir,
                         calibration=args.calibration, calibration_error=error,
                         conditions=tuple(c.strip() for c in args.conditions.split(",")))
     calib = args.calibration if args.calibration == "true" else (

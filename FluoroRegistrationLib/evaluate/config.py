@@ -16,18 +16,19 @@ starts:
   per_axis:                  # optional: one parameter at a time, for per-parameter capture ranges
     translation_mm: [5, 10, 15, 20]
     rotation_deg: [4, 8, 12]
-conditions:                  # one line each; anything RegistrationOptions takes goes in options
+conditions:                  # one line each; options: RegistrationConfig's stages (nested), e.g.
   - {name: mask, mask: truth}
   - {name: no mask, mask: none}
   # - {name: gcc, mask: truth, options: {similarity: gcc}}
+  # - {name: wide, mask: truth, options: {search: {range_mm: 40}, masks: {fine_dilation_mm: 15}}}
   # - {name: predicted, mask: predicted, model: seg_model/}   # masks from `fluororeg segment train`
-options: {}                  # RegistrationOptions for every condition (a condition's own win)
+options: {}                  # RegistrationConfig overrides for every condition (a condition's own win)
 landscape:                   # optional loss landscapes
   frames: [0]
   half_range: {translation_mm: 20, rotation_deg: 15}
   points: 41
   pairs: [[0, 1], [3, 5]]    # 2D slices over these parameter pairs (rx ry rz tx ty tz = 0..5)
-  level: 128
+  pixel_mm: 1.4              # the level: pixel size at the bone (mm)
 ```
 """
 
@@ -44,7 +45,7 @@ MASK_SOURCES = ("truth", "none", "predicted")
 
 @dataclass(frozen=True)
 class Condition:
-    """One way of registering: a name, where masks come from, and RegistrationOptions overrides."""
+    """One way of registering: a name, where masks come from, and RegistrationConfig overrides (nested)."""
 
     name: str
     mask: str = "truth"
@@ -75,14 +76,14 @@ class Experiment:
         return [float(v) for v in self.starts.get("mtre_bins_mm", [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20])]
 
 
-def _options_known(options: dict, where: str) -> None:
-    from ..register import RegistrationOptions
+def _options_known(options: dict, where: str, base: dict | None = None) -> None:
+    """Registration options (nested RegistrationConfig fields) build a valid config, alone and on
+    top of ``base``; otherwise one line naming the field."""
+    from ..register import RegistrationConfig
 
-    known = {f.name for f in dataclasses.fields(RegistrationOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise FluoroRegError(f"{where}: unknown registration option(s) {', '.join(unknown)}; "
-                             f"use fields of RegistrationOptions ({', '.join(sorted(known))})")
+    if not isinstance(options, dict):
+        raise FluoroRegError(f"{where} must be a mapping of RegistrationConfig stages, e.g. {{search: {{range_mm: 20}}}}")
+    RegistrationConfig.from_dict(base or {}, "options").merged(options, where)
 
 
 def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
@@ -115,12 +116,14 @@ def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
         if cond.mask == "predicted" and not (cond.model and (Path(cond.model) / "model.json").is_file()):
             raise FluoroRegError(f"condition {cond.name}: mask predicted needs model: FOLDER holding a model.json "
                                  f"(from `fluororeg segment train`), got {cond.model!r}")
-        _options_known(cond.options, f"condition {cond.name}")
+        _options_known(cond.options, f"condition {cond.name}", d.get("options") or {})
         conditions.append(cond)
     if len({c.name for c in conditions}) != len(conditions):
         raise FluoroRegError("condition names must be unique")
     d["conditions"] = conditions
     _options_known(d.get("options") or {}, "options")
+    if isinstance(d.get("calibration"), bool):  # YAML reads the documented `calibration: true` as a boolean
+        d["calibration"] = "true" if d["calibration"] else "nominal"
     exp = Experiment(**d)
     if exp.calibration not in ("true", "nominal"):
         raise FluoroRegError(f"calibration must be 'true' or 'nominal', got {exp.calibration}")
@@ -134,16 +137,10 @@ def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
 
 def load_experiment(path) -> Experiment:
     """Read and check an experiment YAML (or JSON) file."""
-    import yaml
+    from ..files import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise FluoroRegError(f"experiment config {path} not found; write one (see `fluororeg evaluate --help`)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise FluoroRegError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
-    return experiment_from_dict(data, path.parent)
+    data = read_yaml(path, "experiment config", "write one (see `fluororeg evaluate --help`)")
+    return experiment_from_dict(data, Path(path).parent)
 
 
 def write_experiment(exp: Experiment, path) -> None:

@@ -13,7 +13,7 @@ from .summary import success_table, summarise, summary_table
 
 def compute_landscapes(exp: Experiment, folder: Path) -> list[dict]:
     """The config's landscapes: per frame and bone, per condition, six sweeps and the 2D slices."""
-    from ..register import RegistrationOptions, similarity_objective
+    from ..register import RegistrationConfig, similarity_objective
     from .landscape import slice_2d, sweeps
     from .runner import _frame, _scene
 
@@ -28,10 +28,10 @@ def compute_landscapes(exp: Experiment, folder: Path) -> list[dict]:
         for bone in spec.get("bones", exp.bones):
             item = {"frame": key, "bone": bone, "conditions": {}}
             for c in exp.conditions:
-                options = RegistrationOptions(**{**exp.options, **c.options})
+                config = RegistrationConfig.from_dict(exp.options).merged(c.options)
                 mask = masks[bone][None, None] if c.mask == "truth" else None
                 objective = similarity_objective(volumes[bone], frame.image, camera, truth[bone], mask, frame.field,
-                                                 options, longest=int(spec.get("level", 128)))
+                                                 config, pixel_mm=float(spec.get("pixel_mm", 1.4)))
                 item["conditions"][c.name] = {
                     "sweeps": sweeps(objective, half, points),
                     "slices": [slice_2d(objective, tuple(p), half, max(11, points // 2)) for p in spec.get("pairs", [])]}

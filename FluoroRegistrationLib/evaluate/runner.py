@@ -21,7 +21,7 @@ from .config import Condition, Experiment, write_experiment
 FIELDS = ["task_id", "frame", "bone", "condition", "kind", "bin_lo", "bin_hi", "axis", "value",
           "initial_mtre_mm", "initial_rotation_deg", "initial_translation_mm",
           "rotation_deg", "translation_mm", "in_plane_mm", "out_of_plane_mm", "mtre_mm", "mpd_mm",
-          "success_2mm", "success_1mm", "similarity", "iterations", "seconds", "stop_reason", "camera_from_volume",
+          "success_2mm", "success_1mm", "similarity", "truth_similarity", "iterations", "seconds", "stop_reason", "camera_from_volume",
           "complete"]  # last: 1 on every whole line, so a line a crash cut short is recognised
 
 
@@ -51,12 +51,12 @@ def _scene(folder: str, bones: tuple, calibration: str):
 @lru_cache(maxsize=8)
 def _frame(folder: str, key: str, calibration: str, bones: tuple):
     from ..files import read_poses
-    from ..frame import load_frame
+    from ..register import prepare_frame
     from ..simulate.writer import read_truth_mask
 
     _, camera = _scene(folder, bones, calibration)
     root = Path(folder)
-    frame = load_frame(root / "frames" / f"{key}.png", camera, log=False)
+    frame = prepare_frame(root / "frames" / f"{key}.png", camera)
     truth = read_poses(root / "poses" / f"{key}.json")
     masks = {b: read_truth_mask(root, key, b) for b in bones}
     return frame, truth, masks
@@ -71,44 +71,48 @@ def _model(path: str):
 
 @lru_cache(maxsize=16)
 def _predicted(folder: str, key: str, model: str, bones: tuple) -> dict:
-    """The masks a segmentation model predicts for a frame, {bone: (H, W) bool tensor}."""
-    import torch
+    """The masks a segmentation model predicts for a frame, {bone: (H, W) bool tensor}, the frame read
+    as the one path reads it (cached: every start and condition of a frame shares them)."""
+    from ..register import prepare_frame
+    from ..register.api import predicted_masks
 
-    from ..frame import read_frame_array
-    from ..segment import predict_masks
-
-    net, info = _model(model)
-    raw = read_frame_array(Path(folder) / "frames" / f"{key}.png")
-    return {b: torch.from_numpy(m) for b, m in predict_masks(net, info, raw, bones=bones).items()}
+    frame = prepare_frame(Path(folder) / "frames" / f"{key}.png", None)
+    return predicted_masks(_model(model), frame, list(bones))
 
 
 def _mask(task: Task, folder: str, bones: tuple, truth_masks: dict):
-    """The condition's mask of the task's bone, (1, 1, H, W) bool, or None."""
+    """The condition's mask of the task's bone, (H, W) bool, or None (a predicted mask that found
+    nothing: that bone registers without one)."""
     source = task.condition.mask
     if source == "truth":
-        return truth_masks[task.bone][None, None]
+        return truth_masks[task.bone]
     if source == "predicted":
         mask = _predicted(folder, task.frame, task.condition.model, bones)[task.bone]
-        return mask[None, None] if bool(mask.any()) else None  # nothing found: register without
+        return mask if bool(mask.any()) else None
     return None
 
 
 def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: dict, threads: int = 1) -> dict:
-    """One registration: the task's start, its condition; returns the CSV row."""
+    """One registration through the one path (:class:`Registration`): the task's start, its
+    condition; returns the CSV row, with the similarity of the true pose beside the result's (a
+    failure whose truth scores better is a search failure, else the similarity's)."""
     import torch
 
     from ..geometry import CentredParameterization
-    from ..register import RegistrationOptions, pose_errors, register_bone
+    from ..register import Registration, RegistrationConfig, pose_errors
 
     torch.set_num_threads(threads)
     volumes, camera = _scene(folder, bones, calibration)
     frame, truth, masks = _frame(folder, task.frame, calibration, bones)
     vol, T_gt = volumes[task.bone], truth[task.bone]
     start = CentredParameterization(vol.centroid, T_gt).pose(torch.tensor(task.start["x"], dtype=torch.float64))
-    opts = RegistrationOptions(**{**options, **task.condition.options})
+    config = RegistrationConfig.from_dict(options).merged(task.condition.options)
     mask = _mask(task, folder, bones, masks)
     before = pose_errors(start, T_gt, vol.centroid, vol.points, camera)
-    res = register_bone(vol, frame.image, camera, start, mask, frame.field, opts)
+    reg = Registration({task.bone: vol}, config)
+    res = reg.register(frame, camera, {task.bone: start},
+                       masks=None if mask is None else {task.bone: mask}).bones[task.bone]
+    truth_similarity = _similarity_at(vol, frame, camera, T_gt, mask, config, start)
     err = pose_errors(res.camera_from_volume, T_gt, vol.centroid, vol.points, camera)
     return {"task_id": task.task_id, "frame": task.frame, "bone": task.bone, "condition": task.condition.name,
             "kind": task.start["kind"], "bin_lo": task.start["bin_lo"], "bin_hi": task.start["bin_hi"],
@@ -117,9 +121,23 @@ def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: d
             "initial_translation_mm": before["translation_mm"], **{k: err[k] for k in
             ("rotation_deg", "translation_mm", "in_plane_mm", "out_of_plane_mm", "mtre_mm", "mpd_mm")},
             "success_2mm": int(err["mtre_mm"] < 2.0), "success_1mm": int(err["mtre_mm"] < 1.0),
-            "similarity": res.similarity, "iterations": res.iterations, "seconds": res.seconds,
-            "stop_reason": res.stop_reason, "camera_from_volume": json.dumps(res.camera_from_volume.flatten().tolist()),
-            "complete": 1}
+            "similarity": res.similarity, "truth_similarity": truth_similarity, "iterations": res.iterations,
+            "seconds": res.seconds, "stop_reason": res.stop_reason,
+            "camera_from_volume": json.dumps(res.camera_from_volume.flatten().tolist()), "complete": 1}
+
+
+def _similarity_at(vol, frame, camera, pose, mask, config, start) -> float:
+    """The similarity the registration started at ``start`` gives ``pose`` at its finest level (the
+    level its result's similarity is measured at)."""
+    import torch
+
+    from ..register import similarity_objective
+    from ..register.pipeline import bone_depth_mm
+
+    objective = similarity_objective(vol, frame.image, camera, pose, None if mask is None else mask[None, None],
+                                     frame.field, config, depth_mm=bone_depth_mm(vol, start))
+    with torch.no_grad():
+        return 1.0 - float(objective(torch.zeros(1, 6, dtype=torch.float64))[0])
 
 
 def frames_folder(exp: Experiment, out: Path) -> Path:

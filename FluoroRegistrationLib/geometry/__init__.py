@@ -1,6 +1,6 @@
 """Camera (C-arm intrinsics, projection, rays) and rigid poses (4x4 camera_from_volume)."""
 
-from .camera import Camera
+from .camera import Camera, as_camera
 from .views import lateral_view
 from .rigid import (
     CentredParameterization,
@@ -20,7 +20,7 @@ from .rigid import (
 )
 
 __all__ = [
-    "Camera", "CentredParameterization", "lateral_view", "compose", "euler_from_pose", "euler_from_rotation", "invert",
+    "Camera", "as_camera", "CentredParameterization", "lateral_view", "compose", "euler_from_pose", "euler_from_rotation", "invert",
     "make_pose", "pose_from_euler", "pose_from_rotvec", "rotation_angle", "rotation_from_euler",
     "rotation_from_rotvec", "rotvec_from_pose", "rotvec_from_rotation", "transform_points",
 ]

@@ -182,3 +182,15 @@ class Camera:
                 f"{what} is {rows}x{cols} pixels but the calibration says {self.rows}x{self.cols}; "
                 "use the calibration of this frame (or resize the calibration with the frame)"
             )
+
+
+def as_camera(calibration) -> Camera:
+    """A :class:`Camera` from a Camera, a calibration dict (CONVENTIONS.md's JSON object) or a JSON path."""
+    if isinstance(calibration, Camera):
+        return calibration
+    if isinstance(calibration, dict):
+        return Camera.from_dict(calibration)
+    if isinstance(calibration, (str, Path)):
+        return Camera.from_json(calibration)
+    raise FluoroRegError(f"calibration must be a Camera, a dict or a JSON file path, got {type(calibration).__name__}; "
+                         "pass one of those")

@@ -1,8 +1,19 @@
-"""Registration: poses of bones from one fluoroscopy frame (global search, then Adam, coarse to fine)."""
+"""Registration: poses of bones from one fluoroscopy frame (global search, then Adam, coarse to fine).
 
+:func:`register_frame` (and :class:`Registration` for many frames of one CT) is the one path every
+face calls; :class:`RegistrationConfig` holds its settings, one checked dataclass per stage.
+"""
+
+from .api import Registration, as_camera, binary_mask, prepare_frame, register_frame
+from .config import (AxialProbe, DepthScan, GlobalSearch, MaskFocus, Pyramid, Ranking, RegistrationConfig, Steps,
+                     TiltProbe)
 from .metrics import calibration_floor, pose_errors
 from .optimize import Cancelled, StageLog, adam_refine, distinct_minima, grid_search, line_search, rotation_scan, simulated_annealing
-from .pipeline import BoneResult, RegistrationOptions, RegistrationResult, register, register_bone, similarity_objective
+from .pipeline import (BoneResult, Level, RegistrationResult, pyramid_levels, register, register_bone,
+                       similarity_objective)
 
-__all__ = ["BoneResult", "calibration_floor", "Cancelled", "RegistrationOptions", "RegistrationResult", "StageLog", "adam_refine",
-           "distinct_minima", "grid_search", "line_search", "pose_errors", "rotation_scan", "register", "register_bone", "similarity_objective", "simulated_annealing"]
+__all__ = ["AxialProbe", "BoneResult", "Cancelled", "DepthScan", "GlobalSearch", "Level", "MaskFocus", "Pyramid",
+           "Ranking", "Registration", "RegistrationConfig", "RegistrationResult", "StageLog", "Steps", "TiltProbe",
+           "adam_refine", "as_camera", "binary_mask", "calibration_floor", "distinct_minima", "grid_search",
+           "line_search", "pose_errors", "prepare_frame", "pyramid_levels", "register", "register_bone",
+           "register_frame", "rotation_scan", "similarity_objective", "simulated_annealing"]

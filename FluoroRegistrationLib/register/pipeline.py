@@ -1,13 +1,15 @@
 """The registration job: each bone's pose from one frame, by global search then coarse-to-fine Adam.
 
-Swappable parts: the renderer (``render_fast``), the similarity (``options.similarity``, a name in
+Swappable parts: the renderer (``render_fast``), the similarity (``config.similarity``, a name in
 :data:`~FluoroRegistrationLib.similarity.SIMILARITIES`), the pose parameterisation
 (:class:`~FluoroRegistrationLib.geometry.CentredParameterization` about the bone's centroid) and the
 optimisers (:func:`simulated_annealing`, :func:`adam_refine`). Only the bone's own labels are
 rendered; a 2D mask per bone (ground truth, a file, or a segmentation network's output) restricts
 the similarity to the bone's region.
 
-    result = register(bones, frame, camera, initial_poses, masks=..., options=RegistrationOptions())
+Settings: :class:`~FluoroRegistrationLib.register.config.RegistrationConfig` (physical units). Users
+call :func:`~FluoroRegistrationLib.register.register_frame` (files in, one path for every face);
+:func:`register` is its core on prepared tensors.
 """
 
 from __future__ import annotations
@@ -23,42 +25,9 @@ from ..errors import FluoroRegError
 from ..geometry import Camera, CentredParameterization, transform_points
 from ..render import render
 from ..volume import RenderVolume
+from .config import RegistrationConfig, Ranking
 from .optimize import (Cancelled, StageLog, adam_refine, differs, distinct_minima, grid_search, line_search,
                        rotation_scan, simulated_annealing)
-
-
-@dataclass
-class RegistrationOptions:
-    """Settings of :func:`register` (units in the names; angles in degrees here, as a person sets them)."""
-
-    similarity: str = "patch-gncc"  # patch gradient-NCC: measured best (benchmarks/REGISTER_RESULTS.md); "gcc" = the study
-    global_search: bool = True
-    search_range_mm: float = 30.0  # half-width of the global search box, in-plane translation axes
-    search_range_depth_mm: float = 0.0  # half-width along the beam (0: depth left to the refinement)
-    search_range_deg: float = 25.0  # half-width of the global search box, each rotation axis
-    search_level: int = 64  # detector size (longest side) of the global search
-    search_steps: int = 30
-    search_candidates: int = 48
-    starts: int = 4  # distinct minima of the global search refined through the first two levels; the best goes on
-    keep_initial: bool = True  # the initial pose is refined and ranked too (when it differs from those minima)
-    start_separation: float = 0.2  # minima differ by more than this fraction of the search range on some axis
-    levels: tuple = (64, 128, 256, 512)  # detector sizes (longest side) of the refinement pyramid
-    iterations: tuple = (60, 50, 40, 30)  # Adam iterations at each level
-    learning_rate: float = 0.6  # in units of one step: 1 deg (rotations) and 1 mm (translations)
-    rotation_step_deg: float = 1.0  # in-plane rotation (about the beam)
-    out_of_plane_rotation_step_deg: float = 2.0  # rotations about the camera's x and y axes
-    translation_step_mm: float = 1.0  # in-plane translation
-    depth_step_mm: float = 4.0  # translation along the beam (weakly seen in one view: larger unit)
-    depth_scan_mm: float = 6.0  # before each refinement level after the first: scan depth +- this (0: off)
-    tilt_probe_deg: float = 12.0  # at the second level: grid over both out-of-plane rotations, +- this (0: off)
-    tilt_probe_step_deg: float = 4.0
-    axial_probe_deg: float = 30.0  # after the second level: turns about the bone's long axis, +- this (0: off)
-    axial_probe_step_deg: float = 3.0
-    mask_dilation_fraction: float = 0.02  # masks grow by this fraction of the detector size (search, first two levels)
-    fine_mask_dilation_fraction: float | None = 0.06  # ... at the finer levels, where depth settles (None: as above)
-    coarsen: bool = True  # coarse levels draw the bone from a coarsened grid (RenderVolume.coarsened)
-    seed: int = 0
-    device: str | None = None  # where bones are drawn ("cuda", "cpu"); None: where the bone volume is
 
 
 @dataclass
@@ -85,26 +54,72 @@ class BoneResult:
 
 @dataclass
 class RegistrationResult:
-    """Every bone's result, and the options used."""
+    """Every bone's result, and the configuration used."""
 
     bones: dict = field(default_factory=dict)
-    options: RegistrationOptions | None = None
+    config: RegistrationConfig | None = None
     seconds: float = 0.0
 
     def poses(self) -> dict[str, torch.Tensor]:
         return {b: r.camera_from_volume for b, r in self.bones.items()}
 
     def to_dict(self) -> dict:
+        """{bone: result}: a poses JSON (each entry has ``camera_from_volume``) with the details."""
         return {b: r.to_dict() for b, r in self.bones.items()}
+
+    def save(self, path) -> None:
+        """Write :meth:`to_dict` as JSON (what ``fluororeg register --out`` writes)."""
+        import json
+        from pathlib import Path
+
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def _pool(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return image if tuple(image.shape[-2:]) == size else F.adaptive_avg_pool2d(image, size)
 
 
-def _level_size(camera: Camera, longest: int) -> tuple[int, int]:
-    f = max(1.0, max(camera.rows, camera.cols) / longest)
-    return max(8, round(camera.rows / f)), max(8, round(camera.cols / f))
+@dataclass(frozen=True)
+class Level:
+    """One image size the registration works at. size: (rows, cols) of the resized detector;
+    pixel_mm: its pixel seen at the bone (mm); iterations: Adam's budget there (pyramid levels)."""
+
+    size: tuple
+    pixel_mm: float
+    iterations: int = 0
+
+
+def pixel_at_bone_mm(camera: Camera, depth_mm: float) -> float:
+    """The detector's (finer) pixel pitch seen at a depth ``depth_mm`` from the source (mm)."""
+    return min(camera.row_spacing_mm, camera.col_spacing_mm) * depth_mm / camera.sdd_mm
+
+
+def level_for(camera: Camera, depth_mm: float, pixel_mm: float, iterations: int = 0) -> Level:
+    """The detector resized so that a pixel spans ``pixel_mm`` at the bone (never finer than the
+    detector itself, never under 8 pixels a side)."""
+    native = pixel_at_bone_mm(camera, depth_mm)
+    factor = max(1.0, pixel_mm / native)
+    size = (max(8, round(camera.rows / factor)), max(8, round(camera.cols / factor)))
+    if size[0] > camera.rows or size[1] > camera.cols:
+        size = camera.shape
+    return Level(size, native * max(camera.rows / size[0], camera.cols / size[1]), iterations)
+
+
+def pyramid_levels(camera: Camera, depth_mm: float, config: RegistrationConfig) -> list[Level]:
+    """The refinement pyramid for a bone at ``depth_mm`` from the source: one :class:`Level` per
+    ``config.pyramid.pixel_mm``, coarse to fine; a level the detector cannot resolve (the same size
+    as the one before it) is dropped."""
+    levels: list[Level] = []
+    for pixel_mm, iterations in zip(config.pyramid.pixel_mm, config.pyramid.iterations):
+        level = level_for(camera, depth_mm, pixel_mm, iterations)
+        if not levels or level.size != levels[-1].size:
+            levels.append(level)
+    return levels
+
+
+def bone_depth_mm(bone: RenderVolume, pose: torch.Tensor) -> float:
+    """Distance along the beam from the source to the bone's centroid at ``pose`` (4, 4) (mm)."""
+    return float(transform_points(pose, bone.centroid[None].to(pose))[0, 2])
 
 
 def _check_in_view(bone: RenderVolume, camera: Camera, pose: torch.Tensor) -> None:
@@ -122,7 +137,7 @@ _CROP_MARGIN = 14  # >= the widest patch's half-width (23 // 2) + Sobel reach (1
 
 
 class _Objective:
-    """loss(x) at one pyramid level for one bone: x (B, 6) -> (B,).
+    """loss(x) at one level for one bone: x (B, 6) -> (B,).
 
     The similarity is evaluated on the bounding box of the weights' support plus ``_CROP_MARGIN``
     pixels: every similarity weights each pixel's terms by the mask, and the patch similarities also
@@ -146,76 +161,214 @@ class _Objective:
         return self.loss_fn(drr, self.frame, self.weights).cpu()
 
 
-def _weights(mask, field, size, dilation_fraction):
-    """Similarity weights at one level: the dilated bone mask inside the collimated field."""
+def _weights(mask, field, size, dilation_px: int):
+    """Similarity weights at one level: the bone mask dilated by ``dilation_px`` pixels, inside the
+    collimated field."""
     w = torch.ones(1, 1, *size) if field is None else (_pool(field.float(), size) > 0.999).float()
     if mask is not None:
         m = (_pool(mask.float(), size) > 0.25).float()
-        r = max(1, round(dilation_fraction * max(size)))
-        m = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+        if dilation_px > 0:
+            m = F.max_pool2d(m, 2 * dilation_px + 1, stride=1, padding=dilation_px)
         w = w * m
     if w.sum() == 0:
         raise FluoroRegError("the mask is empty inside the collimated field at this level; check the mask image")
     return w
 
 
-def _level_objective(bone, frame, camera, par, mask, field, options, loss_fn, longest) -> _Objective:
-    """The loss at the pyramid level whose longest side is ``longest`` pixels (undistorted inputs)."""
-    size = _level_size(camera, longest)
-    level_camera = camera.resized(*size)
+def _level_objective(bone, frame, camera, par, mask, field, level: Level, dilation_mm: float, coarsen: bool,
+                     loss_fn) -> _Objective:
+    """The loss at ``level`` (undistorted inputs), the mask dilated by ``dilation_mm`` at the bone."""
+    level_camera = camera.resized(*level.size)
     # a level whose pixels, seen at the bone, span k voxels draws the bone on a k-times coarser grid
-    depth = float(transform_points(par.reference, bone.centroid[None].to(par.reference))[0, 2])
     voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
-    pixel_at_bone = min(level_camera.row_spacing_mm, level_camera.col_spacing_mm) * depth / camera.sdd_mm
-    drawn = bone.coarsened(max(1, int(pixel_at_bone / voxel))) if options.coarsen else bone
-    return _Objective(drawn, level_camera, par, _pool(frame, size),
-                      _weights(mask, field, size, _dilation(options, longest)), loss_fn)
-
-
-def _dilation(options: RegistrationOptions, longest: int) -> float:
-    """The mask's dilation (fraction of the detector) at the level of ``longest`` pixels: the search
-    and the first two levels keep the mask tight, so the basin is the bone's; the finer levels may
-    widen it, so more of the bone's outline and surroundings judge its scale (depth along the beam)."""
-    fine = options.fine_mask_dilation_fraction
-    if fine is None or len(options.levels) < 3 or longest <= options.levels[1]:
-        return options.mask_dilation_fraction
-    return fine
+    drawn = bone.coarsened(max(1, int(level.pixel_mm / voxel))) if coarsen else bone
+    dilation_px = round(dilation_mm / level.pixel_mm)
+    return _Objective(drawn, level_camera, par, _pool(frame, level.size),
+                      _weights(mask, field, level.size, dilation_px), loss_fn)
 
 
 def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera, reference: torch.Tensor,
                          mask: torch.Tensor | None = None, field: torch.Tensor | None = None,
-                         options: RegistrationOptions | None = None, longest: int = 128):
+                         config: RegistrationConfig | None = None, pixel_mm: float | None = None,
+                         fine: bool | None = None, depth_mm: float | None = None):
     """The registration's loss about a pose, for landscapes and diagnostics: returns ``loss(x)``,
     (B, 6) -> (B,) (1 - similarity), with ``x`` in :class:`CentredParameterization` units about the
-    bone's centroid and ``reference`` (camera axes: rotations in radians, translations in mm), at
-    the pyramid level of ``longest`` pixels, exactly as :func:`register_bone` evaluates it.
-    Shapes: frame, mask, field (1, 1, H, W) on the camera's grid; reference (4, 4).
+    bone's centroid and ``reference`` (camera axes: rotations in radians, translations in mm).
+
+    The level: its pixel spans ``pixel_mm`` at ``depth_mm`` from the source (defaults: the pyramid's
+    finest level, at the reference's depth; registration sizes its levels at the initial pose's
+    depth); the mask dilated as at the fine levels when ``fine`` (default: as registration does at
+    its finest level), exactly as :func:`register_bone` evaluates it. Shapes: frame, mask, field
+    (1, 1, H, W) on the camera's grid; reference (4, 4).
     """
     from ..similarity import get_similarity
 
-    options = options or RegistrationOptions()
+    config = config or RegistrationConfig()
     camera, frame, mask, field = _undistort(camera, _as_image(frame, "frame"),
                                             None if mask is None else _as_image(mask, "mask"), field)
-    par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), reference.to(torch.float64).cpu())
-    return _level_objective(bone, frame, camera, par, mask, field, options, get_similarity(options.similarity), longest)
+    reference = reference.to(torch.float64).cpu()
+    par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), reference)
+    depth = bone_depth_mm(bone, reference) if depth_mm is None else depth_mm
+    if fine is None:
+        levels = pyramid_levels(camera, depth, config)
+        fine = len(levels) > 2 and len(levels) - 1 > config.ranking.level
+    level = level_for(camera, depth, pixel_mm or config.pyramid.pixel_mm[-1])
+    dilation = config.masks.fine_dilation_mm if fine else config.masks.dilation_mm
+    return _level_objective(bone, frame, camera, par, mask, field, level, dilation, config.pyramid.coarsen,
+                            get_similarity(config.similarity))
+
+
+class _BoneRegistration:
+    """One bone's registration, stage by stage (see :func:`register_bone`); holds the shared state:
+    the parameterisation about the initial pose, the objectives per level, the stage logs."""
+
+    def __init__(self, bone, frame, camera, initial, mask, field, config: RegistrationConfig, report):
+        from ..similarity import get_similarity
+
+        self.bone, self.frame, self.camera, self.mask, self.field = bone, frame, camera, mask, field
+        self.config, self.report = config, report
+        self.loss_fn = get_similarity(config.similarity)
+        self.par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), initial, depth_along_ray=True)
+        depth = bone_depth_mm(bone, initial)
+        self.levels = pyramid_levels(camera, depth, config)
+        self.rank_level = min(config.ranking.level, len(self.levels) - 1)
+        self.search_level = level_for(camera, depth, config.search.pixel_mm)
+        self.stages: list[StageLog] = []
+        self._objectives: dict = {}
+        deg = math.pi / 180
+        st = config.steps
+        self.scales = torch.tensor([st.out_of_plane_rotation_deg * deg] * 2 + [st.rotation_deg * deg]
+                                   + [st.translation_mm] * 2 + [st.depth_mm], dtype=torch.float64)
+        s = config.search
+        # the refinement stays inside the search box around the initial pose (depth: the in-plane
+        # range), so a weakly constrained parameter cannot run away
+        self.box = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 3, dtype=torch.float64)
+        self.ranges = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 2 + [s.range_depth_mm], dtype=torch.float64)
+
+    def objective(self, level: Level, fine: bool = False) -> _Objective:
+        """The loss at ``level``, the mask dilated as at the fine levels when ``fine`` (cached)."""
+        dilation = self.config.masks.fine_dilation_mm if fine else self.config.masks.dilation_mm
+        key = (level.size, dilation)
+        if key not in self._objectives:
+            self._objectives[key] = _level_objective(self.bone, self.frame, self.camera, self.par, self.mask,
+                                                     self.field, level, dilation, self.config.pyramid.coarsen,
+                                                     self.loss_fn)
+        return self._objectives[key]
+
+    def level_objective(self, index: int) -> _Objective:
+        """The loss at pyramid level ``index``: levels finer than the ranking level use the fine mask."""
+        return self.objective(self.levels[index], fine=index > self.rank_level and len(self.levels) > 2)
+
+    def log(self, result):
+        x, loss, log = result
+        self.stages.append(log)
+        return x, loss
+
+    def search(self) -> list[torch.Tensor]:
+        """The global search: the starts to refine (distinct minima, and the initial pose)."""
+        x0 = torch.zeros(6, dtype=torch.float64)
+        if not self.config.search.enabled:
+            return [x0]
+        s = self.config.search
+        best, _ = self.log(simulated_annealing(self.objective(self.search_level), x0, self.ranges,
+                                               torch.Generator().manual_seed(self.config.seed), steps=s.steps,
+                                               candidates=s.candidates, report=self.report))
+        separation = self.config.ranking.separation * torch.cat([self.ranges[:5], self.box[5:]])
+        return _search_starts(self.stages[-1].candidates, best, separation, self.config.ranking)
+
+    def depth_scan(self, x, index: int, label: str = "", name: str = "depth scan"):
+        scan = self.config.depth_scan
+        return self.log(line_search(self.level_objective(index), x, 5, scan.half_width_mm, points=scan.points,
+                                    report=self.report, name=f"{label}{name} {self.levels[index].size[1]}px"))
+
+    def refine(self, x, index: int, label: str = "", scan: bool = True):
+        """Adam at pyramid level ``index`` (after a depth scan when ``scan`` and enabled)."""
+        if scan and index > 0 and self.config.depth_scan.enabled:
+            x, _ = self.depth_scan(x, index, label)
+        return self.log(adam_refine(self.level_objective(index), x, self.scales,
+                                    iterations=self.levels[index].iterations,
+                                    lr=self.config.pyramid.learning_rate, bounds=(-self.box, self.box),
+                                    report=self.report, name=f"{label}refine {self.levels[index].size[1]}px"))
+
+    def tilt_probe(self, x, name: str):
+        """Best pose on a grid over both out-of-plane rotations at the ranking level."""
+        t = self.config.tilt_probe
+        n = int(t.range_deg // t.step_deg)
+        offsets = torch.arange(-n, n + 1, dtype=torch.float64) * math.radians(t.step_deg)
+        return self.log(grid_search(self.level_objective(self.rank_level), x, (0, 1), offsets, report=self.report,
+                                    name=f"{name} {self.levels[self.rank_level].size[1]}px"))
+
+    def axial_probe(self, x):
+        """Best turn about the bone's long axis at the ranking level."""
+        a = self.config.axial_probe
+        long_axis = _long_axis(self.bone)
+        if long_axis is None:
+            return None
+        n = int(a.range_deg // a.step_deg)
+        offsets = torch.arange(-n, n + 1, dtype=torch.float64) * math.radians(a.step_deg)
+        axis = self.par.pose(x)[:3, :3] @ long_axis
+        return self.log(rotation_scan(self.level_objective(self.rank_level), x, axis, offsets, report=self.report,
+                                      name=f"axial probe {self.levels[self.rank_level].size[1]}px"))
+
+    def probes(self, x):
+        """The best of the enabled probes about ``x``: (x, loss), or None when none is enabled."""
+        found = []
+        if self.config.tilt_probe.enabled:
+            found.append(self.tilt_probe(x, "tilt re-probe"))
+        if self.config.axial_probe.enabled:
+            found.append(self.axial_probe(x))
+        found = [f for f in found if f is not None]
+        return min(found, key=lambda f: f[1]) if found else None
+
+    def rank(self, starts: list[torch.Tensor]) -> torch.Tensor:
+        """Each start refined through the levels before the ranking level, then ranked there after a
+        depth scan: a coarse level can prefer a wrong out-of-plane rotation that a finer one rejects."""
+        ranked = []
+        for k, x in enumerate(starts):
+            label = f"start {k + 1}/{len(starts)}: "
+            for index in range(self.rank_level):
+                x, _ = self.refine(x, index, label)
+            x, loss = self.depth_scan(x, self.rank_level, label, name="rank")
+            ranked.append((loss, k, x))
+        x = min(ranked, key=lambda r: (r[0], r[1]))[2]
+        if self.config.tilt_probe.enabled:
+            x, _ = self.tilt_probe(x, "tilt probe")
+        return x
+
+    def run(self) -> torch.Tensor:
+        """Search, rank, refine coarse to fine with the probes at the ranking level; returns x (6,)."""
+        starts = self.search()
+        first = 0
+        x = starts[0]
+        if len(starts) > 1 and self.rank_level > 0:
+            x, first = self.rank(starts), self.rank_level
+        for index in range(first, len(self.levels)):
+            x, loss = self.refine(x, index, scan=index > first or first == 0)
+            if index == first == self.rank_level and index > 0:
+                # once the rest of the pose has settled, probe the out-of-plane rotations and the turn
+                # about the bone's long axis again, and refine from a better one, until none helps (at
+                # most three times)
+                for _ in range(3):
+                    probed = self.probes(x)
+                    if probed is None or probed[1] >= loss - 1e-4:
+                        break
+                    x, loss = self.refine(probed[0], index, scan=False)
+        return x
 
 
 def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,
                   mask: torch.Tensor | None = None, field: torch.Tensor | None = None,
-                  options: RegistrationOptions | None = None, progress=None, cancel=None) -> BoneResult:
+                  config: RegistrationConfig | None = None, progress=None, cancel=None) -> BoneResult:
     """Register one bone. Shapes: frame, mask, field (1, 1, H, W) on the camera's grid; initial (4, 4).
 
     ``progress(stage, iteration, similarity, pose)`` is called every iteration (pose: (4, 4));
     ``cancel()`` returning True stops with :class:`Cancelled`.
     """
-    from ..similarity import get_similarity
-
-    options = options or RegistrationOptions()
-    loss_fn = get_similarity(options.similarity)
-    if options.device is not None:
-        if str(options.device).startswith("cuda") and not torch.cuda.is_available():
-            raise FluoroRegError(f"device {options.device} asked for but CUDA is not available; use device='cpu'")
-        bone = bone.to(device=options.device)
+    config = config or RegistrationConfig()
+    if config.device is not None:
+        if str(config.device).startswith("cuda") and not torch.cuda.is_available():
+            raise FluoroRegError(f"device {config.device} asked for but CUDA is not available; use device='cpu'")
+        bone = bone.to(device=config.device)
     frame = frame.cpu()
     mask = None if mask is None else mask.cpu()
     field = None if field is None else field.cpu()
@@ -224,136 +377,47 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
     initial = initial.to(torch.float64).cpu()
     _check_in_view(bone, camera, initial)
     t0 = time.perf_counter()
-    par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), initial, depth_along_ray=True)
-    generator = torch.Generator().manual_seed(options.seed)
-    deg = math.pi / 180
-    scales = torch.tensor([options.out_of_plane_rotation_step_deg * deg] * 2 + [options.rotation_step_deg * deg]
-                          + [options.translation_step_mm] * 2 + [options.depth_step_mm], dtype=torch.float64)
+    job = None
 
     def report(stage, iteration, loss, x):
         if cancel is not None and cancel():
             raise Cancelled(f"registration of {bone.name} cancelled during {stage}")
         if progress is not None:
-            progress(stage, iteration, 1.0 - loss, par.pose(x.detach()))
+            progress(stage, iteration, 1.0 - loss, job.par.pose(x.detach()))
 
-    objectives = {}
-
-    def objective_at(longest):
-        if longest not in objectives:
-            objectives[longest] = _level_objective(bone, frame, camera, par, mask, field, options, loss_fn, longest)
-        return objectives[longest]
-
-    stages: list[StageLog] = []
-    # the refinement stays inside the search box around the initial pose (depth: the in-plane range),
-    # so a weakly constrained parameter cannot run away
-    box = torch.tensor([options.search_range_deg * deg] * 3 + [options.search_range_mm] * 3, dtype=torch.float64)
-    starts = [torch.zeros(6, dtype=torch.float64)]
-    if options.global_search:
-        ranges = torch.tensor([options.search_range_deg * deg] * 3 + [options.search_range_mm] * 2
-                              + [options.search_range_depth_mm], dtype=torch.float64)
-        best, _, log = simulated_annealing(objective_at(options.search_level), starts[0], ranges, generator,
-                                           steps=options.search_steps, candidates=options.search_candidates,
-                                           report=report)
-        stages.append(log)
-        separation = options.start_separation * torch.cat([ranges[:5], box[5:]])
-        starts = _search_starts(log.candidates, best, separation, options)
-
-    def refine(x, level_index, label="", scan=True):
-        longest = options.levels[level_index]
-        if scan and level_index > 0 and options.depth_scan_mm > 0:
-            x, _, log = line_search(objective_at(longest), x, 5, options.depth_scan_mm, report=report,
-                                    name=f"{label}depth scan {longest}px")
-            stages.append(log)
-        x, loss, log = adam_refine(objective_at(longest), x, scales, iterations=options.iterations[level_index],
-                                   lr=options.learning_rate, bounds=(-box, box), report=report,
-                                   name=f"{label}refine {longest}px")
-        stages.append(log)
-        return x, loss
-
-    n_tilt = int(options.tilt_probe_deg // options.tilt_probe_step_deg) if options.tilt_probe_deg > 0 else 0
-    tilt_offsets = torch.arange(-n_tilt, n_tilt + 1, dtype=torch.float64) * options.tilt_probe_step_deg * deg
-
-    def tilt_probe(x, name):
-        """Best pose on a grid over both out-of-plane rotations at the second level."""
-        x, loss, log = grid_search(objective_at(options.levels[1]), x, (0, 1), tilt_offsets, report=report,
-                                   name=f"{name} {options.levels[1]}px")
-        stages.append(log)
-        return x, loss
-
-    long_axis = _long_axis(bone) if options.axial_probe_deg > 0 else None
-    n_axial = int(options.axial_probe_deg // options.axial_probe_step_deg) if long_axis is not None else 0
-    axial_offsets = torch.arange(-n_axial, n_axial + 1, dtype=torch.float64) * options.axial_probe_step_deg * deg
-
-    def probes(x):
-        """The best of the tilt and axial probes about ``x`` at the second level (at least one is on):
-        (x, loss)."""
-        found = []
-        if n_tilt:
-            found.append(tilt_probe(x, "tilt re-probe"))
-        if n_axial:
-            axis = par.pose(x)[:3, :3] @ long_axis
-            x2, loss2, log = rotation_scan(objective_at(options.levels[1]), x, axis, axial_offsets, report=report,
-                                           name=f"axial probe {options.levels[1]}px")
-            stages.append(log)
-            found.append((x2, loss2))
-        return min(found, key=lambda f: f[1])
-
-    # each distinct start is refined at the first level and ranked at the second (after its depth
-    # scan): a coarse level can prefer a wrong out-of-plane rotation that a finer one rejects
-    if len(starts) > 1 and len(options.levels) > 1:
-        ranked = []
-        for k, x in enumerate(starts):
-            label = f"start {k + 1}/{len(starts)}: "
-            x, _ = refine(x, 0, label)
-            x, loss, log = line_search(objective_at(options.levels[1]), x, 5, max(options.depth_scan_mm, 1.0),
-                                       report=report, name=f"{label}rank {options.levels[1]}px")
-            stages.append(log)
-            ranked.append((loss, k, x))
-        x = min(ranked)[2]
-        first = 1
-        if n_tilt:
-            x, _ = tilt_probe(x, "tilt probe")
-    else:
-        x, first = starts[0], 0
-    for level_index in range(first, len(options.levels)):
-        x, loss = refine(x, level_index, scan=level_index > first or first == 0)
-        if level_index == first == 1 and (n_tilt or n_axial):
-            # once the rest of the pose has settled, probe the out-of-plane rotations and the turn about
-            # the bone's long axis again, and refine again from a better one, until none helps (at
-            # most three times)
-            for _ in range(3):
-                probed, probed_loss = probes(x)
-                if probed_loss >= loss - 1e-4:
-                    break
-                x, loss = refine(probed, level_index, scan=False)
+    job = _BoneRegistration(bone, frame, camera, initial, mask, field, config, report)
+    x = job.run()
     with torch.no_grad():
-        final_loss = float(objective_at(max(options.levels))(x[None])[0])
-    history = [v for s in stages for v in s.losses]
-    return BoneResult(bone.name, par.pose(x).detach(), initial, 1.0 - final_loss,
+        final_loss = float(job.level_objective(len(job.levels) - 1)(x[None])[0])
+    stages = job.stages
+    return BoneResult(bone.name, job.par.pose(x).detach(), initial, 1.0 - final_loss,
                       sum(s.iterations for s in stages), time.perf_counter() - t0,
-                      stages[-1].stop_reason if stages else "no stage", history, stages)
+                      stages[-1].stop_reason if stages else "no stage", [v for s in stages for v in s.losses], stages)
 
 
 def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera,
              initial_poses: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None = None,
-             field: torch.Tensor | None = None, options: RegistrationOptions | None = None, progress=None,
+             field: torch.Tensor | None = None, config: RegistrationConfig | None = None, progress=None,
              cancel=None) -> RegistrationResult:
-    """Register every bone in ``bones`` (name -> render volume) to one frame.
+    """Register every bone in ``bones`` (name -> render volume) to one prepared frame.
+
+    The core under :func:`~FluoroRegistrationLib.register.register_frame`, which reads files, converts
+    the frame, finds the field and makes the masks; call that unless the inputs are already prepared.
 
     Args:
-        bones: the bones' render volumes (``bone_volumes``), each drawn alone at its own pose.
+        bones: the bones' render volumes (``registration_volumes``), each drawn alone at its own pose.
         frame: (1, 1, H, W) or (H, W) attenuation-like frame (bone bright), H x W = camera.rows x cols.
         camera: the calibration.
         initial_poses: bone -> (4, 4) ``camera_from_volume`` start.
         masks: optional bone -> (1, 1, H, W) or (H, W) weights in [0, 1] (the bone's 2D region).
         field: optional (1, 1, H, W) bool, the collimated field.
-        options: :class:`RegistrationOptions`.
+        config: :class:`RegistrationConfig`.
         progress: ``progress(stage, iteration, similarity, pose)``, stage names the bone.
         cancel: ``cancel() -> bool``; True stops with :class:`Cancelled`.
     Returns:
         :class:`RegistrationResult` with one :class:`BoneResult` per bone.
     """
-    options = options or RegistrationOptions()
+    config = config or RegistrationConfig()
     frame = _as_image(frame, "frame")
     if not torch.isfinite(frame).all():
         raise FluoroRegError("the frame contains NaN or infinite values; fix or crop the frame")
@@ -364,26 +428,26 @@ def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera
     missing = [b for b in bones if b not in initial_poses]
     if missing:
         raise FluoroRegError(f"no initial pose for {', '.join(missing)}; add it to the initial poses")
-    result = RegistrationResult(options=options)
+    result = RegistrationResult(config=config)
     t0 = time.perf_counter()
     for name, bone in bones.items():
         bone_progress = None if progress is None else (
             lambda stage, it, sim, pose, name=name: progress(f"{name}: {stage}", it, sim, pose))
         result.bones[name] = register_bone(bone, frame, camera, initial_poses[name], masks.get(name), field,
-                                           options, bone_progress, cancel)
+                                           config, bone_progress, cancel)
     result.seconds = time.perf_counter() - t0
     return result
 
 
 def _search_starts(candidates: tuple, best: torch.Tensor, separation: torch.Tensor,
-                   options: RegistrationOptions) -> list[torch.Tensor]:
-    """The starts the refinement ranks: up to ``options.starts`` distinct minima of the global search's
+                   ranking: Ranking) -> list[torch.Tensor]:
+    """The starts the refinement ranks: up to ``ranking.starts`` distinct minima of the global search's
     ``candidates`` ((N, 6) poses, (N,) losses), and the initial pose (x = 0) when ``keep_initial`` and
     no minimum lies within ``separation`` (6,) of it: a coarse search can rank the right basin below
     wrong ones, and the user's start is often in it."""
-    starts = distinct_minima(*candidates, max(1, options.starts), separation) or [best]
+    starts = distinct_minima(*candidates, max(1, ranking.starts), separation) or [best]
     initial = torch.zeros(6, dtype=torch.float64)
-    if options.keep_initial and all(differs(x, initial, separation) for x in starts):
+    if ranking.keep_initial and all(differs(x, initial, separation) for x in starts):
         starts.append(initial)
     return starts
 

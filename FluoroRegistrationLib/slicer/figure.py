@@ -98,7 +98,8 @@ def render_scene_figure(path, size=(1400, 800)) -> dict:
     import vtk
 
     from ..geometry import CentredParameterization
-    from ..register import RegistrationOptions, pose_errors
+    from ..register import pose_errors
+    from ..register.config import QUICK
     from .demo_scene import phantom_scene
     from .geometry import to_parent_from_pose
     from .nodes import ijk_to_ras, numpy_to_matrix, to_parent, volume_array
@@ -115,7 +116,7 @@ def render_scene_figure(path, size=(1400, 800)) -> dict:
     output = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur pose")
     result = logic.register(knee.ctNode, knee.labelNode, knee.frameNode, knee.camera, ["femur"], [initial], [output],
                             device="cpu", polarity="bone-dark",
-                            options=RegistrationOptions(global_search=False, levels=(64, 128), iterations=(60, 60)))
+                            config=QUICK)
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(0.12, 0.13, 0.16)
     femur_ijk = _bone_surface(knee.labelNode, knee.labelNames["femur"])

@@ -15,12 +15,11 @@ its own transform node.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import FluoroRegError
-from ..geometry import Camera
+from ..geometry import Camera, as_camera  # noqa: F401 (as_camera: re-exported for the scene logic)
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # F: its own inverse, so also RAS_FROM_LPS
 FRAME_SLICE_THICKNESS_MM = 1.0  # the k spacing of single-slice frame volumes (any positive value works)
@@ -66,18 +65,6 @@ def frame_ijk_to_ras(camera: Camera) -> np.ndarray:
 def source_and_principal_point(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
     """Scene positions (3,) of the X-ray source and of the principal point on the detector (mm)."""
     return np.zeros(3), np.array([0.0, 0.0, camera.sdd_mm])
-
-
-def as_camera(calibration) -> Camera:
-    """A :class:`Camera` from a Camera, a calibration dict (CONVENTIONS.md's JSON object) or a JSON path."""
-    if isinstance(calibration, Camera):
-        return calibration
-    if isinstance(calibration, dict):
-        return Camera.from_dict(calibration)
-    if isinstance(calibration, (str, Path)):
-        return Camera.from_json(calibration)
-    raise FluoroRegError(f"calibration must be a Camera, a dict or a JSON file path, got {type(calibration).__name__}; "
-                         "pass one of those")
 
 
 def calibration_text(camera: Camera) -> str:

@@ -8,8 +8,8 @@ import torch
 
 from ..errors import FluoroRegError
 from ..geometry import Camera
-from ..register import RegistrationOptions, RegistrationResult, register
-from ..volume import RenderVolume
+from ..frame import Frame
+from ..register import Registration, RegistrationResult
 
 DEVICES = ("cpu", "cuda")
 
@@ -29,34 +29,35 @@ def resolve_device(device: str | None) -> torch.device:
 
 @dataclass
 class RegistrationJob:
-    """Everything :func:`~FluoroRegistrationLib.register.register` needs.
+    """Everything the one registration path (:meth:`Registration.register`) needs, read out of the scene.
 
     Attributes:
-        bones: bone -> RenderVolume (``registration_volumes``).
-        frame: (rows, cols) float32 attenuation-like frame (bone bright).
-        camera: the calibration.
+        registration: the bones' volumes and the configuration (:class:`Registration`).
+        frame: the prepared frame (:func:`~FluoroRegistrationLib.register.prepare_frame`: field, polarity).
+        camera: the calibration (with its distortion).
         initial: bone -> (4, 4) float64 ``camera_from_volume``.
-        masks: optional bone -> (rows, cols) float32 mask.
-        options: registration options. device: "cpu", "cuda" or None (CUDA when available).
+        masks: None, or bone -> (rows, cols) mask (each through the one mask rule).
+        device: "cpu", "cuda" or None (CUDA when available).
     """
 
-    bones: dict[str, RenderVolume]
-    frame: torch.Tensor
+    registration: Registration
+    frame: Frame
     camera: Camera
     initial: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor] | None
-    options: RegistrationOptions
     device: str | None = None
 
+    @property
+    def bones(self) -> dict:
+        return self.registration.volumes
+
     def run(self, progress=None, cancel=None) -> RegistrationResult:
-        """Run the core registration on the job's device; poses come back on the CPU (float64)."""
+        """Run the registration on the job's device; poses come back on the CPU (float64)."""
         device = resolve_device(self.device)
-        options = replace(self.options, device=str(device))
-        bones = {b: v.to(device=device) for b, v in self.bones.items()}
-        masks = None if self.masks is None else {b: m.to(device) for b, m in self.masks.items()}
-        initial = {b: p.to(device) for b, p in self.initial.items()}
-        result = register(bones, self.frame.to(device), self.camera, initial, masks=masks, options=options,
-                          progress=progress, cancel=cancel)
+        config = replace(self.registration.config, device=str(device))
+        registration = Registration(self.registration.volumes, config, self.registration.label_ids)
+        result = registration.register(self.frame, self.camera, self.initial, masks=self.masks or None,
+                                       progress=progress, cancel=cancel)
         for bone in result.bones.values():
             bone.camera_from_volume = bone.camera_from_volume.detach().cpu()
             bone.initial = bone.initial.detach().cpu()

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import FluoroRegError
 from ..geometry import Camera
-from ..register import RegistrationOptions, RegistrationResult
+from ..register import RegistrationResult
 from ..render import project_label, render
 from ..volume import RenderVolume, registration_volumes
 from .geometry import (as_camera, calibration_text, frame_ijk_to_ras, pose_from_to_parent, source_and_principal_point,
@@ -185,15 +185,16 @@ class FluoroRegistrationLogic:
         return outputLabelNode
 
     def masksFromLabelMap(self, maskNode, calibration, labelIds: dict) -> dict[str, torch.Tensor]:
-        """Bone -> (rows, cols) float32 mask from a label map over the frame (each bone's label id)."""
-        camera = as_camera(calibration)
+        """Bone -> (rows, cols) bool mask from a label map over the frame (each bone's label id; a bone
+        absent from it gets none): the one path's label map rule."""
+        from ..register.api import label_map_masks
+
         check_node(maskNode, "vtkMRMLLabelMapVolumeNode", "mask label map")
         labels = volume_array(maskNode, "mask label map")
-        if labels.shape != (1, camera.rows, camera.cols):
-            raise FluoroRegError(f"mask label map {node_name(maskNode)} has shape {labels.shape}, not "
-                                 f"(1, {camera.rows}, {camera.cols}); make it on the frame's geometry")
-        masks = {b: torch.from_numpy((labels[0] == i).astype(np.float32)) for b, i in labelIds.items()}
-        return {b: m for b, m in masks.items() if m.any()}
+        if labels.shape[0] != 1:
+            raise FluoroRegError(f"mask label map {node_name(maskNode)} has {labels.shape[0]} slices; make it on the "
+                                 "frame's geometry (one slice)")
+        return label_map_masks(labels[0], labelIds, as_camera(calibration))
 
     def segmentFrame(self, frameNode, modelPath, outputLabelNode, labelIds: dict | None = None,
                      polarity: str = "auto"):
@@ -229,21 +230,21 @@ class FluoroRegistrationLogic:
 
     # ------------------------------------------------------------------------------------ registration
     def prepareRegistration(self, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, maskNode=None,
-                            device=None, options: RegistrationOptions | None = None,
-                            polarity: str = "auto") -> RegistrationJob:
-        """Read everything registration needs from the scene (main thread) into a job that touches no MRML."""
-        from ..frame import to_attenuation
+                            device=None, config=None, polarity: str = "auto") -> RegistrationJob:
+        """Read everything registration needs from the scene (main thread) into a job that touches no
+        MRML; the frame, masks and configuration go through the one path's own preparation."""
+        from ..register import Registration, prepare_frame
 
         camera = as_camera(calibration)
-        raw = self.frameImage(frameNode, camera)
+        frame = prepare_frame(self.frameImage(frameNode, camera), camera, polarity)
         volumes = self.boneVolumes(ctNode, labelNode, bones)
+        registration = Registration(volumes, config, self.boneIds(labelNode, bones))
         initial = self.poses(volumes, initialPoseNodes)
-        masks = None if maskNode is None else self.masksFromLabelMap(maskNode, camera, self.boneIds(labelNode, bones))
-        frame = torch.from_numpy(to_attenuation(raw, polarity)).float()
-        return RegistrationJob(volumes, frame, camera, initial, masks, options or RegistrationOptions(), device)
+        masks = None if maskNode is None else self.masksFromLabelMap(maskNode, camera, registration.label_ids)
+        return RegistrationJob(registration, frame, camera, initial, masks, device)
 
     def register(self, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, outputPoseNodes,
-                 maskNode=None, device=None, progress=None, cancel=None, options: RegistrationOptions | None = None,
+                 maskNode=None, device=None, progress=None, cancel=None, config=None,
                  polarity: str = "auto") -> RegistrationResult:
         """Register the bones to the frame and write each pose into its output transform node.
 
@@ -254,12 +255,13 @@ class FluoroRegistrationLogic:
             maskNode: optional label map over the frame (bone label ids), e.g. from segmentFrame.
             device: "cpu", "cuda" (None: CUDA when available).
             progress, cancel: passed to the core (``progress(stage, iteration, similarity, pose)``).
+            config: a RegistrationConfig or nested dict (None: the defaults).
             polarity: the frame's, "auto", "bone-dark" or "bone-bright".
         Returns:
             The core's RegistrationResult.
         """
         job = self.prepareRegistration(ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, maskNode,
-                                       device, options, polarity)
+                                       device, config, polarity)
         per_bone(outputPoseNodes, list(job.bones), "output pose transform")  # fail before the work, not after
         result = job.run(progress, cancel)
         self.writePoses(result.poses(), outputPoseNodes)

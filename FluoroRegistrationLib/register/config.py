@@ -1,0 +1,297 @@
+"""Registration settings: one small frozen dataclass per stage, each checked when it is made.
+
+Every length is physical, so the same defaults serve any detector and any CT grid: pyramid levels
+and the global search are given as the size of a detector pixel *seen at the bone* (the pixel pitch
+times source-to-bone over source-to-detector distance), mask dilation and search ranges in
+millimetres at the bone. The defaults reproduce, at the geometry they were first measured on (512
+px of 0.5 mm, sdd 1000 mm, bone 700 mm from the source: 0.35 mm per pixel at the bone), the pixel
+settings of earlier versions (levels 64/128/256/512 px, dilation 2 % / 6 % of the detector).
+
+A stage is switched on and off by its ``enabled`` field, never by a zero. A bad value raises a
+one-line :class:`~FluoroRegistrationLib.errors.FluoroRegError` naming the field, the value and the
+allowed range. :meth:`RegistrationConfig.from_dict` maps nested dicts (the evaluation harness's
+YAML, a result file's ``config``) onto the classes::
+
+    RegistrationConfig(search=GlobalSearch(range_mm=20.0), tilt_probe=TiltProbe(enabled=False))
+    RegistrationConfig.from_dict({"search": {"range_mm": 20}, "pyramid": {"iterations": [60, 50, 40, 30]}})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..errors import FluoroRegError
+
+
+def _number(owner: str, name: str, value, low: float | None = None, high: float | None = None,
+            low_open: bool = False, integer: bool = False):
+    """``value`` if it is a finite number (an int when ``integer``) within [low, high] (``low``
+    excluded when ``low_open``), else a one-line error naming ``owner.name``."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+        raise FluoroRegError(f"{owner}.{name} = {value!r} is not {kind}; give {kind}{_range_text(low, high, low_open)}")
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        raise FluoroRegError(f"{owner}.{name} = {value!r} is out of range; allowed{_range_text(low, high, low_open)}")
+    return value
+
+
+def _range_text(low, high, low_open) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"<= {high:g}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _flag(owner: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise FluoroRegError(f"{owner}.{name} = {value!r} is not true or false; give a boolean")
+    return value
+
+
+@dataclass(frozen=True)
+class GlobalSearch:
+    """Batched simulated annealing in a box around the initial pose, at a coarse level."""
+
+    enabled: bool = True
+    range_mm: float = 30.0  # half-width of the box, each in-plane translation
+    range_depth_mm: float = 0.0  # half-width along the beam (0: depth left to the depth scans)
+    range_deg: float = 25.0  # half-width, each rotation
+    pixel_mm: float = 2.8  # pixel size at the bone of the search's image
+    steps: int = 30
+    candidates: int = 48  # poses drawn and rendered per step (one batch)
+
+    def __post_init__(self):
+        o = "GlobalSearch"
+        _flag(o, "enabled", self.enabled)
+        _number(o, "range_mm", self.range_mm, 0, 200, low_open=True)
+        _number(o, "range_depth_mm", self.range_depth_mm, 0, 200)
+        _number(o, "range_deg", self.range_deg, 0, 180, low_open=True)
+        _number(o, "pixel_mm", self.pixel_mm, 0, 50, low_open=True)
+        _number(o, "steps", self.steps, 1, 10000, integer=True)
+        _number(o, "candidates", self.candidates, 2, 100000, integer=True)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The global search's distinct minima (and the initial pose) are each refined at the first
+    pyramid level and ranked at level ``level`` after a depth scan; the probes run there too."""
+
+    starts: int = 4  # distinct minima kept
+    keep_initial: bool = True  # the initial pose competes too (when it differs from those minima)
+    separation: float = 0.2  # minima differ by more than this fraction of the search box on some axis
+    level: int = 1  # index of the pyramid level that ranks the starts and runs the probes
+
+    def __post_init__(self):
+        o = "Ranking"
+        _number(o, "starts", self.starts, 1, 1000, integer=True)
+        _flag(o, "keep_initial", self.keep_initial)
+        _number(o, "separation", self.separation, 0, 1, low_open=True)
+        _number(o, "level", self.level, 0, 20, integer=True)
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """Coarse-to-fine refinement: Adam at each level. A level is the pixel size at the bone (mm);
+    levels finer than the detector gives are dropped (the finest run at the detector's own size)."""
+
+    pixel_mm: tuple = (2.8, 1.4, 0.7, 0.35)
+    iterations: tuple = (60, 50, 40, 30)  # Adam iterations (at most; a plateau stops earlier)
+    learning_rate: float = 0.6  # in optimiser steps (see Steps)
+    coarsen: bool = True  # coarse levels draw the bone from a grid coarsened to their pixel size
+
+    def __post_init__(self):
+        o = "Pyramid"
+        object.__setattr__(self, "pixel_mm", _tuple(o, "pixel_mm", self.pixel_mm))
+        object.__setattr__(self, "iterations", _tuple(o, "iterations", self.iterations))
+        if not self.pixel_mm:
+            raise FluoroRegError("Pyramid.pixel_mm is empty; give at least one level, e.g. (2.8, 1.4, 0.7, 0.35)")
+        for p in self.pixel_mm:
+            _number(o, "pixel_mm", p, 0, 50, low_open=True)
+        if any(b >= a for a, b in zip(self.pixel_mm, self.pixel_mm[1:])):
+            raise FluoroRegError(f"Pyramid.pixel_mm = {self.pixel_mm} must fall from coarse to fine, e.g. (2.8, 1.4, 0.7)")
+        if len(self.iterations) != len(self.pixel_mm):
+            raise FluoroRegError(f"Pyramid.iterations has {len(self.iterations)} entries but pixel_mm has "
+                                 f"{len(self.pixel_mm)} levels; give one iteration count per level")
+        for n in self.iterations:
+            _number(o, "iterations", n, 1, 100000, integer=True)
+        _number(o, "learning_rate", self.learning_rate, 0, 100, low_open=True)
+        _flag(o, "coarsen", self.coarsen)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """One optimiser step in each parameter (the optimisers work in these units)."""
+
+    rotation_deg: float = 1.0  # in-plane rotation (about the beam)
+    out_of_plane_rotation_deg: float = 2.0  # rotations about the camera's x and y axes
+    translation_mm: float = 1.0  # in-plane translation
+    depth_mm: float = 4.0  # along the beam (weakly seen in one view: a larger unit)
+
+    def __post_init__(self):
+        for name in ("rotation_deg", "out_of_plane_rotation_deg", "translation_mm", "depth_mm"):
+            _number("Steps", name, getattr(self, name), 0, 100, low_open=True)
+
+
+@dataclass(frozen=True)
+class DepthScan:
+    """Before each level after the first: scan the depth along the beam, +-``half_width_mm``.
+    The ranking's scan uses the same width (it runs whether or not this stage is enabled)."""
+
+    enabled: bool = True
+    half_width_mm: float = 6.0
+    points: int = 25
+
+    def __post_init__(self):
+        _flag("DepthScan", "enabled", self.enabled)
+        _number("DepthScan", "half_width_mm", self.half_width_mm, 0, 200, low_open=True)
+        _number("DepthScan", "points", self.points, 3, 1000, integer=True)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """Poses turned by every multiple of ``step_deg`` within +-``range_deg``, scored at the ranking level."""
+
+    enabled: bool = True
+    range_deg: float = 12.0
+    step_deg: float = 4.0
+
+    def __post_init__(self):
+        o = type(self).__name__
+        _flag(o, "enabled", self.enabled)
+        _number(o, "range_deg", self.range_deg, 0, 180, low_open=True)
+        _number(o, "step_deg", self.step_deg, 0, self.range_deg, low_open=True)
+
+
+@dataclass(frozen=True)
+class TiltProbe(_Probe):
+    """At the ranking level: a grid over both out-of-plane rotations, +-``range_deg``."""
+
+    range_deg: float = 12.0
+    step_deg: float = 4.0
+
+
+@dataclass(frozen=True)
+class AxialProbe(_Probe):
+    """After the ranking level: turns about the bone's long axis, +-``range_deg``."""
+
+    range_deg: float = 30.0
+    step_deg: float = 3.0
+
+
+@dataclass(frozen=True)
+class MaskFocus:
+    """How a bone's 2D mask weights the similarity: dilated by ``dilation_mm`` (at the bone) for the
+    search and up to the ranking level, so the basin is the bone's, and by ``fine_dilation_mm`` at
+    the finer levels, where the outline and its surroundings judge the scale (depth along the beam)."""
+
+    dilation_mm: float = 3.6
+    fine_dilation_mm: float = 10.8
+
+    def __post_init__(self):
+        _number("MaskFocus", "dilation_mm", self.dilation_mm, 0, 200)
+        _number("MaskFocus", "fine_dilation_mm", self.fine_dilation_mm, 0, 200)
+
+
+_STAGES = {"search": GlobalSearch, "ranking": Ranking, "pyramid": Pyramid, "steps": Steps, "depth_scan": DepthScan,
+           "tilt_probe": TiltProbe, "axial_probe": AxialProbe, "masks": MaskFocus}
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """Everything :func:`~FluoroRegistrationLib.register.register` can be told, stage by stage."""
+
+    similarity: str = "patch-gncc"  # a name in similarity.SIMILARITIES; "gcc" is the study's
+    search: GlobalSearch = field(default_factory=GlobalSearch)
+    ranking: Ranking = field(default_factory=Ranking)
+    pyramid: Pyramid = field(default_factory=Pyramid)
+    steps: Steps = field(default_factory=Steps)
+    depth_scan: DepthScan = field(default_factory=DepthScan)
+    tilt_probe: TiltProbe = field(default_factory=TiltProbe)
+    axial_probe: AxialProbe = field(default_factory=AxialProbe)
+    masks: MaskFocus = field(default_factory=MaskFocus)
+    seed: int = 0
+    device: str | None = None  # "cpu", "cuda" or "cuda:N"; None: where the bone volumes are
+
+    def __post_init__(self):
+        from ..similarity import SIMILARITIES
+
+        if self.similarity not in SIMILARITIES:
+            raise FluoroRegError(f"RegistrationConfig.similarity = {self.similarity!r} is unknown; use one of "
+                                 f"{', '.join(SIMILARITIES)}")
+        for name, cls in _STAGES.items():
+            if not isinstance(getattr(self, name), cls):
+                raise FluoroRegError(f"RegistrationConfig.{name} must be a {cls.__name__}, got "
+                                     f"{type(getattr(self, name)).__name__}")
+        _number("RegistrationConfig", "seed", self.seed, 0, None, integer=True)
+        if self.device is not None and str(self.device).split(":")[0] not in DEVICES:
+            raise FluoroRegError(f"RegistrationConfig.device = {self.device!r} is unknown; use cpu, cuda, cuda:N or None")
+        if self.ranking.level >= len(self.pyramid.pixel_mm):
+            raise FluoroRegError(f"Ranking.level = {self.ranking.level} but the pyramid has {len(self.pyramid.pixel_mm)} "
+                                 f"level(s); use a level from 0 to {len(self.pyramid.pixel_mm) - 1}")
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists), the inverse of :meth:`from_dict`."""
+        def plain(v):
+            return list(v) if isinstance(v, tuple) else v
+
+        d = {k: plain(v) for k, v in dataclasses.asdict(self).items() if k not in _STAGES}
+        for name in _STAGES:
+            d[name] = {k: plain(v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "registration config") -> "RegistrationConfig":
+        """A config from nested dicts; unknown keys fail with one line naming the allowed ones."""
+        d = dict(d or {})
+        top = {f.name for f in dataclasses.fields(cls)}
+        _known(d, top, where)
+        kwargs = {}
+        for key, value in d.items():
+            if key in _STAGES:
+                stage = _STAGES[key]
+                if not isinstance(value, dict):
+                    raise FluoroRegError(f"{where}: {key} must be a mapping of {stage.__name__} fields, got {value!r}")
+                _known(value, {f.name for f in dataclasses.fields(stage)}, f"{where}: {key}")
+                kwargs[key] = stage(**value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def merged(self, overrides: dict | None, where: str = "registration config") -> "RegistrationConfig":
+        """This config with ``overrides`` (nested dicts, as :meth:`from_dict`) applied on top."""
+        if not isinstance(overrides, (dict, type(None))):
+            raise FluoroRegError(f"{where} must be a mapping of RegistrationConfig stages, got {overrides!r}")
+        return RegistrationConfig.from_dict(_deep_merge(self.to_dict(), overrides or {}), where)
+
+
+def _known(d: dict, allowed: set, where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise FluoroRegError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: "
+                             f"{', '.join(sorted(allowed))}")
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _tuple(owner: str, name: str, value) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value,)
+    if not isinstance(value, (tuple, list)):
+        raise FluoroRegError(f"{owner}.{name} = {value!r} is not a list of numbers; give e.g. (2.8, 1.4)")
+    return tuple(value)
+
+
+# A refinement from a close start, without the global search and the fine levels: for the Slicer
+# module's self-test and quick checks (seconds on a CPU), not for registering real frames.
+QUICK = RegistrationConfig(search=GlobalSearch(enabled=False), pyramid=Pyramid(pixel_mm=(2.8, 1.4), iterations=(60, 60)))
