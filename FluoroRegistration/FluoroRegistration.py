@@ -339,7 +339,7 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------------------------ parameters
     def calibration(self, p):
-        """The calibration fields as CONVENTIONS.md's JSON object."""
+        """The calibration fields as docs/CONVENTIONS.md's JSON object."""
         out = {"sdd_mm": p.sddMm, "rows": p.rows, "cols": p.cols, "row_spacing_mm": p.rowSpacingMm,
                "col_spacing_mm": p.colSpacingMm}
         if p.principalCol >= 0 and p.principalRow >= 0:

@@ -1,7 +1,7 @@
 """The registration part of ``make demo``: simulate a lateral knee frame, register femur and tibia.
 
 Starts each bone about 10 mm / 8 deg off its true pose, registers with and without the ground-truth
-masks, prints a table of errors (CONVENTIONS.md definitions) and writes the overlays.
+masks, prints a table of errors (docs/CONVENTIONS.md definitions) and writes the overlays.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pose files and image files (CONVENTIONS.md, "Files").
+"""Pose files and image files (docs/CONVENTIONS.md, "Files").
 
 Poses: ``{"femur": {"camera_from_volume": [[...4x4...]]}, ...}``; result files may add keys per bone.
 Images: 16-bit PNG (linearly scaled, scale recorded in a sidecar JSON) or ``.npy`` float arrays.

@@ -1,6 +1,6 @@
 """Fluoroscopy frames: reading, collimated field, polarity, attenuation-like image, pyramid.
 
-CONVENTIONS.md ("Intensities", "Files"): a detected X-ray frame is bright where few photons were
+docs/CONVENTIONS.md ("Intensities", "Files"): a detected X-ray frame is bright where few photons were
 stopped (air) and dark over bone ("bone-dark"); registration compares attenuation-like images
 ("bone-bright", like a DRR). :func:`load_frame` reads a file, finds the collimated field, decides
 the polarity (or takes the one given) and returns a :class:`Frame` whose image is attenuation-like.

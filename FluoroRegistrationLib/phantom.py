@@ -1,6 +1,6 @@
 """Procedural knee CT phantom (femur, tibia, patella, fibula) with ground-truth labels.
 
-Frame (see shared/CONVENTIONS.md): LPS millimetres, identity direction. x = patient Left,
+Frame (see docs/CONVENTIONS.md): LPS millimetres, identity direction. x = patient Left,
 y = Posterior, z = Superior. Arrays are indexed ``[k, j, i]`` = (z, y, x), as
 ``SimpleITK.GetImageFromArray`` expects. The leg's long axis is z (femur superior), the joint line
 lies near the volume centre, the patella is anterior (-y), and the fibula lateral-posterior

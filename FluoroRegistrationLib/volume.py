@@ -3,7 +3,7 @@
 Arrays are stored as ITK/SimpleITK give them: shape (Z, Y, X), indexed ``[k, j, i]``; voxel
 ``(i, j, k)`` has its centre at ``volume_from_index @ (i, j, k, 1)`` in LPS millimetres.
 SimpleITK reads NIfTI, NRRD, MetaImage and DICOM into LPS (a NIfTI RAS affine has its first two
-rows negated), as CONVENTIONS.md requires.
+rows negated), as docs/CONVENTIONS.md requires.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CONVENTIONS.md's sentences about frames, asserted one by one."""
+"""docs/CONVENTIONS.md's sentences about frames, asserted one by one."""
 
 import json
 
@@ -112,3 +112,29 @@ def test_resized_camera_keeps_the_detector_geometry():
     # the same physical detector position: (u + 0.5) scales with the pixel count
     assert ((small_uv + 0.5) * torch.tensor([4.0, 4.0], dtype=torch.float64)).tolist() == pytest.approx(
         (big_uv + 0.5).tolist())
+
+
+def test_the_conventions_page_lists_every_registration_setting_with_its_default():
+    """docs/CONVENTIONS.md's "Registration configuration" table names every field of every stage
+    with the default the code has (so the page cannot drift from RegistrationConfig)."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from FluoroRegistrationLib.register import RegistrationConfig
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "CONVENTIONS.md").read_text()
+    rows = {m.group(1): m.group(3) for m in re.finditer(r"^\| `(\w+): (\w+)` \| (.*) \|$", page, re.M)}
+    config = RegistrationConfig()
+    for stage in dataclasses.fields(config):
+        value = getattr(config, stage.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        assert stage.name in rows, f"no row for {stage.name}"
+        for f in dataclasses.fields(value):
+            default = getattr(value, f.name)
+            assert f"`{f.name}`" in rows[stage.name], (stage.name, f.name)
+            shown = ("(true)" if default else "(false)") if isinstance(default, bool) else (
+                "(" + ", ".join(f"{v:g}" for v in default) + ")" if isinstance(default, tuple) else f"{default:g}")
+            assert f"`{f.name}` {shown}" in rows[stage.name] or f"`{f.name}` ({shown[1:-1]})" in rows[stage.name] \
+                or shown in rows[stage.name].split(f"`{f.name}`")[1][:40], (stage.name, f.name, shown)

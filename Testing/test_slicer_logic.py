@@ -1,5 +1,5 @@
 """FluoroRegistrationLogic on a real MRML scene (PyPI slicer-core): the phantom knee, a rendered frame,
-every method, CONVENTIONS.md's "In a Slicer scene" checked against Slicer's own transform machinery."""
+every method, docs/CONVENTIONS.md's "In a Slicer scene" checked against Slicer's own transform machinery."""
 
 import math
 

@@ -4,7 +4,7 @@ Benchmark-only.  DiffDRR is *not* a dependency of the project; install it with
 ``pip install --no-deps diffdrr==0.6.1`` plus ``nibabel torchio pandas roma kornia einops
 fastcore timm matplotlib scipy imageio tqdm seaborn`` (see /work/shared/PEERS.md).
 
-Conventions matched (see /work/shared/CONVENTIONS.md)
+Conventions matched (see docs/CONVENTIONS.md)
 ------------------------------------------------------
 Ours:   volume frame LPS mm; ``camera_from_volume`` T (4x4), ``p_cam = R p_vol + t``; camera =
         OpenCV (source at origin, +z to detector, +x along columns, +y along rows); detector plane

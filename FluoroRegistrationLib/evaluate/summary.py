@@ -1,4 +1,4 @@
-"""Summaries of an experiment's runs (CONVENTIONS.md): success rates, capture range, accuracy over
+"""Summaries of an experiment's runs (docs/CONVENTIONS.md): success rates, capture range, accuracy over
 successful runs, per-parameter capture ranges, and the study's table layout."""
 
 from __future__ import annotations

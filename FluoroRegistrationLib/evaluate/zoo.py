@@ -8,7 +8,7 @@ noise, and a field of view that cuts the bones (the frames are simulated from th
 registration only gets the cut CT). A geometry is a detector (size, pixel pitch) and a
 source-to-detector distance; the knee sits at 0.7 of it (550-800 mm). For every member and
 geometry the simulator (not the registration's renderer) makes frames, and the evaluation harness
-(``run_experiment``, the one registration path) registers them from starts up to ~12 mm mTRE, with
+(``run_experiment``, the one registration path) registers them from starts of 0-6 and 6-12 mm mTRE, with
 true masks and without. :func:`zoo_table` prints one table.
 
     fluororeg zoo --out zoo_out [--members all] [--geometries all] [--realism medium]
@@ -77,16 +77,17 @@ def _resample(img, spacing, linear: bool, default: float):
                          img.GetPixelID())
 
 
-def make_member(member: ZooMember, out, seed: int = 0) -> dict:
+def make_member(member: ZooMember, out, seed: int = 0, phantom_spacing_mm: float = 1.0) -> dict:
     """Write the member's CT: ``out/full/`` (what the frames are simulated from) and ``out/phantom/``
-    (what registration gets: the same, or cut to its field of view). Returns the paths."""
+    (what registration gets: the same, or cut to its field of view), from the phantom built at
+    ``phantom_spacing_mm``. Returns the paths."""
     import SimpleITK as sitk
 
     from ..phantom import make_knee_phantom
     from ..volume import SOFT_TISSUE_HU
 
     out = Path(out)
-    ph = make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=seed)
+    ph = make_knee_phantom(spacing_mm=phantom_spacing_mm, flexion_deg=0.0, seed=seed)
     hu = ph.hu.astype(np.float32)
     bone = ph.labels > 0
     hu[bone] = SOFT_TISSUE_HU + (hu[bone] - SOFT_TISSUE_HU) * member.density
@@ -133,7 +134,7 @@ class ZooSettings:
     geometries: tuple = tuple(GEOMETRIES)
     frames: int = 2
     realism: str = "medium"
-    mtre_bins_mm: tuple = (0.0, 4.0, 8.0, 12.0)
+    mtre_bins_mm: tuple = (0.0, 6.0, 12.0)
     per_bin: int = 1
     bones: tuple = ("femur", "tibia")
     seed: int = 0

@@ -1,4 +1,4 @@
-"""The C-arm as a pinhole camera (CONVENTIONS.md, "Frames" 2 and 3).
+"""The C-arm as a pinhole camera (docs/CONVENTIONS.md, "Frames" 2 and 3).
 
 Camera frame: origin at the X-ray source, +z along the principal ray towards the detector,
 +x along increasing detector column, +y along increasing detector row (OpenCV's camera).
@@ -127,7 +127,7 @@ class Camera:
 
     # ----------------------------------------------------------------- files
     def to_dict(self) -> dict:
-        """The calibration as CONVENTIONS.md's JSON object (plus ``distortion`` when it is non-zero)."""
+        """The calibration as docs/CONVENTIONS.md's JSON object (plus ``distortion`` when it is non-zero)."""
         out = {
             "sdd_mm": self.sdd_mm, "rows": self.rows, "cols": self.cols,
             "row_spacing_mm": self.row_spacing_mm, "col_spacing_mm": self.col_spacing_mm,
@@ -139,7 +139,7 @@ class Camera:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "calibration") -> "Camera":
-        """Build from CONVENTIONS.md's calibration object; names missing keys in the error."""
+        """Build from docs/CONVENTIONS.md's calibration object; names missing keys in the error."""
         required = ("sdd_mm", "rows", "cols", "row_spacing_mm", "col_spacing_mm")
         missing = [key for key in required if key not in data]
         if missing:
@@ -160,7 +160,7 @@ class Camera:
 
     @classmethod
     def from_json(cls, path) -> "Camera":
-        """Read a calibration JSON file (CONVENTIONS.md format)."""
+        """Read a calibration JSON file (docs/CONVENTIONS.md format)."""
         path = Path(path)
         if not path.is_file():
             raise FluoroRegError(f"calibration file not found: {path}; pass an existing JSON file")
@@ -185,7 +185,7 @@ class Camera:
 
 
 def as_camera(calibration) -> Camera:
-    """A :class:`Camera` from a Camera, a calibration dict (CONVENTIONS.md's JSON object) or a JSON path."""
+    """A :class:`Camera` from a Camera, a calibration dict (docs/CONVENTIONS.md's JSON object) or a JSON path."""
     if isinstance(calibration, Camera):
         return calibration
     if isinstance(calibration, dict):

@@ -1,4 +1,4 @@
-"""Rigid poses as 4x4 ``camera_from_volume`` matrices (CONVENTIONS.md, "Poses").
+"""Rigid poses as 4x4 ``camera_from_volume`` matrices (docs/CONVENTIONS.md, "Poses").
 
 ``p_cam = R @ p_vol + t``; matrices act on column vectors; radians inside the code.
 All functions are batched over leading dimensions and differentiable.

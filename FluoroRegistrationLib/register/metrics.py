@@ -1,4 +1,4 @@
-"""Pose errors as CONVENTIONS.md defines them (rotation, translation split in/out of plane, mTRE, mPD).
+"""Pose errors as docs/CONVENTIONS.md defines them (rotation, translation split in/out of plane, mTRE, mPD).
 
 For an estimate ``T_est`` and ground truth ``T_gt`` (both ``camera_from_volume``) of one bone with
 centroid ``c`` and sample points ``P`` (volume frame, mm):

@@ -6,7 +6,7 @@ heel effect -> scatter (added) -> focal-spot + detector blur -> quantum + electr
 pincushion distortion -> vignetting -> collimation -> display mapping (log or intensity, window,
 gamma, quantisation). Every step is also a function of its own.
 
-Conventions (``shared/CONVENTIONS.md``): images are ``(..., H, W)`` tensors indexed ``[row, col]``;
+Conventions (``docs/CONVENTIONS.md``): images are ``(..., H, W)`` tensors indexed ``[row, col]``;
 pixel ``(row i, col j)`` has its centre at ``(u = j, v = i)``; the principal point ``(u0, v0)``
 defaults to ``((W - 1) / 2, (H - 1) / 2)``. Point arrays are ``(..., 2)`` holding ``(u, v)``.
 Radii "in units of the half-diagonal" use ``R = hypot(H - 1, W - 1) / 2``, the distance from the

@@ -5,7 +5,7 @@ voxel that is not bone is shared among the bones by its distance to each (a soft
 see :func:`split_parts`), so all the CT's tissue is accounted for once, and at the CT's own relative
 poses the parts add up to the CT.
 
-Knee kinematics (in the CT's volume frame, CONVENTIONS.md LPS). The knee frame has its origin at the
+Knee kinematics (in the CT's volume frame, docs/CONVENTIONS.md LPS). The knee frame has its origin at the
 knee centre ``c``, x medio-lateral (LPS x), y antero-posterior (LPS y), z along the leg (LPS z);
 a CT of a leg is acquired with the leg along z, so these are its axes. Relative to the CT, the
 tibia (and fibula) move by ``c + Rx(flexion) Ry(adduction) Rz(rotation) (p - c)``; positive flexion

@@ -1,7 +1,7 @@
 """FluoroRegistration in a Slicer scene: the logic behind the module and the console API.
 
 Imports ``vtk`` and MRML (Slicer's, or the PyPI package ``slicer-core``) lazily, inside functions;
-the rest of FluoroRegistrationLib never imports them. See CONVENTIONS.md, "In a Slicer scene".
+the rest of FluoroRegistrationLib never imports them. See docs/CONVENTIONS.md, "In a Slicer scene".
 """
 
 from .geometry import LPS_FROM_RAS, as_camera, frame_ijk_to_ras, pose_from_to_parent, to_parent_from_pose

@@ -1,4 +1,4 @@
-"""Scene geometry (CONVENTIONS.md, "In a Slicer scene"): the one place where RAS meets LPS.
+"""Scene geometry (docs/CONVENTIONS.md, "In a Slicer scene"): the one place where RAS meets LPS.
 
 Pure NumPy, no Slicer import. The scene's world is the C-arm's camera frame (the X-ray source at
 the origin, the detector plane at z = sdd), so a frame volume stays put while each bone moves under

@@ -1,7 +1,7 @@
 """FluoroRegistrationLogic: the console API on any vtkMRMLScene (Slicer's, or slicer-core's under plain Python).
 
 Nothing here touches Slicer's GUI (no ``slicer.app``, no ``slicer.mrmlScene``): the scene is passed
-in. Conventions (CONVENTIONS.md, "In a Slicer scene"): the scene's world is the C-arm's camera frame;
+in. Conventions (docs/CONVENTIONS.md, "In a Slicer scene"): the scene's world is the C-arm's camera frame;
 a frame volume is a single slice whose IJKToRAS puts pixel (i = col, j = row) at
 ``((i - u0) col_spacing, (j - v0) row_spacing, sdd)``; a bone's pose is a linear transform node whose
 ToParent is ``camera_from_volume @ diag(-1, -1, 1, 1)`` (see :mod:`.geometry`, the only place RAS
@@ -66,7 +66,7 @@ class FluoroRegistrationLogic:
         return outputNode
 
     def placeFrame(self, frameNode, calibration):
-        """Put the frame on the detector (IJKToRAS per CONVENTIONS.md) and show the C-arm.
+        """Put the frame on the detector (IJKToRAS per docs/CONVENTIONS.md) and show the C-arm.
 
         Adds (or updates) a markup point at the X-ray source and a line along the principal ray, both
         referenced by the frame node; the calibration is stored on the frame as an attribute.
