@@ -149,3 +149,21 @@ def test_simulate_command_writes_ground_truth(tmp_path, capsys):
 def test_simulate_errors(tmp_path, capsys):
     assert main(["simulate", "--out", str(tmp_path), "--ct", str(tmp_path / "ct.nii.gz")]) == 2
     assert "pass both --ct and --labels" in capsys.readouterr().err
+
+
+def test_a_bone_outside_a_narrow_field_is_written_without_a_crash(tmp_path):
+    """A zoomed detector that sees the femoral condyles only: bones outside its field get empty masks
+    and the label image holds only the ids of bones in view (the writer once sized its id table by
+    the bones in view and crashed)."""
+    from FluoroRegistrationLib.phantom import make_knee_phantom, write_phantom
+    from FluoroRegistrationLib.simulate.writer import simulate_folder
+
+    ph = make_knee_phantom(spacing_mm=3.0, flexion_deg=0.0, seed=0)
+    paths = write_phantom(ph, tmp_path / "ph")
+    simulate_folder(tmp_path / "sim", paths["ct"], paths["labels"], paths["labels_json"], frames=1, seed=0,
+                    realism="low", camera=Camera(1000.0, 32, 32, 0.5, 0.5), flexion_range=(20.0, 30.0))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sim" / "masks" / "0000_labels.png")))
+    in_view = {b for b in ph.label_names
+               if sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sim" / "masks" / f"0000_{b}.png"))).any()}
+    assert in_view and in_view != set(ph.label_names)  # some bones are out of this 16 mm field
+    assert set(np.unique(labels)) - {0} <= {ph.label_names[b] for b in in_view}

@@ -106,7 +106,8 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
             _png((occl["visible"][bone].cpu().numpy() * 255).astype(np.uint8),
                  out / "masks" / f"{key}_{bone}_visible.png")
         dominant = occl["dominant"].cpu().numpy()
-        ids = np.zeros(dominant.max() + 1, np.uint8)
+        # a bone outside the field is in occl["ids"] but never dominant: size the table by the ids
+        ids = np.zeros(max([int(dominant.max()), *occl["ids"].values()]) + 1, np.uint8)
         for bone, j in occl["ids"].items():
             ids[j] = names[bone]
         _png(ids[dominant], out / "masks" / f"{key}_labels.png")
