@@ -75,6 +75,8 @@ def test_config_errors_are_one_line_and_name_the_fix(tmp_path):
     with pytest.raises(FluoroRegError, match="Pyramid.iterations has 1 entries but pixel_mm has 4 levels"):
         experiment_from_dict({"frames": {"folder": "x"}, "conditions": [
             {"name": "a", "options": {"pyramid": {"iterations": [5]}}}]})
+    with pytest.raises(FluoroRegError, match="level \\(px\\) is now pixel_mm"):
+        experiment_from_dict({"frames": {"folder": "x"}, "landscape": {"level": 128}})
     # the documented `calibration: true` (a YAML boolean) is the true calibration
     assert experiment_from_dict({"frames": {"folder": "x"}, "calibration": True}).calibration == "true"
     assert experiment_from_dict({"frames": {"folder": "x"}, "calibration": False}).calibration == "nominal"

@@ -121,6 +121,7 @@ def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
     if len({c.name for c in conditions}) != len(conditions):
         raise FluoroRegError("condition names must be unique")
     d["conditions"] = conditions
+    _landscape_known(d.get("landscape"))
     _options_known(d.get("options") or {}, "options")
     if isinstance(d.get("calibration"), bool):  # YAML reads the documented `calibration: true` as a boolean
         d["calibration"] = "true" if d["calibration"] else "nominal"
@@ -150,6 +151,19 @@ def write_experiment(exp: Experiment, path) -> None:
 
 
 SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter")
+LANDSCAPE_KEYS = ("frames", "bones", "half_range", "points", "pairs", "pixel_mm")
+
+
+def _landscape_known(spec) -> None:
+    """landscape: has only known keys (``level`` in pixels became ``pixel_mm``, the pixel at the bone)."""
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise FluoroRegError(f"landscape must be a mapping ({', '.join(LANDSCAPE_KEYS)}), got {spec!r}")
+    unknown = sorted(set(spec) - set(LANDSCAPE_KEYS))
+    if unknown:
+        hint = "; level (px) is now pixel_mm, the pixel size at the bone (e.g. 1.4)" if "level" in unknown else ""
+        raise FluoroRegError(f"unknown key(s) {', '.join(unknown)} in landscape; allowed: {', '.join(LANDSCAPE_KEYS)}{hint}")
 
 
 def _simulate_known(sim) -> None:
