@@ -48,7 +48,7 @@ def cmd_render(args) -> None:
     from .files import read_poses, save_image
     from .geometry import Camera
     from .render import render
-    from .volume import bone_volumes, load_ct, load_labels, read_label_names, whole_volume
+    from .volume import bone_volumes, default_label_names, load_ct, load_labels, read_label_names, whole_volume
 
     camera = Camera.from_json(args.calib)
     poses = read_poses(args.pose)
@@ -57,7 +57,7 @@ def cmd_render(args) -> None:
         if not args.labels:
             raise FluoroRegError("--bones needs --labels (the labelmap of the CT)")
         labels = load_labels(args.labels, ct)
-        names = read_label_names(args.label_names or _default_label_names(args.labels))
+        names = read_label_names(args.label_names or default_label_names(args.labels))
         bones = [b.strip() for b in args.bones.split(",") if b.strip()]
         missing = [b for b in bones if b not in poses]
         if missing:
@@ -75,12 +75,6 @@ def cmd_render(args) -> None:
     print(f"DRR {camera.rows}x{camera.cols} ({args.method}) -> {args.out} (pixel = value x {meta['scale']:.6g})")
 
 
-def _default_label_names(labels_path):
-    from .volume import default_label_names
-
-    return default_label_names(labels_path)
-
-
 def cmd_simulate(args) -> None:
     from .geometry import Camera
     from .simulate.writer import DEFAULT_CAMERA, simulate_folder
@@ -94,7 +88,9 @@ def cmd_simulate(args) -> None:
         camera = camera.resized(args.size, args.size)
     names = args.label_names
     if args.ct is not None and names is None:
-        names = _default_label_names(args.labels)
+        from .volume import default_label_names
+
+        names = default_label_names(args.labels)
     flex = _floats(args.flexion_range, 2, "--flexion-range")
     simulate_folder(args.out, args.ct, args.labels, names, frames=args.frames,
                     sequence=None if args.sequence == "none" else args.sequence, seed=args.seed,
@@ -246,11 +242,11 @@ def cmd_zoo(args) -> None:
 def cmd_segment_train(args) -> None:
     from .geometry import Camera
     from .segment import TrainOptions, train_segmenter
-    from .volume import load_ct, load_labels, read_label_names
+    from .volume import default_label_names, load_ct, load_labels, read_label_names
 
     ct = load_ct(args.ct)
     labels = load_labels(args.labels, ct)
-    names = read_label_names(args.label_names or _default_label_names(args.labels))
+    names = read_label_names(args.label_names or default_label_names(args.labels))
     camera = Camera.from_json(args.calib) if args.calib else None
     given = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch": args.batch, "lr": args.lr}
     options = TrainOptions(bones=tuple(b.strip() for b in args.bones.split(",") if b.strip()), arch=args.arch,

@@ -84,7 +84,7 @@ def make_member(member: ZooMember, out, seed: int = 0, phantom_spacing_mm: float
     import SimpleITK as sitk
 
     from ..phantom import make_knee_phantom
-    from ..volume import SOFT_TISSUE_HU
+    from ..volume import SOFT_TISSUE_HU, ImageVolume, write_image
 
     out = Path(out)
     ph = make_knee_phantom(spacing_mm=phantom_spacing_mm, flexion_deg=0.0, seed=seed)
@@ -107,8 +107,7 @@ def make_member(member: ZooMember, out, seed: int = 0, phantom_spacing_mm: float
         folder = out / sub
         folder.mkdir(parents=True, exist_ok=True)
         for name, arr in (("ct", c), ("labels", lab)):
-            img = _image(arr, member.spacing_mm, org)
-            sitk.WriteImage(img, str(folder / f"{name}.nii.gz"), True)
+            write_image(ImageVolume.from_spacing(arr, member.spacing_mm, org), folder / f"{name}.nii.gz")
         (folder / "labels.json").write_text(json.dumps({k: int(v) for k, v in ph.label_names.items()}))
         paths[sub] = folder
     (out / "member.json").write_text(json.dumps(asdict(member)) + "\n")

@@ -187,6 +187,18 @@ def _level_objective(bone, frame, camera, par, mask, field, level: Level, dilati
                       _weights(mask, field, level.size, dilation_px), loss_fn)
 
 
+def _fine_mask(index: int, n_levels: int, ranking_level: int) -> bool:
+    """Whether pyramid level ``index`` (of ``n_levels``) grows the mask by the fine dilation: the
+    levels after the ranking level, in a pyramid of three or more."""
+    return n_levels > 2 and index > min(ranking_level, n_levels - 1)
+
+
+def _probe_offsets(probe) -> torch.Tensor:
+    """A probe's turns in radians: every multiple of its step within +-its range, (2n + 1,)."""
+    n = int(probe.range_deg // probe.step_deg)
+    return torch.arange(-n, n + 1, dtype=torch.float64) * math.radians(probe.step_deg)
+
+
 def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera, reference: torch.Tensor,
                          mask: torch.Tensor | None = None, field: torch.Tensor | None = None,
                          config: RegistrationConfig | None = None, pixel_mm: float | None = None,
@@ -210,8 +222,8 @@ def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera
     par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), reference)
     depth = bone_depth_mm(bone, reference) if depth_mm is None else depth_mm
     if fine is None:
-        levels = pyramid_levels(camera, depth, config)
-        fine = len(levels) > 2 and len(levels) - 1 > config.ranking.level
+        n_levels = len(pyramid_levels(camera, depth, config))
+        fine = _fine_mask(n_levels - 1, n_levels, config.ranking.level)
     level = level_for(camera, depth, pixel_mm or config.pyramid.pixel_mm[-1])
     dilation = config.masks.fine_dilation_mm if fine else config.masks.dilation_mm
     return _level_objective(bone, frame, camera, par, mask, field, level, dilation, config.pyramid.coarsen,
@@ -257,7 +269,7 @@ class _BoneRegistration:
 
     def level_objective(self, index: int) -> _Objective:
         """The loss at pyramid level ``index``: levels finer than the ranking level use the fine mask."""
-        return self.objective(self.levels[index], fine=index > self.rank_level and len(self.levels) > 2)
+        return self.objective(self.levels[index], fine=_fine_mask(index, len(self.levels), self.rank_level))
 
     def log(self, result):
         x, loss, log = result
@@ -292,22 +304,18 @@ class _BoneRegistration:
 
     def tilt_probe(self, x, name: str):
         """Best pose on a grid over both out-of-plane rotations at the ranking level."""
-        t = self.config.tilt_probe
-        n = int(t.range_deg // t.step_deg)
-        offsets = torch.arange(-n, n + 1, dtype=torch.float64) * math.radians(t.step_deg)
+        offsets = _probe_offsets(self.config.tilt_probe)
         return self.log(grid_search(self.level_objective(self.rank_level), x, (0, 1), offsets, report=self.report,
                                     name=f"{name} {self.levels[self.rank_level].size[1]}px"))
 
     def axial_probe(self, x):
         """Best turn about the bone's long axis at the ranking level."""
-        a = self.config.axial_probe
         long_axis = _long_axis(self.bone)
         if long_axis is None:
             return None
-        n = int(a.range_deg // a.step_deg)
-        offsets = torch.arange(-n, n + 1, dtype=torch.float64) * math.radians(a.step_deg)
         axis = self.par.pose(x)[:3, :3] @ long_axis
-        return self.log(rotation_scan(self.level_objective(self.rank_level), x, axis, offsets, report=self.report,
+        return self.log(rotation_scan(self.level_objective(self.rank_level), x, axis,
+                                      _probe_offsets(self.config.axial_probe), report=self.report,
                                       name=f"axial probe {self.levels[self.rank_level].size[1]}px"))
 
     def probes(self, x):
