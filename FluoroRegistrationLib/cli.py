@@ -1,14 +1,24 @@
 """``fluororeg``: the command line. Parsing only; the library does the work (heavy imports inside).
 
-Every error from bad input is printed as one line (``error: ...``) with exit status 2.
+Every error from bad input is printed as one line (``error: ...``) with exit status 2; a registration
+whose every bone failed its checks writes its result and exits with status 3; warnings are one line
+(``warning: ...``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings as _warnings
 
 from .errors import FluoroRegError
+
+_python_show_warning = _warnings.showwarning
+
+
+class RegistrationFailed(FluoroRegError):
+    """Every bone of a registration failed its checks (exit status 3; the result file is written)."""
+
 
 CONVENTIONS = (
     "Conventions: volumes in LPS mm; poses are 4x4 camera_from_volume (p_cam = R p_vol + t); camera frame has "
@@ -182,7 +192,8 @@ def cmd_register(args) -> None:
             bar.close()
     result.save(args.out)
     for b, r in result.bones.items():
-        print(f"{b}: similarity {r.similarity:.4f}, {r.iterations} iterations, {r.seconds:.1f} s ({r.stop_reason})")
+        print(f"{b}: {r.status.flag}, similarity {r.similarity:.4f}, {r.iterations} iterations, {r.seconds:.1f} s"
+              + (f" ({r.status.reason})" if r.status.reasons else ""))
     print(f"wrote {args.out}")
     if args.overlay:
         from .frame import read_frame_array
@@ -192,6 +203,9 @@ def cmd_register(args) -> None:
         draw_overlay(args.overlay, read_frame_array(args.frame, args.index), as_camera(args.calib), reg.volumes,
                      result.poses(), initial)
         print(f"wrote {args.overlay}")
+    if all(r.status.flag == "failed" for r in result.bones.values()):
+        raise RegistrationFailed(f"every bone failed ({'; '.join(f'{b}: {r.status.reason}' for b, r in result.bones.items())}); "
+                                 f"the poses are in {args.out}, but check the frame, calibration and initial pose")
 
 
 def cmd_demo(args) -> None:
@@ -413,14 +427,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _end_progress_lines() -> None:
+    """Close any progress bar still drawn, so that a message starts on a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings as one line, ``warning: ...`` (others as Python prints them)."""
+    from .errors import FluoroRegWarning
+
+    if issubclass(category, FluoroRegWarning):
+        _end_progress_lines()
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
+    """Run one command; 0 on success, 2 for bad input (one line ``error: ...``), 3 when a
+    registration ran but every bone failed its checks (the result is written)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with _warnings.catch_warnings():
+            _warnings.showwarning = _show_warning
+            args.func(args)
     except FluoroRegError as err:
+        _end_progress_lines()
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(err, RegistrationFailed) else 2
     return 0
 
 

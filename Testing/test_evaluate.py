@@ -80,7 +80,7 @@ def test_config_errors_are_one_line_and_name_the_fix(tmp_path):
     # the documented `calibration: true` (a YAML boolean) is the true calibration
     assert experiment_from_dict({"frames": {"folder": "x"}, "calibration": True}).calibration == "true"
     assert experiment_from_dict({"frames": {"folder": "x"}, "calibration": False}).calibration == "nominal"
-    with pytest.raises(FluoroRegError, match="mask must be one of"):
+    with pytest.raises(FluoroRegError, match=r"conditions\[0\].mask = .auto\?. is not one of truth, none, predicted"):
         experiment_from_dict({"frames": {"folder": "x"}, "conditions": [{"name": "a", "mask": "auto?"}]})
     with pytest.raises(FluoroRegError, match="must rise from 0"):
         experiment_from_dict({"frames": {"folder": "x"}, "starts": {"mtre_bins_mm": [2, 4]}})

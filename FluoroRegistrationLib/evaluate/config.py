@@ -39,8 +39,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FluoroRegError
+from .schema import Anything, Integer, List, Mapping, Number, Optional, Text
 
 MASK_SOURCES = ("truth", "none", "predicted")
+SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter")
+LANDSCAPE_KEYS = ("frames", "bones", "half_range", "points", "pairs", "pixel_mm")
+# the config's plain sections, checked for type and range before anything else (schema.py); the
+# registration options are RegistrationConfig's and the camera the calibration's own checks
+SCHEMA = Mapping({
+    "name": Text(), "seed": Integer(0), "calibration": Anything, "options": Anything,
+    "bones": List(Text(), 1), "threads_per_task": Integer(1, 256),
+    "frames": Mapping({
+        "folder": Text(), "use": List(Integer(0)),
+        "simulate": Mapping(dict(zip(SIMULATE_KEYS, (
+            Integer(1, 100000), Text(), List(Number(-30, 160), 2, 2), Anything, Optional(Text())))))}),
+    "starts": Mapping({"mtre_bins_mm": List(Number(0, 1000), 2), "per_bin": Integer(1, 1000),
+                       "per_axis": Mapping({"translation_mm": List(Number(0, 500)),
+                                            "rotation_deg": List(Number(0, 180))})}),
+    "conditions": List(Mapping({"name": Anything, "mask": Text(MASK_SOURCES), "options": Optional(Anything),
+                                "model": Optional(Text())}, required=("name",))),
+    "landscape": Optional(Mapping(dict(zip(LANDSCAPE_KEYS, (
+        List(Integer(0)), List(Text()),
+        Mapping({"translation_mm": Number(0.001, 500), "rotation_deg": Number(0.001, 180)}),
+        Integer(3, 1001), List(List(Integer(0, 5), 2, 2)), Number(0.01, 50)))))),
+})
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,8 @@ def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
     if unknown:
         raise FluoroRegError(f"unknown key(s) {', '.join(unknown)} in the experiment config; "
                              f"allowed: {', '.join(sorted(allowed))}")
+    _landscape_known(d.get("landscape"))
+    SCHEMA(d, "")
     d = dict(d)
     frames = dict(d.get("frames") or {})
     if ("folder" in frames) == ("simulate" in frames):
@@ -150,10 +174,6 @@ def write_experiment(exp: Experiment, path) -> None:
     Path(path).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
 
 
-SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter")
-LANDSCAPE_KEYS = ("frames", "bones", "half_range", "points", "pairs", "pixel_mm")
-
-
 def _landscape_known(spec) -> None:
     """landscape: has only known keys (``level`` in pixels became ``pixel_mm``, the pixel at the bone)."""
     if spec is None:
@@ -178,3 +198,7 @@ def _simulate_known(sim) -> None:
         raise FluoroRegError(f"unknown key(s) {', '.join(unknown)} in frames: simulate; allowed: {', '.join(SIMULATE_KEYS)}")
     get_realism(sim.get("realism", "medium"))
     get_clutter(sim.get("clutter"))
+    if sim.get("camera") is not None:
+        from ..geometry import Camera
+
+        Camera.from_dict(sim["camera"], "frames: simulate: camera")

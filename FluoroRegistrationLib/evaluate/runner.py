@@ -21,8 +21,11 @@ from .config import Condition, Experiment, write_experiment
 FIELDS = ["task_id", "frame", "bone", "condition", "kind", "bin_lo", "bin_hi", "axis", "value",
           "initial_mtre_mm", "initial_rotation_deg", "initial_translation_mm",
           "rotation_deg", "translation_mm", "in_plane_mm", "out_of_plane_mm", "mtre_mm", "mpd_mm",
-          "success_2mm", "success_1mm", "similarity", "truth_similarity", "iterations", "seconds", "stop_reason", "camera_from_volume",
-          "complete"]  # last: 1 on every whole line, so a line a crash cut short is recognised
+          "success_2mm", "success_1mm", "similarity", "truth_similarity", "iterations", "seconds", "stop_reason", "status", "status_reason",
+          "camera_from_volume", "complete"]  # last: 1 on every whole line, so a line a crash cut short is recognised
+ADDED = {"status": "", "status_reason": ""}  # columns newer than some runs files: blank in their old rows
+TEXT = {"task_id", "frame", "bone", "condition", "kind", "axis", "stop_reason", "status", "status_reason",
+        "camera_from_volume", "complete"}
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,8 @@ def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: d
             ("rotation_deg", "translation_mm", "in_plane_mm", "out_of_plane_mm", "mtre_mm", "mpd_mm")},
             "success_2mm": int(err["mtre_mm"] < 2.0), "success_1mm": int(err["mtre_mm"] < 1.0),
             "similarity": res.similarity, "truth_similarity": truth_similarity, "iterations": res.iterations,
-            "seconds": res.seconds, "stop_reason": res.stop_reason,
-            "camera_from_volume": json.dumps(res.camera_from_volume.flatten().tolist()), "complete": 1}
+            "seconds": res.seconds, "stop_reason": res.stop_reason, "status": res.status.flag,
+            "status_reason": res.status.reason, "camera_from_volume": json.dumps(res.camera_from_volume.flatten().tolist()), "complete": 1}
 
 
 def _similarity_at(vol, frame, camera, pose, mask, config, start) -> float:
@@ -156,7 +159,7 @@ def frames_folder(exp: Experiment, out: Path) -> Path:
         camera = sim.pop("camera", None)
         simulate_folder(folder, frames=int(sim.pop("count", 6)), seed=exp.seed, realism=sim.pop("realism", "medium"),
                         flexion_range=tuple(sim.pop("flexion_range", (0.0, 90.0))),
-                        camera=None if camera is None else Camera(**camera), clutter=sim.pop("clutter", None))
+                        camera=None if camera is None else Camera.from_dict(camera), clutter=sim.pop("clutter", None))
     return folder
 
 
@@ -197,11 +200,11 @@ def read_rows(path: Path) -> list[dict]:
     rows = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            if None in row.values() or len(row) != len(FIELDS) or row["complete"] != "1":
+            row = {**ADDED, **row}
+            if None in row.values() or None in row or set(row) != set(FIELDS) or row["complete"] != "1":
                 continue
             for k in FIELDS:
-                if k in ("task_id", "frame", "bone", "condition", "kind", "axis", "stop_reason", "camera_from_volume",
-                         "complete"):
+                if k in TEXT:
                     continue
                 row[k] = float(row[k]) if row[k] not in ("", "nan") else math.nan
             rows.append(row)

@@ -137,26 +137,49 @@ class Camera:
             out["distortion"] = {"model": "radial", "k": self.distortion_k}
         return out
 
+    def check_physical(self, source: str = "calibration") -> "Camera":
+        """Raise unless the values are those of a real C-arm (``PHYSICAL``): catches unit slips such
+        as metres typed as millimetres before any work (a 1 mm sdd would make the renderer ask for
+        tens of GB). Returns self."""
+        checks = (("sdd_mm", self.sdd_mm), ("row_spacing_mm", self.row_spacing_mm),
+                  ("col_spacing_mm", self.col_spacing_mm), ("rows", self.rows), ("cols", self.cols),
+                  ("distortion k", abs(self.distortion_k)))
+        for name, value in checks:
+            lo, hi, hint = PHYSICAL[name.split()[0]]
+            if not lo <= value <= hi:
+                raise FluoroRegError(f"{source}: {name} {value:g} is outside the physical range {lo:g}-{hi:g}; "
+                                     f"{hint}")
+        for name, value, size in (("col", self.u0, self.cols), ("row", self.v0, self.rows)):
+            if not -0.5 <= value <= size - 0.5:
+                raise FluoroRegError(f"{source}: principal point {name} {value:g} is outside the detector "
+                                     f"(0 to {size - 1}); give it in pixels, or leave it out for the centre")
+        return self
+
     @classmethod
     def from_dict(cls, data: dict, source: str = "calibration") -> "Camera":
-        """Build from docs/CONVENTIONS.md's calibration object; names missing keys in the error."""
+        """Build from docs/CONVENTIONS.md's calibration object and check it is physical
+        (:meth:`check_physical`); names the missing or wrong key in the error."""
+        if not isinstance(data, dict):
+            raise FluoroRegError(f"{source} must be an object with sdd_mm, rows, cols, row_spacing_mm, col_spacing_mm")
         required = ("sdd_mm", "rows", "cols", "row_spacing_mm", "col_spacing_mm")
         missing = [key for key in required if key not in data]
         if missing:
             raise FluoroRegError(f"{source}: missing key(s) {', '.join(missing)}; expected {', '.join(required)}")
-        pp = data.get("principal_point") or {}
-        try:
-            return cls(
-                sdd_mm=float(data["sdd_mm"]), rows=int(data["rows"]), cols=int(data["cols"]),
-                row_spacing_mm=float(data["row_spacing_mm"]), col_spacing_mm=float(data["col_spacing_mm"]),
-                u0=None if pp.get("col") is None else float(pp["col"]),
-                v0=None if pp.get("row") is None else float(pp["row"]),
-                distortion_k=float((data.get("distortion") or {}).get("k", 0.0)),
-            )
-        except (TypeError, ValueError) as err:
-            if isinstance(err, FluoroRegError):
-                raise FluoroRegError(f"{source}: {str(err).removeprefix('calibration: ')}") from None
-            raise FluoroRegError(f"{source}: values must be numbers ({err})") from None
+        pp = _section(data, "principal_point", source, '{"col": 255.5, "row": 255.5}')
+        distortion = _section(data, "distortion", source, '{"model": "radial", "k": 0.05}')
+        if distortion.get("model", "radial") != "radial":
+            raise FluoroRegError(f"{source}: distortion model {distortion['model']!r} is not supported; use "
+                                 '"radial" (r_d = r_u (1 + k r_u^2)) or undistort the frames first')
+        camera = cls(
+            sdd_mm=_number(data["sdd_mm"], "sdd_mm", source), rows=_count(data["rows"], "rows", source),
+            cols=_count(data["cols"], "cols", source),
+            row_spacing_mm=_number(data["row_spacing_mm"], "row_spacing_mm", source),
+            col_spacing_mm=_number(data["col_spacing_mm"], "col_spacing_mm", source),
+            u0=None if pp.get("col") is None else _number(pp["col"], "principal_point.col", source),
+            v0=None if pp.get("row") is None else _number(pp["row"], "principal_point.row", source),
+            distortion_k=_number(distortion.get("k", 0.0), "distortion.k", source),
+        )
+        return camera.check_physical(source)
 
     @classmethod
     def from_json(cls, path) -> "Camera":
@@ -184,10 +207,47 @@ class Camera:
             )
 
 
+# physical ranges of a calibration: (low, high, fix)
+PHYSICAL = {
+    "sdd_mm": (300.0, 2000.0, "sdd_mm is the source-to-detector distance in millimetres (C-arms: 900-1300)"),
+    "row_spacing_mm": (0.05, 5.0, "pixel spacing is in millimetres (detectors: 0.1-1.5)"),
+    "col_spacing_mm": (0.05, 5.0, "pixel spacing is in millimetres (detectors: 0.1-1.5)"),
+    "rows": (8, 16384, "rows and cols are the frame's size in pixels"),
+    "cols": (8, 16384, "rows and cols are the frame's size in pixels"),
+    "distortion": (0.0, 0.5, "k is the radial coefficient per half-diagonal squared (image intensifiers: 0.01-0.2)"),
+}
+
+
+def _number(value, name: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FluoroRegError(f"{source}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise FluoroRegError(f"{source}: {name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _count(value, name: str, source: str) -> int:
+    number = _number(value, name, source)
+    if number != int(number):
+        raise FluoroRegError(f"{source}: {name} must be a whole number of pixels, got {value!r}")
+    return int(number)
+
+
+def _section(data: dict, key: str, source: str, example: str) -> dict:
+    """An optional nested object of a calibration ({} when absent or null)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FluoroRegError(f"{source}: {key} must be an object like {example}, got {value!r}")
+    return value
+
+
 def as_camera(calibration) -> Camera:
-    """A :class:`Camera` from a Camera, a calibration dict (docs/CONVENTIONS.md's JSON object) or a JSON path."""
+    """A :class:`Camera` from a Camera, a calibration dict (docs/CONVENTIONS.md's JSON object) or a JSON
+    path, checked to be physical (:meth:`Camera.check_physical`)."""
     if isinstance(calibration, Camera):
-        return calibration
+        return calibration.check_physical()
     if isinstance(calibration, dict):
         return Camera.from_dict(calibration)
     if isinstance(calibration, (str, Path)):

@@ -106,8 +106,8 @@ class Pyramid:
 
     def __post_init__(self):
         o = "Pyramid"
-        object.__setattr__(self, "pixel_mm", _tuple(o, "pixel_mm", self.pixel_mm))
-        object.__setattr__(self, "iterations", _tuple(o, "iterations", self.iterations))
+        object.__setattr__(self, "pixel_mm", _tuple(o, "pixel_mm", self.pixel_mm, "[2.8, 1.4]"))
+        object.__setattr__(self, "iterations", _tuple(o, "iterations", self.iterations, "[60, 50]"))
         if not self.pixel_mm:
             raise FluoroRegError("Pyramid.pixel_mm is empty; give at least one level, e.g. (2.8, 1.4, 0.7, 0.35)")
         for p in self.pixel_mm:
@@ -197,8 +197,36 @@ class MaskFocus:
         _number("MaskFocus", "fine_dilation_mm", self.fine_dilation_mm, 0, 200)
 
 
+@dataclass(frozen=True)
+class Checks:
+    """When a result is flagged (:mod:`~FluoroRegistrationLib.register.status`): ``failed`` below
+    ``fail_similarity`` or with the bone's centre out of ``depth_fraction`` of the source-to-detector
+    distance or under ``fail_in_field`` of the bone in the field; ``check`` below
+    ``check_similarity``, under ``check_in_field`` of the bone in the field, or at the search box's
+    edge. The similarity thresholds are for the default similarity (patch-gncc), set from the
+    validation zoo: every result under 2 mm scored >= 0.345 there, 11 of 15 gross failures < 0.2."""
+
+    fail_similarity: float = 0.2
+    check_similarity: float = 0.3
+    fail_in_field: float = 0.25
+    check_in_field: float = 0.6
+    depth_fraction: tuple = (0.2, 0.98)
+
+    def __post_init__(self):
+        _number("Checks", "fail_similarity", self.fail_similarity, -1, 1)
+        _number("Checks", "check_similarity", self.check_similarity, self.fail_similarity, 1)
+        _number("Checks", "fail_in_field", self.fail_in_field, 0, 1)
+        _number("Checks", "check_in_field", self.check_in_field, self.fail_in_field, 1)
+        depth = _tuple("Checks", "depth_fraction", self.depth_fraction, "[0.2, 0.98]")
+        if len(depth) != 2:
+            raise FluoroRegError(f"Checks.depth_fraction = {self.depth_fraction!r} must be two numbers (low, high)")
+        _number("Checks", "depth_fraction[0]", depth[0], 0, 1, low_open=True)
+        _number("Checks", "depth_fraction[1]", depth[1], depth[0], 1, low_open=True)
+        object.__setattr__(self, "depth_fraction", depth)
+
+
 _STAGES = {"search": GlobalSearch, "ranking": Ranking, "pyramid": Pyramid, "steps": Steps, "depth_scan": DepthScan,
-           "tilt_probe": TiltProbe, "axial_probe": AxialProbe, "masks": MaskFocus}
+           "tilt_probe": TiltProbe, "axial_probe": AxialProbe, "masks": MaskFocus, "checks": Checks}
 DEVICES = ("cpu", "cuda")
 
 
@@ -215,6 +243,7 @@ class RegistrationConfig:
     tilt_probe: TiltProbe = field(default_factory=TiltProbe)
     axial_probe: AxialProbe = field(default_factory=AxialProbe)
     masks: MaskFocus = field(default_factory=MaskFocus)
+    checks: Checks = field(default_factory=Checks)
     seed: int = 0
     device: str | None = None  # "cpu", "cuda" or "cuda:N"; None: where the bone volumes are
 
@@ -284,11 +313,11 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _tuple(owner: str, name: str, value) -> tuple:
+def _tuple(owner: str, name: str, value, example: str) -> tuple:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (value,)
     if not isinstance(value, (tuple, list)):
-        raise FluoroRegError(f"{owner}.{name} = {value!r} is not a list of numbers; give e.g. (2.8, 1.4)")
+        raise FluoroRegError(f"{owner}.{name} = {value!r} is not a list of numbers; give e.g. {example}")
     return tuple(value)
 
 

@@ -26,6 +26,7 @@ from ..geometry import Camera, CentredParameterization, transform_points
 from ..render import render
 from ..volume import RenderVolume
 from .config import RegistrationConfig, Ranking
+from .status import Status, evidence, judge, overall
 from .optimize import (Cancelled, StageLog, adam_refine, differs, distinct_minima, grid_search, line_search,
                        rotation_scan, simulated_annealing)
 
@@ -43,9 +44,11 @@ class BoneResult:
     stop_reason: str
     loss_history: list
     stages: list
+    status: Status = field(default_factory=Status)  # ok | check | failed, with the reasons
 
     def to_dict(self) -> dict:
-        return {"camera_from_volume": self.camera_from_volume.tolist(), "similarity": self.similarity,
+        return {"camera_from_volume": self.camera_from_volume.tolist(), "status": self.status.flag,
+                "reason": self.status.reason, "similarity": self.similarity,
                 "iterations": self.iterations, "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason,
                 "stages": [{"name": s.name, "iterations": s.iterations, "seconds": round(s.seconds, 3),
                             "stop_reason": s.stop_reason, "final_loss": s.losses[-1] if s.losses else None}
@@ -62,6 +65,11 @@ class RegistrationResult:
 
     def poses(self) -> dict[str, torch.Tensor]:
         return {b: r.camera_from_volume for b, r in self.bones.items()}
+
+    @property
+    def status(self) -> str:
+        """The worst bone's flag: ``ok``, ``check`` or ``failed``."""
+        return overall(r.status for r in self.bones.values())
 
     def to_dict(self) -> dict:
         """{bone: result}: a poses JSON (each entry has ``camera_from_volume``) with the details."""
@@ -398,9 +406,12 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
     with torch.no_grad():
         final_loss = float(job.level_objective(len(job.levels) - 1)(x[None])[0])
     stages = job.stages
-    return BoneResult(bone.name, job.par.pose(x).detach(), initial, 1.0 - final_loss,
+    pose = job.par.pose(x).detach()
+    status = judge(evidence(bone, camera, pose, 1.0 - final_loss, field, x.detach(), job.box), config.checks)
+    return BoneResult(bone.name, pose, initial, 1.0 - final_loss,
                       sum(s.iterations for s in stages), time.perf_counter() - t0,
-                      stages[-1].stop_reason if stages else "no stage", [v for s in stages for v in s.losses], stages)
+                      stages[-1].stop_reason if stages else "no stage", [v for s in stages for v in s.losses], stages,
+                      status)
 
 
 def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera,

@@ -144,7 +144,12 @@ def read_weights(path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError (empty, truncated, not safetensors), OSError
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise FluoroRegError(f"cannot read {path} as safetensors ({why}); the file is damaged or not a weights "
+                                 "file: copy it again or retrain") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle refusals and broken files alike
@@ -157,6 +162,45 @@ def read_weights(path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_model_info(path) -> ModelInfo:
+    """``model.json`` -> :class:`ModelInfo`, every field checked (one line naming the bad one)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FluoroRegError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); restore it from the training "
+                             "output") from None
+    if not isinstance(raw, dict):
+        raise FluoroRegError(f"{path} must hold a JSON object (arch, bones, size, ...), got {type(raw).__name__}")
+    info = ModelInfo(**{k: v for k, v in raw.items() if k in ModelInfo.__dataclass_fields__})
+    checks = (("arch", info.arch in ARCHITECTURES if isinstance(info.arch, str) else False, "one of " + ", ".join(ARCHITECTURES)),
+              ("bones", isinstance(info.bones, list) and bool(info.bones) and all(isinstance(b, str) and b for b in
+                                                                                   info.bones)
+               and len(set(info.bones)) == len(info.bones), "a list of distinct bone names"),
+              ("size", isinstance(info.size, int) and not isinstance(info.size, bool) and 16 <= info.size <= 4096,
+               "an integer from 16 to 4096"),
+              ("threshold", isinstance(info.threshold, (int, float)) and not isinstance(info.threshold, bool)
+               and 0 < info.threshold < 1, "a number between 0 and 1"),
+              ("decoder", isinstance(info.decoder, bool), "true or false"),
+              ("preprocessing", isinstance(info.preprocessing, dict), "an object"),
+              ("format_version", isinstance(info.format_version, int) and 1 <= info.format_version <= FORMAT_VERSION,
+               f"an integer from 1 to {FORMAT_VERSION} (a newer format needs a newer FluoroRegistration)"))
+    for name, ok, allowed in checks:
+        if not ok:
+            raise FluoroRegError(f"{path}: {name} = {getattr(info, name)!r} is not {allowed}")
+    return info
+
+
+def _weights_path(folder: Path) -> Path:
+    """``folder/model.safetensors``, or the folder's only ``.pt`` / ``.pth`` state dict."""
+    if (folder / WEIGHTS_FILE).is_file():
+        return folder / WEIGHTS_FILE
+    others = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth"))
+    if len(others) == 1:
+        return others[0]
+    found = f" (found {', '.join(p.name for p in others)}: keep one)" if others else ""
+    raise FluoroRegError(f"no {WEIGHTS_FILE} in {folder}{found}; pass the folder written by `fluororeg segment train`")
+
+
 def load_model(folder, device: str = "cpu") -> tuple[BoneSegmenter, ModelInfo]:
     """A model folder (or its ``model.json`` / ``model.safetensors``) -> (model in eval mode, info)."""
     folder = Path(folder)
@@ -165,17 +209,13 @@ def load_model(folder, device: str = "cpu") -> tuple[BoneSegmenter, ModelInfo]:
     info_path = folder / INFO_FILE
     if not info_path.is_file():
         raise FluoroRegError(f"no {INFO_FILE} in {folder}; pass the folder written by `fluororeg segment train`")
-    try:
-        raw = json.loads(info_path.read_text())
-        info = ModelInfo(**{k: v for k, v in raw.items() if k in ModelInfo.__dataclass_fields__})
-    except (ValueError, TypeError) as err:
-        raise FluoroRegError(f"{info_path} is not a model description ({err})") from None
+    info = read_model_info(info_path)
     model = BoneSegmenter(info.arch, info.bones, info.decoder)
-    state = read_weights(folder / WEIGHTS_FILE)
+    state = read_weights(_weights_path(folder))
     try:
         model.load_state_dict(state)
     except RuntimeError:
-        raise FluoroRegError(f"{folder / WEIGHTS_FILE} does not fit a {info.arch} for {len(info.bones)} bones; "
+        raise FluoroRegError(f"{_weights_path(folder)} does not fit a {info.arch} for {len(info.bones)} bones; "
                              f"the weights and {INFO_FILE} come from different models") from None
     return model.to(device).eval(), info
 

@@ -1,0 +1,109 @@
+"""Is a registration to be trusted? ``ok | check | failed`` with the reasons (docs/CONVENTIONS.md,
+"Result status").
+
+A registration always returns a pose; this module says whether a person should believe it. The
+measurements (:class:`Evidence`) are taken at the result by :func:`evidence`; :func:`judge` turns
+them into a :class:`Status` by the thresholds of :class:`~.config.Checks`. Tracking's per-frame
+confidence builds on the same evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..geometry import Camera, transform_points
+from ..volume import RenderVolume
+from .config import Checks
+
+STATUSES = ("ok", "check", "failed")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What is measured at a result.
+
+    similarity: the similarity at the finest level (1 = identical).
+    in_field: fraction of the bone's sampled voxels that project inside the detector and its field.
+    depth_fraction: the bone centre's distance from the source over the source-to-detector distance.
+    box_edge: names of the pose parameters that ended on the search box's edge.
+    """
+
+    similarity: float
+    in_field: float
+    depth_fraction: float
+    box_edge: tuple = ()
+
+
+@dataclass(frozen=True)
+class Status:
+    """``flag`` in :data:`STATUSES`; ``reasons``: one short sentence per finding (empty when ok)."""
+
+    flag: str = "ok"
+    reasons: tuple = field(default_factory=tuple)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+_PARAMETERS = ("rotation x", "rotation y", "rotation z", "translation x", "translation y", "depth")
+
+
+def in_field_fraction(bone: RenderVolume, camera: Camera, pose: torch.Tensor, field=None) -> float:
+    """Fraction of ``bone.points`` (or its centroid) that project in front of the source, inside the
+    detector and, when given, inside ``field`` ((1, 1, H, W) or (H, W) bool)."""
+    points = bone.points if bone.points is not None and len(bone.points) else bone.centroid[None]
+    cam = transform_points(pose.to(torch.float64).cpu(), points.to(torch.float64).cpu())
+    uv = camera.project(cam)
+    col, row = uv[:, 0].round().long(), uv[:, 1].round().long()
+    inside = (cam[:, 2] > 0) & (col >= 0) & (col < camera.cols) & (row >= 0) & (row < camera.rows)
+    if field is not None and inside.any():
+        f = torch.as_tensor(field).reshape(camera.rows, camera.cols).bool().cpu()
+        kept = inside.clone()
+        kept[inside] = f[row[inside], col[inside]]
+        inside = kept
+    return float(inside.double().mean())
+
+
+def evidence(bone: RenderVolume, camera: Camera, pose: torch.Tensor, similarity: float, field=None,
+             x: torch.Tensor | None = None, box: torch.Tensor | None = None) -> Evidence:
+    """Measure a result: ``pose`` (4, 4) camera_from_volume; ``x`` (6,) its parameters about the
+    initial pose and ``box`` (6,) the search box's half-widths in the same units (optional)."""
+    centre = transform_points(pose.to(torch.float64).cpu(), bone.centroid[None].to(torch.float64).cpu())[0]
+    edge = ()
+    if x is not None and box is not None:
+        at_edge = (x.abs().cpu() >= 0.98 * box.cpu()) & (box.cpu() > 0)
+        edge = tuple(name for name, hit in zip(_PARAMETERS, at_edge.tolist()) if hit)
+    return Evidence(float(similarity), in_field_fraction(bone, camera, pose, field),
+                    float(centre[2]) / camera.sdd_mm, edge)
+
+
+def judge(ev: Evidence, checks: Checks | None = None) -> Status:
+    """The status of a result from its :class:`Evidence` (thresholds: :class:`~.config.Checks`)."""
+    checks = checks or Checks()
+    failed, check = [], []
+    if not ev.similarity >= checks.fail_similarity:
+        failed.append(f"similarity {ev.similarity:.3f} is far below a good fit (>= {checks.check_similarity:g})")
+    elif ev.similarity < checks.check_similarity:
+        check.append(f"similarity {ev.similarity:.3f} is low (a good fit scores >= {checks.check_similarity:g})")
+    low, high = checks.depth_fraction
+    if not low <= ev.depth_fraction <= high:
+        failed.append(f"the bone lies at {ev.depth_fraction:.2f} of the source-to-detector distance, outside the "
+                      f"physical range {low:g}-{high:g}")
+    if ev.in_field < checks.fail_in_field:
+        failed.append(f"only {100 * ev.in_field:.0f} % of the bone projects inside the field")
+    elif ev.in_field < checks.check_in_field:
+        check.append(f"{100 * ev.in_field:.0f} % of the bone projects inside the field")
+    if ev.box_edge:
+        check.append(f"{', '.join(ev.box_edge)} ended on the search box's edge (start closer, or widen the search)")
+    if failed:
+        return Status("failed", tuple(failed + check))
+    return Status("check", tuple(check)) if check else Status("ok", ())
+
+
+def overall(statuses) -> str:
+    """The worst flag of several results (``ok`` for none)."""
+    flags = [s.flag for s in statuses]
+    return max(flags, key=STATUSES.index) if flags else "ok"

@@ -1,0 +1,126 @@
+"""A registration that fails says so: the status (ok | check | failed) of every result, its
+evidence measured against known geometry, and the command's exit status."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from FluoroRegistrationLib.cli import main
+from FluoroRegistrationLib.files import write_poses
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view
+from FluoroRegistrationLib.phantom import make_knee_phantom, write_phantom
+from FluoroRegistrationLib.register import RegistrationConfig, register
+from FluoroRegistrationLib.register.config import Checks
+from FluoroRegistrationLib.register.status import Evidence, evidence, in_field_fraction, judge
+from FluoroRegistrationLib.render import render
+from FluoroRegistrationLib.volume import ImageVolume, RenderVolume, registration_volumes, whole_volume
+from FluoroRegistrationLib import FluoroRegError
+
+F64 = torch.float64
+QUICK = {"search": {"enabled": False}, "pyramid": {"pixel_mm": [2.8, 1.4], "iterations": [20, 20]},
+         "axial_probe": {"enabled": False}, "tilt_probe": {"enabled": False}}
+
+
+def test_judge_flags_by_each_reason():
+    good = Evidence(similarity=0.45, in_field=1.0, depth_fraction=0.7)
+    assert judge(good).flag == "ok" and judge(good).reasons == ()
+    assert judge(Evidence(0.05, 1.0, 0.7)).flag == "failed"
+    assert judge(Evidence(float("nan"), 1.0, 0.7)).flag == "failed"
+    assert judge(Evidence(0.25, 1.0, 0.7)).flag == "check"
+    assert judge(Evidence(0.45, 1.0, 1.2)).flag == "failed"  # beyond the detector
+    assert judge(Evidence(0.45, 1.0, 0.1)).flag == "failed"  # next to the source
+    assert judge(Evidence(0.45, 0.1, 0.7)).flag == "failed"
+    assert judge(Evidence(0.45, 0.5, 0.7)).flag == "check"
+    edge = judge(Evidence(0.45, 1.0, 0.7, ("depth",)))
+    assert edge.flag == "check" and "depth" in edge.reason
+    both = judge(Evidence(0.1, 0.5, 0.7))
+    assert both.flag == "failed" and len(both.reasons) == 2  # every finding is named
+
+
+def test_checks_are_validated():
+    with pytest.raises(FluoroRegError, match="Checks.check_similarity"):
+        Checks(fail_similarity=0.3, check_similarity=0.2)
+    with pytest.raises(FluoroRegError, match="depth_fraction"):
+        Checks(depth_fraction=(0.9, 0.5))
+    assert RegistrationConfig.from_dict({"checks": {"fail_similarity": 0.1}}).checks.fail_similarity == 0.1
+
+
+def _points_bone(points):
+    pts = torch.as_tensor(points, dtype=F64)
+    return RenderVolume(torch.zeros(3, 3, 3), torch.eye(4, dtype=F64), "b", pts.mean(0), pts)
+
+
+def test_in_field_fraction_against_geometry():
+    camera = Camera(1000.0, 100, 100, 1.0, 1.0)  # u = 49.5 + 1000 x / z
+    z = 500.0  # 1 pixel = 0.5 mm at this depth
+    xs = np.linspace(-40.0, 40.0, 81)  # the detector's half-width at z is 25 mm: |x| < 24.75 lands inside
+    bone = _points_bone([[x, 0.0, z] for x in xs])
+    inside = np.sum(np.round(49.5 + 2 * xs) < 100) - np.sum(np.round(49.5 + 2 * xs) < 0)
+    assert in_field_fraction(bone, camera, torch.eye(4, dtype=F64)) == pytest.approx(inside / len(xs))
+    field = torch.zeros(100, 100, dtype=torch.bool)
+    field[:, 50:] = True  # the right half: x > 0.25 mm
+    right = np.sum((np.round(49.5 + 2 * xs) >= 50) & (np.round(49.5 + 2 * xs) < 100))
+    assert in_field_fraction(bone, camera, torch.eye(4, dtype=F64), field) == pytest.approx(right / len(xs))
+    behind = torch.eye(4, dtype=F64)
+    behind[2, 3] = -1000.0
+    assert in_field_fraction(bone, camera, behind) == 0.0
+
+
+def test_evidence_depth_and_box_edge():
+    camera = Camera(1000.0, 100, 100, 1.0, 1.0)
+    bone = _points_bone([[0.0, 0.0, 700.0], [1.0, 0.0, 700.0]])
+    box = torch.tensor([0.4] * 3 + [30.0] * 3, dtype=F64)
+    x = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -30.0], dtype=F64)
+    ev = evidence(bone, camera, torch.eye(4, dtype=F64), 0.5, None, x, box)
+    assert ev.depth_fraction == pytest.approx(0.7) and ev.box_edge == ("depth",) and ev.in_field == 1.0
+
+
+@pytest.fixture(scope="module")
+def knee(tmp_path_factory):
+    """The phantom at 2 mm, a 128 px lateral frame rendered at a known pose, and files for the CLI."""
+    out = tmp_path_factory.mktemp("status")
+    ph = make_knee_phantom(spacing_mm=2.0, flexion_deg=20.0, seed=0)
+    write_phantom(ph, out)
+    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
+    labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
+    bones = registration_volumes(ct, labels, ph.label_names, ["femur"])
+    camera = Camera(1000.0, 128, 128, 2.0, 2.0)
+    truth = lateral_view(ph.knee_centre_mm, 700.0)
+    with torch.no_grad():
+        frame = render(whole_volume(ct), camera, truth.float(), "fast")[0, 0]
+    start = CentredParameterization(bones["femur"].centroid, truth).pose(
+        torch.tensor([math.radians(2), 0.0, math.radians(-2), 2.0, -2.0, 3.0], dtype=F64))
+    np.save(out / "frame.npy", (1.0 - frame / frame.max()).numpy())  # bone-dark, as a detector gives
+    noise = np.random.default_rng(0).random((128, 128))
+    np.save(out / "noise.npy", (0.5 + 0.5 * noise).astype(np.float32))  # no bone in it
+    camera.to_json(out / "calib.json")
+    write_poses(out / "init.json", {"femur": start})
+    return dict(out=out, bones=bones, camera=camera, truth=truth, frame=frame, start=start)
+
+
+def test_a_good_registration_is_ok(knee):
+    config = RegistrationConfig.from_dict(QUICK)
+    result = register(knee["bones"], knee["frame"], knee["camera"], {"femur": knee["start"]}, config=config)
+    assert result.bones["femur"].status.flag == "ok", result.bones["femur"].status.reason
+    assert result.status == "ok" and result.to_dict()["femur"]["status"] == "ok"
+
+
+def test_a_frame_without_the_bone_fails_and_the_command_exits_3_with_the_result_written(knee, tmp_path, capsys):
+    out = knee["out"]
+    (tmp_path / "quick.yaml").write_text(str(QUICK).replace("'", '"').replace("False", "false"))
+    args = ["register", "--ct", out / "ct.nii.gz", "--labels", out / "labels.nii.gz", "--bone", "femur",
+            "--calib", out / "calib.json", "--init", out / "init.json", "--config", tmp_path / "quick.yaml"]
+    code = main([str(a) for a in args + ["--frame", out / "noise.npy", "--out", tmp_path / "blank.json"]])
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    err_lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and "every bone failed" in err_lines[0] and "similarity" in err_lines[0]
+    assert "femur: failed" in captured.out
+    import json
+    saved = json.loads((tmp_path / "blank.json").read_text())
+    assert saved["femur"]["status"] == "failed" and len(saved["femur"]["camera_from_volume"]) == 4
+    code = main([str(a) for a in args + ["--frame", out / "frame.npy", "--out", tmp_path / "good.json"]])
+    captured = capsys.readouterr()
+    assert code == 0 and "femur: ok" in captured.out, captured.out + captured.err
