@@ -21,6 +21,7 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow"
+	HYPOTHESIS_PROFILE=slow $(PY) -m pytest -q Testing/test_bad_inputs.py -k fuzz
 
 # The peer renderer for the side-by-side benchmark; never a dependency of the project.
 bench-peer-deps: $(STAMP)

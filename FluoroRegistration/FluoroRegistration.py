@@ -449,7 +449,8 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         ids = core.boneIds(labels, list(outputs))
         for bone, node in outputs.items():
             self.showBone(labels, ids[bone], f"{bone} surface", node)
-        return "; ".join(f"{b}: similarity {r.similarity:.4f}, {r.iterations} iterations, {r.seconds:.1f} s"
+        return "; ".join(f"{b}: {r.status.flag.upper()}, similarity {r.similarity:.4f}, {r.iterations} iterations, "
+                         f"{r.seconds:.1f} s" + (f" ({r.status.reason})" if r.status.reasons else "")
                          for b, r in result.bones.items())
 
     def showBone(self, labels, labelId, name, poseNode):

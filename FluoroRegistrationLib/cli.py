@@ -8,6 +8,7 @@ whose every bone failed its checks writes its result and exits with status 3; wa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings as _warnings
 
@@ -91,10 +92,10 @@ def cmd_simulate(args) -> None:
 
     if (args.ct is None) != (args.labels is None):
         raise FluoroRegError("pass both --ct and --labels (or neither, for the built-in phantom)")
-    if args.frames < 1:
-        raise FluoroRegError("--frames must be at least 1")
     camera = Camera.from_json(args.calib) if args.calib else DEFAULT_CAMERA
-    if args.size:
+    if args.size is not None:
+        if not 8 <= args.size <= 4096:
+            raise FluoroRegError(f"--size {args.size} is outside 8-4096 pixels; give the detector's size in pixels")
         camera = camera.resized(args.size, args.size)
     names = args.label_names
     if args.ct is not None and names is None:
@@ -102,6 +103,10 @@ def cmd_simulate(args) -> None:
 
         names = default_label_names(args.labels)
     flex = _floats(args.flexion_range, 2, "--flexion-range")
+    from .phantom import check_flexion
+
+    if check_flexion(flex[0], "--flexion-range start") > check_flexion(flex[1], "--flexion-range end"):
+        raise FluoroRegError(f"--flexion-range {args.flexion_range} runs backwards; give min,max (e.g. 0,90)")
     simulate_folder(args.out, args.ct, args.labels, names, frames=args.frames,
                     sequence=None if args.sequence == "none" else args.sequence, seed=args.seed,
                     realism=args.realism, camera=camera, flexion_range=flex, interpolation=args.interpolation,
@@ -284,8 +289,60 @@ def cmd_segment_predict(args) -> None:
     print(f"wrote {len(records)} frame(s) of masks and overlays to {args.out}")
 
 
+FILE_OUTPUTS = ("render", "register")  # commands whose --out is a file; the others write a folder
+
+
+def _check_outputs(args) -> None:
+    """Make sure ``--out`` (and ``--overlay``) can be written before any work, so that a finished
+    result is never lost to a wrong output path: a file output is not a folder, a folder output is
+    not a file, and the folder is writable (or can be made: its nearest existing parent is a writable
+    folder). Nothing is created here, so a refused command leaves no trace."""
+    import os
+    from pathlib import Path
+
+    outputs = [(getattr(args, "out", None), args.command in FILE_OUTPUTS), (getattr(args, "overlay", None), True)]
+    for path, is_file in outputs:
+        if path is None:
+            continue
+        path = Path(path)
+        if is_file and path.is_dir():
+            raise FluoroRegError(f"--out {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+        if not is_file and path.exists() and not path.is_dir():
+            raise FluoroRegError(f"--out {path} is a file; give a folder to write into")
+        folder = (path.parent if is_file else path).absolute()
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise FluoroRegError(f"cannot make the output folder {folder}: {existing} is a file; choose another --out")
+        if not os.access(existing, os.W_OK):
+            raise FluoroRegError(f"cannot write into {existing} (permission denied); choose another --out")
+
+
+COUNTS = ("workers", "frames", "per_bin", "epochs", "steps", "batch")  # options that count something: >= 1
+
+
+def _check_counts(args) -> None:
+    """Counting options (workers, frames, epochs, ...) are at least 1; a learning rate is positive."""
+    import math
+
+    for name in COUNTS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise FluoroRegError(f"--{name.replace('_', '-')} {value} must be at least 1")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise FluoroRegError(f"--lr {lr} must be a positive number (e.g. 2e-3)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the library's one-line errors (``error: ...``, exit status 2) instead of a usage block."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fluororeg", description="Differentiable 2D/3D registration of bones "
+    parser = _Parser(prog="fluororeg", description="Differentiable 2D/3D registration of bones "
                                      "to fluoroscopy. " + CONVENTIONS)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -452,16 +509,49 @@ def main(argv=None) -> int:
     """Run one command; 0 on success, 2 for bad input (one line ``error: ...``), 3 when a
     registration ran but every bone failed its checks (the result is written)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error, already printed in one line (2)
+        return done.code if isinstance(done.code, int) else 2
     try:
         with _warnings.catch_warnings():
             _warnings.showwarning = _show_warning
+            _check_counts(args)
+            _check_outputs(args)
             args.func(args)
     except FluoroRegError as err:
         _end_progress_lines()
         print(f"error: {err}", file=sys.stderr)
         return 3 if isinstance(err, RegistrationFailed) else 2
+    except KeyboardInterrupt:
+        _end_progress_lines()
+        print("error: interrupted; files finished so far are kept (evaluate resumes where it stopped)", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug: one line for the user, the traceback in a file for the report
+        _end_progress_lines()
+        if os.environ.get("FLUOROREG_DEBUG"):
+            raise
+        print(f"error: {_internal_error(err, args)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _internal_error(err: Exception, args) -> str:
+    """One line for an unexpected exception (MemoryError: what to shrink); the traceback is written
+    to a file whose path the line gives (set FLUOROREG_DEBUG=1 to see it raised instead)."""
+    import tempfile
+    import time
+    import traceback
+
+    if isinstance(err, MemoryError):
+        return (f"out of memory in `fluororeg {args.command}`; use a coarser CT or a smaller detector, or lower the "
+                "budget with FLUOROREG_MEMORY_GB")
+    path = os.path.join(tempfile.gettempdir(), f"fluororeg-error-{time.strftime('%Y%m%d-%H%M%S')}.txt")
+    with open(path, "w") as f:
+        f.write(f"fluororeg {' '.join(sys.argv[1:])}\n" + "".join(traceback.format_exception(err)))
+    first = str(err).splitlines()[0] if str(err) else ""
+    return (f"internal error in `fluororeg {args.command}` ({type(err).__name__}: {first[:200]}); this is a bug: "
+            f"please report it with {path}")
 
 
 if __name__ == "__main__":

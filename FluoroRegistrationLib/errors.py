@@ -7,13 +7,16 @@ it as it is (``error: ...`` / ``warning: ...``) instead of a traceback.
 import warnings
 
 
+def one_line(message: str) -> str:
+    """``message`` with line breaks (e.g. inside a file name or a value the user gave) escaped."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+
+
 class FluoroRegError(ValueError):
     """Bad input or an impossible request; ``str(err)`` is one line naming the problem and fix."""
 
     def __init__(self, message: str):
-        if "\n" in message:
-            raise AssertionError("FluoroRegError messages must be one line")
-        super().__init__(message)
+        super().__init__(one_line(message))
 
 
 class FluoroRegWarning(UserWarning):
@@ -23,6 +26,4 @@ class FluoroRegWarning(UserWarning):
 
 def warn(message: str, stacklevel: int = 2) -> None:
     """Emit a one-line :class:`FluoroRegWarning` (the CLI prints it as ``warning: ...``)."""
-    if "\n" in message:
-        raise AssertionError("FluoroRegWarning messages must be one line")
-    warnings.warn(message, FluoroRegWarning, stacklevel=stacklevel + 1)
+    warnings.warn(one_line(message), FluoroRegWarning, stacklevel=stacklevel + 1)

@@ -1,4 +1,5 @@
-"""Fluoroscopy frames: reading, collimated field, polarity, attenuation-like image, pyramid.
+"""Fluoroscopy frames: collimated field, polarity, attenuation-like image, pyramid (the files are read
+by :mod:`~FluoroRegistrationLib.frame_files`).
 
 docs/CONVENTIONS.md ("Intensities", "Files"): a detected X-ray frame is bright where few photons were
 stopped (air) and dark over bone ("bone-dark"); registration compares attenuation-like images
@@ -6,20 +7,23 @@ stopped (air) and dark over bone ("bone-dark"); registration compares attenuatio
 the polarity (or takes the one given) and returns a :class:`Frame` whose image is attenuation-like.
 
 Formats: 8/16-bit PNG and TIFF (RGB(A) -> luminance), multi-page TIFF and DICOM (single and
-multi-frame; ``index`` picks the frame; MONOCHROME1 is inverted to MONOCHROME2 so that larger
-always means brighter), ``.npy`` (2D, or a 3D (N, H, W) stack). Arrays are ``[row, col]``.
+multi-frame, uncompressed or JPEG / JPEG Lossless / JPEG-LS / JPEG 2000 / RLE; ``index`` picks the
+frame and only that frame is decoded; DICOM gives the modality's values: MONOCHROME1 inverted to
+MONOCHROME2 so that larger always means brighter, and Rescale Slope/Intercept applied, each exactly
+once), ``.npy`` (2D, or a 3D (N, H, W) stack). Arrays are ``[row, col]``. :func:`frame_count` reads
+how many frames a file holds from its header.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import FluoroRegError
+from .errors import FluoroRegError, warn
+from .frame_files import frame_count, read_frame, read_frame_array  # noqa: F401 (frame_count, read_frame_array: re-exported)
 
 POLARITIES = ("bone-dark", "bone-bright", "auto")
 # How registration converts a bone-dark frame: linear (1 - I / I_ref), not -log(I / I_ref). Measured
@@ -27,9 +31,15 @@ POLARITIES = ("bone-dark", "bone-bright", "auto")
 # "Frame conversion"): display-windowed frames hold 0 over the densest bone, which the log maps far
 # above any bone, and the gradient similarities compare edges, which both conversions keep.
 LOG_CONVERSION = False
-FLAT_TOL = 2e-3          # "equal to the extreme": within this fraction of the image's value range
 MIN_FIELD_FRACTION = 0.2  # a detected field smaller than this is not trusted (all True instead)
 STEP = 0.05               # a collimator edge is a step of at least this fraction of the value range
+SHADOW_MAX = 0.3          # a collimator's shadow lies in the darkest (brightest) 30 % of the value range
+SHADOW_RING = 0.2         # ... covers at least this fraction of the image border
+FLAT_TOL = 2e-3           # ... is flat: within its noise (NOISE_K sigma), or this fraction of the range, of its level
+NOISE_K = 5.0
+SHADOW_CONTRAST = 6.0     # ... and its step up to the field is this many times that tolerance at least (and STEP)
+ISLAND = 0.05             # field pieces smaller than this fraction of the largest are noise in the shadow
+SPACING_TOL = 0.02        # a pixel spacing tag further than this from the calibration's pitch is warned about
 
 
 @dataclass
@@ -42,6 +52,8 @@ class Frame:
     path: the file read.  polarity: the polarity used, "bone-dark" or "bone-bright".
     log: whether a bone-dark frame was converted by ``-log(I / I_ref)`` (else ``1 - I / I_ref``).
     raw: (H, W) float64, the values as stored (segmentation models read these).
+    pixel_spacing_mm: (row, col) pixel spacing from the file's tags (DICOM ImagerPixelSpacing, else
+        PixelSpacing), or None (no tag, or an array); the calibration, not this, sets the geometry.
     """
     image: torch.Tensor
     field: torch.Tensor
@@ -49,85 +61,12 @@ class Frame:
     polarity: str
     log: bool = False
     raw: np.ndarray | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
 
 
 def _check_polarity(polarity: str) -> None:
     if polarity not in POLARITIES:
         raise FluoroRegError(f"unknown polarity {polarity!r}; use one of {', '.join(POLARITIES)}")
-
-
-def _gray(a: np.ndarray, vector: bool) -> np.ndarray:
-    """Colour (last axis 2-4 when ``vector``) -> luminance (ITU-R BT.601), alpha dropped."""
-    if not vector:
-        return a
-    if a.shape[-1] >= 3:
-        return a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-    return a[..., 0]
-
-
-def _read_image_file(path: Path) -> np.ndarray:
-    """PNG/TIFF/DICOM/... via SimpleITK (Pillow as a fallback) -> float64 (H, W) or (N, H, W)."""
-    import SimpleITK as sitk
-
-    try:
-        img = sitk.ReadImage(str(path))
-        a = sitk.GetArrayFromImage(img).astype(np.float64)
-        a = _gray(a, img.GetNumberOfComponentsPerPixel() > 1)
-        if img.HasMetaDataKey("0028|0004") and img.GetMetaData("0028|0004").strip() == "MONOCHROME1":
-            a = a.max() + a.min() - a  # MONOCHROME1: smallest value is white
-        return a
-    except RuntimeError:
-        pass
-    try:  # formats or compressions SimpleITK does not read
-        from PIL import Image, ImageSequence
-
-        with Image.open(path) as im:
-            pages = [np.asarray(p.convert("RGB") if p.mode in ("P", "CMYK", "YCbCr") else p,
-                                dtype=np.float64) for p in ImageSequence.Iterator(im)]
-        pages = [_gray(p, p.ndim == 3) for p in pages]
-        return pages[0] if len(pages) == 1 else np.stack(pages)
-    except Exception:
-        raise FluoroRegError(f"cannot read frame {path}: not a readable image; use PNG, TIFF, DICOM or "
-                             ".npy") from None
-
-
-def read_frame_array(path, index: int = 0) -> np.ndarray:
-    """The raw values of frame ``index`` of ``path``: (H, W) float64, as stored (no scaling).
-
-    A 3D stack (.npy (N, H, W), multi-page TIFF, multi-frame DICOM) gives its frame ``index``; a 2D
-    file accepts only ``index=0``. Raises FluoroRegError for a missing or unreadable file, data that
-    is not 2D (after the frame is picked), frames under 2x2 pixels, or NaN/inf values.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FluoroRegError(f"frame file not found: {path}; check the path")
-    if path.suffix.lower() == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-            a = a.astype(np.float64)
-        except (ValueError, OSError, TypeError):
-            raise FluoroRegError(f"cannot read frame {path}: not a numeric .npy array; save it with "
-                                 "np.save(path, array.astype(np.float32))") from None
-        if a.ndim == 3 and a.shape[-1] <= 4 < min(a.shape[:2]):
-            a = _gray(a, True)  # (H, W, C): grey(+alpha) or RGB(A), not a stack
-    else:
-        a = _read_image_file(path)
-    if a.ndim == 3:
-        if not -a.shape[0] <= index < a.shape[0]:
-            raise FluoroRegError(f"frame {path} holds {a.shape[0]} frame(s); index {index} is out of range, "
-                                 f"use 0 to {a.shape[0] - 1}")
-        a = a[index]
-    elif index != 0 and a.ndim == 2:
-        raise FluoroRegError(f"frame {path} holds a single frame; index {index} is out of range, use 0")
-    if a.ndim != 2:
-        raise FluoroRegError(f"frame {path} has shape {a.shape}, not a 2D image or a 3D (N, H, W) stack; "
-                             "save one 2D frame (rows, cols) per file or an (N, H, W) stack")
-    if min(a.shape) < 2:
-        raise FluoroRegError(f"frame {path} is {a.shape[0]}x{a.shape[1]} pixels; a frame needs at least 2x2")
-    if not np.isfinite(a).all():
-        raise FluoroRegError(f"frame {path} contains NaN or infinite values; replace them (e.g. np.nan_to_num) "
-                             "before registration")
-    return a
 
 
 def _convex_fill(mask: np.ndarray) -> np.ndarray:
@@ -156,22 +95,125 @@ def _convex_fill(mask: np.ndarray) -> np.ndarray:
     return ((cols >= lo[:, None] - 1e-7) & (cols <= hi[:, None] + 1e-7)) | mask
 
 
-def _flat_border(raw: np.ndarray, border: str) -> np.ndarray:
-    """Pixels at the image minimum ("dark") or maximum ("bright"), within ``FLAT_TOL`` of the value
-    range, that are connected to the image border."""
-    lo, hi = float(raw.min()), float(raw.max())
-    if hi == lo:
-        return np.zeros(raw.shape, bool)
-    tol = FLAT_TOL * (hi - lo)
-    labels, _ = ndimage.label(raw <= lo + tol if border == "dark" else raw >= hi - tol)
-    on_border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return np.isin(labels, on_border[on_border > 0])
+def _border_connected(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` connected (4-neighbours) to the image border."""
+    labels, n = ndimage.label(mask)
+    keep = np.zeros(n + 1, bool)
+    keep[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def _ring(a: np.ndarray) -> list[np.ndarray]:
+    """The four sides of the image border of ``a``, each in order along it."""
+    return [a[0], a[-1], a[:, 0], a[:, -1]]
+
+
+def _shadow_level(x: np.ndarray, taken: np.ndarray, top: float, noisy: bool = True):
+    """(level, tolerance) of the darkest shadow among the image border's pixels not yet ``taken``
+    (bool (H, W)), or None if fewer than ``SHADOW_RING`` of the border is left.
+
+    level: the 10th percentile of those pixels. tolerance: ``NOISE_K`` times their noise (robust
+    sigma of the differences of neighbours along the border, both below level + ``top``), at least
+    ``FLAT_TOL`` of the image's value range (a noiseless shadow; only that if not ``noisy``)."""
+    sides, free = _ring(x), _ring(~taken)
+    rest = np.concatenate([s[f] for s, f in zip(sides, free)])
+    if rest.size < SHADOW_RING * sum(s.size for s in sides):
+        return None
+    level = float(np.percentile(rest, 10))
+    diffs = np.concatenate([np.diff(s)[f[1:] & f[:-1] & (s[1:] <= level + top) & (s[:-1] <= level + top)]
+                            for s, f in zip(sides, free)])
+    noise = 1.4826 * float(np.median(np.abs(diffs))) / np.sqrt(2) if diffs.size and noisy else 0.0
+    return level, max(NOISE_K * noise, FLAT_TOL * (float(x.max()) - float(x.min())))
+
+
+def _grow(region: np.ndarray, d: int) -> np.ndarray:
+    """``region`` and the pixels up to ``d`` pixels (chessboard distance) from it."""
+    return ndimage.maximum_filter(region, size=2 * d + 1)
+
+
+def _local_mean(x: np.ndarray, mask: np.ndarray, size: int = 5) -> np.ndarray:
+    """The mean of ``x`` over the pixels of ``mask`` in each ``size`` x ``size`` window (NaN if none)."""
+    total = ndimage.uniform_filter(np.where(mask, x, 0.0), size)
+    count = ndimage.uniform_filter(mask.astype(np.float64), size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 1e-9, total / count, np.nan)
+
+
+def _below_halfway(x: np.ndarray, shadow: np.ndarray) -> np.ndarray:
+    """Pixels within 3 of ``shadow`` less than halfway up from the shadow's local level (its mean
+    within 3 pixels) to the field's (the mean within 4 pixels of the pixels 3 or more from the
+    shadow, past a blurred edge)."""
+    near = _grow(shadow, 3) & ~shadow
+    dark = _local_mean(x, shadow, 7)
+    field = _local_mean(x, ~_grow(shadow, 2), 9)
+    with np.errstate(invalid="ignore"):
+        return near & (x - dark < 0.5 * (field - dark))
+
+
+def _edge_pixels(x: np.ndarray, shadow: np.ndarray, tile: int = 256) -> np.ndarray:
+    """The blurred part of a collimator's edge beside ``shadow`` (:func:`_below_halfway`, computed
+    tile by tile where the edge is); none if fewer than half the pixels touching the shadow are
+    blurred (a sharp edge: those are the field's own, and dark anatomy there, e.g. skin beside
+    bone, must not be cut off)."""
+    touching, near = _grow(shadow, 1) & ~shadow, _grow(shadow, 3) & ~shadow
+    edge = np.zeros(x.shape, bool)
+    for r in range(0, x.shape[0], tile):
+        for c in range(0, x.shape[1], tile):
+            if near[r:r + tile, c:c + tile].any():
+                r0, c0 = max(r - 8, 0), max(c - 8, 0)
+                part = _below_halfway(x[r0:r + tile + 8, c0:c + tile + 8], shadow[r0:r + tile + 8, c0:c + tile + 8])
+                edge[r:r + tile, c:c + tile] = part[r - r0:r - r0 + tile, c - c0:c - c0 + tile]
+    return edge if touching.any() and edge[touching].mean() >= 0.5 else np.zeros(x.shape, bool)
+
+
+def _border_outside(raw: np.ndarray, border: str, noisy: bool = True) -> np.ndarray:
+    """The collimator's shadow in a raw frame (H, W) -> bool (H, W), True outside the field (all
+    False if there is none). ``border="dark"``: the shadow is dark (detected frames); ``"bright"``:
+    bright (inverted frames).
+
+    A shadow is the region connected to the image border within its noise of its level
+    (:func:`_shadow_level`: from the border pixels, so it may lie above the image's minimum, and
+    noise of a few counts is fine), in the darkest ``SHADOW_MAX`` of the value range, covering at
+    least ``SHADOW_RING`` of the border, with a step of at least ``STEP`` of the range up to the
+    pixels 2 to 4 pixels beyond it (and ``SHADOW_CONTRAST`` times its tolerance: an iso-line of
+    dark anatomy at the border rises gently, a collimator's edge steps up far above the noise). Up
+    to four are taken in turn (shutters at different levels, each below halfway up the first's
+    step). The edge is then placed halfway up the local step (:func:`_edge_pixels`, a blurred
+    edge's true position). Islands of the field under ``ISLAND`` of the largest (noise in the
+    shadow) are outside. ``noisy=False``: only a noiseless shadow (within ``FLAT_TOL``) counts."""
+    x = np.asarray(raw, np.float64) if border == "dark" else -np.asarray(raw, np.float64)
+    lo, span = float(x.min()), float(x.max()) - float(x.min())
+    outside, base, field_level = np.zeros(x.shape, bool), None, None
+    for _ in range(4):
+        found = _shadow_level(x, outside, STEP * span, noisy)
+        if found is None or found[0] > (lo + SHADOW_MAX * span if base is None else (base + field_level) / 2):
+            break
+        region = _border_connected(x <= found[0] + found[1]) | outside
+        new = _ring(region & ~outside)
+        beside = _grow(region, 4) & ~_grow(region, 1) & _grow(region & ~outside, 6)
+        share = SHADOW_RING if base is None else SHADOW_RING / 2
+        if sum(s.sum() for s in new) < share * sum(s.size for s in new) or not beside.any():
+            break
+        step = float(np.median(x[beside])) - found[0]
+        if step < max(STEP * span, SHADOW_CONTRAST * found[1]):
+            break
+        outside, base = region, (found[0] if base is None else base)
+        field_level = step + found[0] if field_level is None else field_level
+    if base is None:
+        return outside
+    outside = _border_connected(outside | _edge_pixels(x, outside))
+    labels, n = ndimage.label(~outside)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        outside |= np.isin(labels, 1 + np.flatnonzero(sizes < ISLAND * sizes.max()))
+    return outside
 
 
 def _field_from_outside(raw: np.ndarray, outside: np.ndarray) -> np.ndarray:
-    """Convex hull of the pixels off the flat border, if it is a collimated field: at least
-    ``MIN_FIELD_FRACTION`` of the image, and a step at its edge (the median of the field's pixels
-    next to the border differs from the border's value by ``STEP`` of the value range; a body's
+    """Convex hull of the pixels off the border's shadow ``outside``, if it is a collimated field:
+    at least ``MIN_FIELD_FRACTION`` of the image, and a step at its edge (the median of the field's
+    pixels next to the shadow differs from the shadow's by ``STEP`` of the value range; a body's
     edge in air fades to the air value instead)."""
     everything = np.ones(outside.shape, bool)
     if not outside.any():
@@ -188,18 +230,21 @@ def _field_from_outside(raw: np.ndarray, outside: np.ndarray) -> np.ndarray:
 def detect_field(raw: np.ndarray, border: str = "dark") -> np.ndarray:
     """The collimated field of a raw frame (H, W) -> bool (H, W), True inside.
 
-    Outside are the pixels equal (within ``FLAT_TOL`` of the value range) to the image minimum
-    (``border="dark"``: no photons reach the detector behind the collimator) or maximum
-    (``"bright"``: an inverted frame) that are connected to the image border. Collimators (circle,
-    rectangle, shutters) have convex fields, so the field is the convex hull of the rest: dark bone
-    touching the collimator edge cannot bite into it (this also fills holes). All True if nothing is
-    outside, if the field covers less than ``MIN_FIELD_FRACTION`` of the image, or if there is no
-    step at its edge (``STEP``: the body's edge in a DRR's air fades out; a collimator's does not).
+    Outside is the collimator's shadow (:func:`_border_outside`): a region connected to the image
+    border, in the darkest ``SHADOW_MAX`` of the value range (``border="dark"``: few photons reach
+    the detector behind the collimator; ``"bright"``: an inverted frame), flat up to its noise (it
+    may lie a little above the minimum, and shutters may differ a little), with a step of at least
+    ``STEP`` of the range up to the field; its edge lies halfway up that step (a blurred edge's true
+    position). Collimators (circle, rectangle, shutters) have convex fields, so the field is the
+    convex hull of the rest: dark bone touching the collimator edge cannot bite into it (this also
+    fills holes). All True if nothing is outside, if the field covers less than
+    ``MIN_FIELD_FRACTION`` of the image, or if there is no step at its edge (``STEP``: the body's
+    edge in a DRR's air fades out; a collimator's does not).
     """
     if border not in ("dark", "bright"):
         raise FluoroRegError(f"unknown border {border!r}; use 'dark' or 'bright'")
     raw = np.asarray(raw, dtype=np.float64)
-    return _field_from_outside(raw, _flat_border(raw, border))
+    return _field_from_outside(raw, _border_outside(raw, border))
 
 
 def guess_polarity(raw: np.ndarray, field: np.ndarray | None = None) -> str:
@@ -254,7 +299,7 @@ def _field_and_polarity(raw: np.ndarray, polarity: str):
     """Find the field and resolve the polarity together (see :func:`load_frame`)."""
     guess = None
     for border in ("dark", "bright"):
-        outside = _flat_border(raw, border)
+        outside = _border_outside(raw, border)
         if not outside.any() or (~outside).mean() < MIN_FIELD_FRACTION:
             continue
         # judged on the pixels off the flat border (not its hull): a DRR's body in air gives skin
@@ -262,9 +307,12 @@ def _field_and_polarity(raw: np.ndarray, polarity: str):
         pol = guess_polarity(raw, ~outside) if polarity == "auto" else polarity
         guess = guess or pol
         field = _field_from_outside(raw, outside)
+        if pol == "bone-bright" and border == "dark" and not field.all():  # air, or a blanked collimator:
+            field = _field_from_outside(raw, _border_outside(raw, border, noisy=False))  # only noiseless
         # a dark flat border of a detected (bone-dark) frame is the collimator; a bright one there is
         # saturated air. In a bone-bright image a dark flat border may be air around the body, so
-        # a flat border only counts if its field is shaped like a collimator (disc or rectangle).
+        # a flat border only counts if it is noiseless (blanked) and its field is shaped like a
+        # collimator (disc or rectangle).
         if not field.all() and ((pol == "bone-dark" and border == "dark")
                                 or (pol == "bone-bright" and _collimator_like(field))):
             return field, pol
@@ -319,42 +367,91 @@ def to_attenuation(raw, polarity: str = "auto", field=None, log: bool = True,
 
 def load_frame(path, camera=None, polarity: str = "auto", log: bool = LOG_CONVERSION, index: int = 0,
                floor: float = 1e-4) -> Frame:
-    """Read frame ``index`` of ``path``, check its size against ``camera`` and convert it
-    (:func:`frame_from_array`)."""
+    """Read frame ``index`` of ``path`` (:func:`read_frame_array`), check its size (and its pixel
+    spacing tag, if any) against ``camera`` and convert it (:func:`frame_from_array`)."""
     _check_polarity(polarity)
-    raw = read_frame_array(path, index)
-    return frame_from_array(raw, camera, polarity, log, floor, path=str(path))
+    frame = read_frame(path, index)
+    if frame.dtype == np.bool_:
+        _not_a_mask(path)
+    return frame_from_array(frame.array, camera, polarity, log, floor, path=str(path),
+                            pixel_spacing_mm=frame.spacing_mm)
 
 
-def frame_from_array(raw, camera=None, polarity: str = "auto", log: bool = LOG_CONVERSION, floor: float = 1e-4,
-                     path: str = "<array>") -> Frame:
-    """A raw frame (H, W), values as stored, -> :class:`Frame`: size checked against ``camera``,
-    field found, polarity resolved, converted to attenuation-like.
+def _check_spacing(path: str, spacing, camera) -> tuple[float, float] | None:
+    """The (row, col) spacing as floats (None if absent or not two positive numbers); warns if it
+    differs from ``camera``'s pixel pitch by more than ``SPACING_TOL``."""
+    try:
+        row, col = (float(v) for v in spacing)
+    except (TypeError, ValueError):
+        return None
+    if not (np.isfinite([row, col]).all() and row > 0 and col > 0):
+        return None
+    if camera is not None:
+        want = (camera.row_spacing_mm, camera.col_spacing_mm)
+        off = max(abs(row / want[0] - 1), abs(col / want[1] - 1))
+        if off > SPACING_TOL:
+            warn(f"{path}: its pixel spacing tag says {row:.4g} x {col:.4g} mm (row x col) but the calibration "
+                 f"says {want[0]:.4g} x {want[1]:.4g} mm ({100 * off:.0f} % apart); check that the calibration "
+                 "is this detector's at this binning (registration uses the calibration)", stacklevel=3)
+    return row, col
 
-    The field: a flat dark border (detected frames) or flat bright border (inverted frames) around a
-    convex field, see :func:`detect_field`. With ``polarity="auto"`` the polarity is guessed inside
-    that field; a dark border is kept for a bone-dark frame, and for a bone-bright one only if the
-    field is a disc or rectangle (a DRR's air around the leg is not a collimator); a bright border is
-    kept only for a bone-bright frame with such a field (in a bone-dark one it is saturated air).
-    The polarity is judged on the pixels off the flat border. ``log``, ``floor``: see
-    :func:`to_attenuation`.
-    """
-    _check_polarity(polarity)
+
+def _not_a_mask(path) -> None:
+    raise FluoroRegError(f"frame {path} holds True/False values (a mask?), not X-ray intensities; give the "
+                         "frame itself (masks go in masks=)")
+
+
+def _check_frame_values(raw, path: str) -> np.ndarray:
+    """``raw`` as a 2D float64 frame with finite, not all equal values of a numeric dtype, else a
+    FluoroRegError naming the frame and the fix."""
+    kind = np.asarray(raw).dtype.kind
+    if kind == "b":
+        _not_a_mask(path)
+    if kind not in "iuf":
+        raise FluoroRegError(f"frame {path} is not a real-valued numeric array (dtype "
+                             f"{np.asarray(raw).dtype}); give the frame's values as an (H, W) float array")
     raw = np.asarray(raw, dtype=np.float64)
     if raw.ndim != 2:
         raise FluoroRegError(f"{path}: expected a 2D frame (rows, cols), got shape {raw.shape}; pick one frame first")
+    if min(raw.shape) < 2:
+        raise FluoroRegError(f"frame {path} is {raw.shape[0]}x{raw.shape[1]} pixels; a frame needs at least 2x2")
     if not np.isfinite(raw).all():
         raise FluoroRegError(f"{path} contains NaN or infinite values; replace them (e.g. np.nan_to_num) "
                              "before registration")
+    if raw.max() == raw.min():
+        raise FluoroRegError(f"frame {path} is constant (every pixel is {raw.flat[0]:g}); check the file and the "
+                             "frame index: a blank frame cannot be registered")
+    return raw
+
+
+def frame_from_array(raw, camera=None, polarity: str = "auto", log: bool = LOG_CONVERSION, floor: float = 1e-4,
+                     path: str = "<array>", pixel_spacing_mm=None) -> Frame:
+    """A raw frame (H, W), values as stored, -> :class:`Frame`: size checked against ``camera``,
+    field found, polarity resolved, converted to attenuation-like.
+
+    The field: a dark border (detected frames) or bright border (inverted frames) around a convex
+    field, see :func:`detect_field`. With ``polarity="auto"`` the polarity is guessed inside
+    that field; a dark border is kept for a bone-dark frame, and for a bone-bright one only if it is
+    noiseless (blanked) and the field is a disc or rectangle (air around the leg, noisy or a DRR's,
+    is not a collimator); a bright border is kept only for a bone-bright frame with such a field (in
+    a bone-dark one it is saturated air).
+    The polarity is judged on the pixels off the border. ``log``, ``floor``: see
+    :func:`to_attenuation`. ``pixel_spacing_mm``: (row, col) from the file's tags (None: unknown);
+    a FluoroRegWarning if it differs from ``camera``'s pitch by more than ``SPACING_TOL`` (2 %).
+    Raises FluoroRegError for a bool, non-numeric, non-2D, under 2x2, non-finite or constant frame.
+    """
+    _check_polarity(polarity)
+    raw = _check_frame_values(raw, path)
     if camera is not None:
         try:
             camera.check_frame(*raw.shape)
         except FluoroRegError as err:
             raise FluoroRegError(f"{path}: {err}") from None
+    spacing = None if pixel_spacing_mm is None else _check_spacing(path, pixel_spacing_mm, camera)
     att, field, pol = _convert(raw, polarity, None, log, floor)
     return Frame(image=torch.from_numpy(att).float()[None, None].contiguous(),
                  field=torch.from_numpy(field)[None, None].contiguous(), path=path, polarity=pol, log=log,
-                 raw=raw)
+                 raw=raw, pixel_spacing_mm=spacing)
 
 
 def pyramid(image: torch.Tensor, field: torch.Tensor, levels) -> list[tuple[torch.Tensor, torch.Tensor]]:

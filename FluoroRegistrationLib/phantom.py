@@ -34,6 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .errors import FluoroRegError
+from .limits import check_allocation, check_spacing
+
 LABELS = {"femur": 1, "tibia": 2, "patella": 3, "fibula": 4}
 
 # Knee centre (on the flexion axis) relative to the volume centre, mm (LPS). The femoral condyles
@@ -204,6 +207,45 @@ def _leg(x, Y, Z, yl, zl):
 
 # ----------------------------------------------------------------------------- builder
 
+FLEXION_RANGE_DEG = (-20.0, 160.0)  # hyperextension to deep flexion
+
+
+def check_flexion(flexion_deg, what: str = "flexion") -> float:
+    """A knee flexion angle in degrees within :data:`FLEXION_RANGE_DEG`, else one line."""
+    lo, hi = FLEXION_RANGE_DEG
+    try:
+        value = float(flexion_deg)
+    except (TypeError, ValueError):
+        raise FluoroRegError(f"{what} {flexion_deg!r} is not a number of degrees") from None
+    if not lo <= value <= hi:
+        raise FluoroRegError(f"{what} {value:g} deg is outside a knee's range {lo:g} to {hi:g} deg; give degrees")
+    return value
+
+
+def _phantom_grid(spacing_mm, size_mm, side):
+    """Checked spacing (3,) and voxel counts (nx, ny, nz) of a phantom: a sane spacing,
+    a positive size and a grid that fits the memory budget (raises FluoroRegError, one line)."""
+    if side not in ("right", "left"):
+        raise FluoroRegError(f"side must be 'right' or 'left', got {side!r}")
+    try:
+        h = np.broadcast_to(np.asarray(spacing_mm, float), (3,)).copy()
+        size = np.broadcast_to(np.asarray(size_mm, float), (3,)).copy()
+    except (TypeError, ValueError):
+        raise FluoroRegError("phantom spacing_mm and size_mm must be a number or 3 numbers (mm)") from None
+    check_spacing(h, "the phantom", "pass a spacing in that range (--spacing; 0.5-2 mm is typical)")
+    if not (np.isfinite(size).all() and (size > 0).all()):
+        raise FluoroRegError(f"phantom size ({', '.join(f'{v:g}' for v in size)}) mm must be positive and finite "
+                             "(--size x,y,z)")
+    n = np.maximum(1.0, np.rint(size / h))
+    slab = min(np.prod(n), max(n[0] * n[1], 4e6))
+    # measured peak: ~3 B/voxel of results (6 while writing) + ~40 B/voxel of one slab's float32 fields
+    check_allocation(6.0 * np.prod(n) + 40.0 * slab,
+                     f"a {'x'.join(f'{v:.0f}' for v in n)}-voxel knee phantom (spacing "
+                     f"{', '.join(f'{v:g}' for v in h)} mm)",
+                     "use a coarser spacing (--spacing) or a smaller size (--size)")
+    return h, n.astype(np.int64)
+
+
 def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 160.0, 240.0),
                       side="right") -> Phantom:
     """Build a knee CT phantom.
@@ -216,19 +258,16 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
     size_mm: physical extent (x, y, z) in mm; the grid has round(size / spacing) voxels per axis
         and is centred on LPS (0, 0, 0); the knee centre is at (0, 0, 24) mm, joint line at z ~ 0.
     side: "right" (lateral = -x) or "left" (mirrored, lateral = +x).
-    Returns a ``Phantom`` with (Z, Y, X) int16 HU and uint8 label arrays.
+    Returns a ``Phantom`` with (Z, Y, X) int16 HU and uint8 label arrays. Raises FluoroRegError
+    (a ValueError) for a spacing outside volume.SANE_SPACING_MM or not finite, a size that is not
+    positive, or a grid over the memory budget (volume.memory_budget), before allocating it.
     """
-    if side not in ("right", "left"):
-        raise ValueError("side must be 'right' or 'left'")
-    h = np.broadcast_to(np.asarray(spacing_mm, float), (3,)).copy()
-    size = np.broadcast_to(np.asarray(size_mm, float), (3,))
-    if np.any(h <= 0) or np.any(size <= 0):
-        raise ValueError("spacing_mm and size_mm must be positive")
-    n = np.maximum(1, np.rint(size / h).astype(int))                    # (nx, ny, nz)
+    check_flexion(flexion_deg, "phantom flexion")
+    h, n = _phantom_grid(spacing_mm, size_mm, side)                   # n = (nx, ny, nz)
     origin = -(n - 1) / 2.0 * h
     c = np.array(_KNEE_OFFSET)
     m = 1.0 if side == "right" else -1.0                                 # local x = m * world x
-    flex = float(flexion_deg)
+    flex = check_flexion(flexion_deg, "phantom flexion")
     slide = _PATELLA_SLIDE * (1.0 - np.cos(np.deg2rad(flex)))
     # bone frames: (rotation about +x through c in degrees, local posterior offset in mm)
     frames = {"femur": (0.0, 0.0), "tibia": (flex, 0.0), "patella": (_PATELLA_RATIO * flex, slide)}

@@ -9,6 +9,7 @@ rows negated), as docs/CONVENTIONS.md requires.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import numpy as np
 import torch
 
 from .errors import FluoroRegError
+from .limits import SANE_SPACING_MM, check_allocation, check_spacing, memory_budget  # noqa: F401 (re-exported)
+from .volume_files import non_finite, read_sitk
 
 MU_WATER_PER_MM = 0.02  # linear attenuation of water at fluoroscopy energies (about 60 keV), 1/mm
 SOFT_TISSUE_HU = 50.0  # the tissue around a bone (muscle, tendon), subtracted from the bone's registration DRR
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass
@@ -55,41 +57,23 @@ class ImageVolume:
             self.volume_from_index, other.volume_from_index, atol=tol)
 
 
-# --------------------------------------------------------------------------------------- reading
-def _read_sitk(path: Path):
-    import SimpleITK as sitk
-
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise FluoroRegError(f"no DICOM series found in folder {path}; pass a folder of .dcm files or a volume file")
-        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-        reader.SetFileNames(files)
-        return reader.Execute()
-    return sitk.ReadImage(str(path))
+# --------------------------------------------------------------------------------------- memory
 
 
 def read_image(path, what: str = "volume") -> ImageVolume:
-    """Read a volume file (NIfTI, NRRD, MetaImage) or a DICOM series folder into the LPS frame."""
+    """Read a volume file (NIfTI, NRRD, MetaImage) or a DICOM series folder into the LPS frame.
+
+    Raises FluoroRegError (one line) for a missing, empty, truncated or damaged file, a DICOM series
+    with a missing, duplicate or unreadable slice, NaN / Inf in a NIfTI, a volume that is not 3D
+    scalar, a voxel spacing outside :data:`SANE_SPACING_MM`, or one over the memory budget.
+    """
+    import SimpleITK as sitk
+
     path = Path(path)
     if not path.exists():
         raise FluoroRegError(f"{what} not found: {path}; check the path")
-    try:
-        image = _read_sitk(path)
-    except FluoroRegError:
-        raise
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
-        raise FluoroRegError(
-            f"cannot read {what} {path} ({first.strip()[:120]}); use NIfTI, NRRD, MetaImage or a DICOM folder"
-        ) from None
-    if image.GetDimension() != 3:
-        raise FluoroRegError(f"{what} {path} has {image.GetDimension()} dimensions; a 3D volume is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise FluoroRegError(f"{what} {path} has {image.GetNumberOfComponentsPerPixel()} components; a scalar volume is needed")
-    import SimpleITK as sitk
-
+    image = read_sitk(path, what)
+    check_spacing(image.GetSpacing(), f"{what} {path}")
     array = sitk.GetArrayFromImage(image)
     direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
     return check_not_empty(ImageVolume.from_spacing(array, image.GetSpacing(), image.GetOrigin(), direction,
@@ -120,26 +104,34 @@ def load_ct(path) -> ImageVolume:
     ct = read_image(path, "CT")
     ct.array = ct.array.astype(np.float32, copy=False)
     if not np.isfinite(ct.array).all():
-        raise FluoroRegError(f"CT {ct.path} contains NaN or infinite values; fix or mask them before registration")
+        raise non_finite(ct.path, "CT")
     if float(ct.array.max()) == float(ct.array.min()):
         raise FluoroRegError(f"CT {ct.path} is constant ({float(ct.array.min())} everywhere); pass a real CT volume")
     return ct
 
 
 def load_labels(path, ct: ImageVolume) -> ImageVolume:
-    """Read a labelmap and check that it lies on the CT's grid."""
+    """Read a labelmap: integer ids, some of them non-zero, on the CT's grid."""
     labels = read_image(path, "labelmap")
     if not labels.same_grid(ct):
         raise FluoroRegError(
             f"labelmap {labels.path} ({'x'.join(map(str, labels.array.shape[::-1]))} voxels) is not on the CT's grid "
             f"({'x'.join(map(str, ct.array.shape[::-1]))}); resample it onto the CT first"
         )
-    arr = labels.array
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
-            raise FluoroRegError(f"labelmap {labels.path} holds non-integer values; pass integer label ids")
-    labels.array = arr.astype(np.int32)
+    labels.array = check_label_values(labels.array, labels.path)
     return labels
+
+
+def check_label_values(arr: np.ndarray, source: str = "<memory>") -> np.ndarray:
+    """A labelmap's (Z, Y, X) array as int32; raises if it holds non-integer values or no label."""
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            raise FluoroRegError(f"labelmap {source} holds non-integer values (e.g. {arr[bad].flat[0]:.6g}); "
+                                 "pass integer label ids")
+    if not arr.any():
+        raise FluoroRegError(f"labelmap {source} holds no labels (every voxel is 0); pass the bones' segmentation")
+    return arr.astype(np.int32, copy=False)
 
 
 def default_label_names(labels_path) -> Path:
@@ -158,7 +150,8 @@ def default_label_names(labels_path) -> Path:
 
 
 def read_label_names(spec) -> dict[str, int]:
-    """Label names from a JSON file ``{"femur": 1, ...}``, a dict, or ``"femur=1,tibia=2"``."""
+    """Label names from a JSON file ``{"femur": 1, ...}``, a dict, or ``"femur=1,tibia=2"``; every id
+    a whole number of at least 1."""
     if isinstance(spec, dict):
         names = spec
     elif isinstance(spec, (str, Path)) and Path(spec).suffix.lower() == ".json":
@@ -167,8 +160,10 @@ def read_label_names(spec) -> dict[str, int]:
             raise FluoroRegError(f"label names file not found: {path}; pass a JSON file like {{\"femur\": 1}}")
         try:
             names = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise FluoroRegError(f"label names {path} is not valid JSON ({err.msg})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FluoroRegError(f"label names {path} is not valid JSON ({getattr(err, 'msg', err)})") from None
+        if not isinstance(names, dict):
+            raise FluoroRegError(f"label names {path} must hold a JSON object like {{\"femur\": 1, \"tibia\": 2}}")
     else:
         names = {}
         for item in str(spec).split(","):
@@ -176,10 +171,25 @@ def read_label_names(spec) -> dict[str, int]:
                 raise FluoroRegError(f"label names '{spec}' must look like femur=1,tibia=2 or be a .json file")
             key, value = item.split("=", 1)
             names[key.strip()] = value.strip()
-    try:
-        return {str(k): int(v) for k, v in names.items()}
-    except (TypeError, ValueError):
-        raise FluoroRegError("label names must map names to integer ids, e.g. {\"femur\": 1}") from None
+    return {str(k): _label_id(str(k), v) for k, v in names.items()}
+
+
+def _label_id(name: str, value) -> int:
+    """One label id: a whole number >= 1 (``2``, ``2.0`` and ``"2"`` are; ``1.7``, ``true``, ``0`` are not)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+            or number != int(number):
+        raise FluoroRegError(f"label names must map names to integer ids, e.g. {{\"femur\": 1}}; "
+                             f"{name} has {value!r}")
+    if number < 1:
+        raise FluoroRegError(f"label names: {name} has id {int(number)}, but 0 is the background and ids are "
+                             "1 or more; use the bone's label id")
+    return int(number)
 
 
 def hu_to_mu(hu, mu_water: float = MU_WATER_PER_MM):
@@ -232,8 +242,14 @@ class RenderVolume:
             f = int(factor)
             mu = self.mu if self.mu.dim() == 4 else self.mu[None]
             D, H, W = mu.shape[-3:]
-            pad = [0, -W % f, 0, -H % f, 0, -D % f]
-            coarse = torch.nn.functional.avg_pool3d(torch.nn.functional.pad(mu[None], pad), f)[0]
+            out = [mu.shape[0]] + [-(-n // f) + 2 for n in (D, H, W)]
+            check_allocation(out, f"the {f}x coarser grid of {self.name}", "check the calibration's sdd_mm and "
+                             "pixel spacing", mu.element_size())
+            # the block sums over the voxels present, divided by f^3: the mean of the zero-padded block,
+            # without allocating the padding (which for f beyond the grid would be f^3 voxels)
+            kernel = (min(f, D), min(f, H), min(f, W))
+            coarse = torch.nn.functional.avg_pool3d(mu[None], kernel, stride=f, ceil_mode=True,
+                                                    divisor_override=f ** 3)[0]
             coarse = torch.nn.functional.pad(coarse, [1, 1] * 3)
             # new index n -> old index f * (n - 1) + (f - 1) / 2, on every axis
             old_from_new = torch.eye(4, dtype=torch.float64, device=self.volume_from_index.device)
@@ -325,6 +341,8 @@ def _surface_points(mask: np.ndarray, volume_from_index: np.ndarray) -> np.ndarr
 
 def whole_volume(ct: ImageVolume, mu_water: float = MU_WATER_PER_MM, dtype=torch.float32) -> RenderVolume:
     """The whole CT as one render volume (soft tissue included), padded by one voxel of zeros."""
+    check_allocation(np.add(ct.array.shape, 2), f"the render volume of CT {ct.path}", "crop or downsample the CT",
+                     12)  # float32 attenuation, its clipped copy and the padded copy
     mu = np.pad(hu_to_mu(ct.array, mu_water), 1).astype(np.float32)
     shift = np.eye(4)
     shift[:3, 3] = -1

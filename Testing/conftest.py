@@ -11,6 +11,18 @@ sys.path.insert(0, str(Path(__file__).parent))  # the analytic.py helpers
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+try:  # the fuzz tests (test_bad_inputs.py): a quick run by default, a long one with HYPOTHESIS_PROFILE=slow
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True)
+    settings.register_profile("default", max_examples=150, **common)
+    settings.register_profile("slow", max_examples=3000, **{**common, "derandomize": False})
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+except ImportError:  # hypothesis is a test extra
+    pass
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -156,7 +156,7 @@ def test_clutter_errors():
     with pytest.raises(FluoroRegError, match="unknown clutter 'lots'"):
         experiment_from_dict(base)
     base["frames"]["simulate"] = {"count": 1, "clutterr": "heavy"}
-    with pytest.raises(FluoroRegError, match="unknown key.*clutterr.*frames: simulate"):
+    with pytest.raises(FluoroRegError, match="unknown key.*clutterr.*frames.simulate"):
         experiment_from_dict(base)
 
 

@@ -82,7 +82,7 @@ def test_calibration_json_roundtrip_and_optional_principal_point(tmp_path):
     ({"rows": 512, "cols": 512, "row_spacing_mm": 0.3, "col_spacing_mm": 0.3}, "missing key"),
     ({"sdd_mm": -5, "rows": 512, "cols": 512, "row_spacing_mm": 0.3, "col_spacing_mm": 0.3}, "sdd_mm must be a positive number"),
     ({"sdd_mm": 1000, "rows": 0, "cols": 512, "row_spacing_mm": 0.3, "col_spacing_mm": 0.3}, "rows must be a positive"),
-    ({"sdd_mm": "abc", "rows": 512, "cols": 512, "row_spacing_mm": 0.3, "col_spacing_mm": 0.3}, "must be numbers"),
+    ({"sdd_mm": "abc", "rows": 512, "cols": 512, "row_spacing_mm": 0.3, "col_spacing_mm": 0.3}, "sdd_mm must be a number"),
 ])
 def test_bad_calibration_gives_one_line_error(tmp_path, data, message):
     path = tmp_path / "calib.json"

@@ -157,6 +157,7 @@ def test_register_brings_a_perturbed_femur_back_within_1mm(knee):
     assert before > 5.0 and after < 1.0, (before, after)
     np.testing.assert_allclose(to_parent(output), to_parent_from_pose(pose.numpy()), atol=1e-9)
     np.testing.assert_allclose(to_parent(initial), to_parent_from_pose(start.numpy()), atol=1e-9)  # left alone
+    assert output.GetAttribute("FluoroRegistration.status") == result.bones["femur"].status.flag == "ok"
     assert calls and calls[0][0].startswith("femur: ") and len(calls) == result.bones["femur"].iterations
     with pytest.raises(Cancelled):
         logic.register(knee["ct_node"], knee["label_node"], knee["frame_node"], CAMERA, ["femur"], [initial],

@@ -124,3 +124,35 @@ def test_a_frame_without_the_bone_fails_and_the_command_exits_3_with_the_result_
     code = main([str(a) for a in args + ["--frame", out / "frame.npy", "--out", tmp_path / "good.json"]])
     captured = capsys.readouterr()
     assert code == 0 and "femur: ok" in captured.out, captured.out + captured.err
+
+
+def test_mask_coverage_against_the_projection(knee):
+    from FluoroRegistrationLib.register.status import mask_coverage
+    from FluoroRegistrationLib.render import project_label
+
+    bone, camera, truth = knee["bones"]["femur"], knee["camera"], knee["truth"]
+    with torch.no_grad():
+        silhouette = project_label(bone, camera, truth.float()[None])[0, 0] > 0.5
+    assert mask_coverage(bone, camera, truth, silhouette) == 1.0
+    half = silhouette.clone()
+    half[:, : camera.cols // 2] = False  # a mask of the visible half: still covered
+    assert mask_coverage(bone, camera, truth, half) == 1.0
+    moved = truth.clone()
+    moved[0, 3] += 200.0  # the bone far to the side: covers none of its mask
+    assert mask_coverage(bone, camera, moved, silhouette) == 0.0
+    assert mask_coverage(bone, camera, truth, None) is None
+    ev = judge(Evidence(0.5, 1.0, 0.7, (), 0.3))
+    assert ev.flag == "failed" and "covers 30 % of its mask" in ev.reason
+    assert judge(Evidence(0.5, 1.0, 0.7, (), 0.7)).flag == "check"
+
+
+def test_the_evaluation_counts_flagged_failures_and_false_alarms():
+    from FluoroRegistrationLib.evaluate.summary import status_counts, status_table
+
+    rows = [{"success_2mm": 1, "status": "ok"}, {"success_2mm": 1, "status": "check"},
+            {"success_2mm": 0, "status": "failed"}, {"success_2mm": 0, "status": "ok"},
+            {"success_2mm": 0, "status": "check"}, {"success_2mm": 0, "status": ""}]  # an old row: left out
+    counts = status_counts(rows)
+    assert counts == {"failures_flagged": [2, 3], "successes_flagged": [1, 2]}
+    table = status_table([{"bone": "femur", "condition": "mask", **counts}])
+    assert "| femur | mask | 2 of 3 | 1 of 2 |" in table

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .config import Experiment
 from .plots import plot_errors, plot_landscapes, plot_success
-from .summary import success_table, summarise, summary_table
+from .summary import status_table, success_table, summarise, summary_table
 
 
 def compute_landscapes(exp: Experiment, folder: Path) -> list[dict]:
@@ -59,7 +59,8 @@ def write_report(exp: Experiment, out: Path, rows: list[dict]) -> dict:
     summary = summarise(rows, edges)
     parts = [f"# {exp.name}", "", f"Runs: {len(rows)} (config: `config.yaml`, every run: `runs.csv`).", "",
              summary_table(summary, edges), "", "Success (mTRE < 2 mm) by initial mTRE (mm):", "",
-             success_table(summary, edges)]
+             success_table(summary, edges), "", "Result status against the truth (docs/CONVENTIONS.md, "
+             "\"Result status\"):", "", status_table(summary)]
     plot_success(summary, edges, out / "success_vs_initial_mtre.png")
     plot_errors(rows, out / "errors.png")
     result = {"summary": summary}

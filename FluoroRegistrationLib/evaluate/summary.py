@@ -63,8 +63,31 @@ def summarise(rows: list[dict], edges: list[float]) -> list[dict]:
             "translation_mm": med("translation_mm", ok), "rotation_deg": med("rotation_deg", ok),
             "mtre_mm": med("mtre_mm", ok), "seconds": med("seconds", sel),
             "axis_capture": _axis_capture([r for r in sel if r["kind"] == "axis"]),
+            **status_counts(sel),
         })
     return out
+
+
+def status_counts(rows: list[dict]) -> dict:
+    """How the result status (ok | check | failed) matched the truth: failures (mTRE >= 2 mm) flagged
+    and successes flagged (false alarms), each as [flagged, of]; rows without a status (runs files
+    from before it) are left out."""
+    judged = [r for r in rows if r.get("status") in ("ok", "check", "failed")]
+    failures = [r for r in judged if not r["success_2mm"]]
+    successes = [r for r in judged if r["success_2mm"]]
+    flagged = lambda rs: sum(r["status"] != "ok" for r in rs)  # noqa: E731
+    return {"failures_flagged": [flagged(failures), len(failures)],
+            "successes_flagged": [flagged(successes), len(successes)]}
+
+
+def status_table(summary: list[dict]) -> str:
+    """Markdown: per (bone, condition), failures flagged ``check``/``failed`` and false alarms."""
+    lines = ["| bone | condition | failures (mTRE >= 2 mm) flagged | successes flagged (false alarms) |",
+             "|---|---|---|---|"]
+    for s in summary:
+        (ff, f), (sf, n) = s["failures_flagged"], s["successes_flagged"]
+        lines.append(f"| {s['bone']} | {s['condition']} | {ff} of {f} | {sf} of {n} |")
+    return "\n".join(lines)
 
 
 def summary_table(summary: list[dict], edges: list[float]) -> str:

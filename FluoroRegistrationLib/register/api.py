@@ -24,7 +24,7 @@ import torch
 from ..errors import FluoroRegError
 from ..frame import Frame, frame_from_array, load_frame
 from ..geometry import Camera, as_camera
-from ..volume import ImageVolume, RenderVolume
+from ..volume import ImageVolume, RenderVolume, check_label_values
 from .config import RegistrationConfig
 from .pipeline import RegistrationResult, register
 
@@ -123,7 +123,8 @@ class Registration:
         if isinstance(labels, ImageVolume):
             if not labels.same_grid(ct_volume):
                 raise FluoroRegError("the labelmap is not on the CT's grid; resample it onto the CT first")
-            label_volume = labels
+            label_volume = ImageVolume(check_label_values(labels.array, labels.path), labels.volume_from_index,
+                                       labels.path)
         else:
             label_volume = load_labels(labels, ct_volume)
         if label_names is None:

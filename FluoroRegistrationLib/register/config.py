@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 from ..errors import FluoroRegError
@@ -203,20 +204,26 @@ class Checks:
     ``fail_similarity`` or with the bone's centre out of ``depth_fraction`` of the source-to-detector
     distance or under ``fail_in_field`` of the bone in the field; ``check`` below
     ``check_similarity``, under ``check_in_field`` of the bone in the field, or at the search box's
-    edge. The similarity thresholds are for the default similarity (patch-gncc), set from the
-    validation zoo: every result under 2 mm scored >= 0.345 there, 11 of 15 gross failures < 0.2."""
+    edge; with a mask, ``failed`` / ``check`` when the bone's projection covers under
+    ``fail_mask_coverage`` / ``check_mask_coverage`` of it. The similarity thresholds are for the
+    default similarity (patch-gncc) at the finest level, set from the validation zoo: every result
+    under 2 mm scored >= 0.345 there, 11 of 15 gross failures < 0.2."""
 
     fail_similarity: float = 0.2
     check_similarity: float = 0.3
     fail_in_field: float = 0.25
     check_in_field: float = 0.6
     depth_fraction: tuple = (0.2, 0.98)
+    fail_mask_coverage: float = 0.5
+    check_mask_coverage: float = 0.8
 
     def __post_init__(self):
         _number("Checks", "fail_similarity", self.fail_similarity, -1, 1)
         _number("Checks", "check_similarity", self.check_similarity, self.fail_similarity, 1)
         _number("Checks", "fail_in_field", self.fail_in_field, 0, 1)
         _number("Checks", "check_in_field", self.check_in_field, self.fail_in_field, 1)
+        _number("Checks", "fail_mask_coverage", self.fail_mask_coverage, 0, 1)
+        _number("Checks", "check_mask_coverage", self.check_mask_coverage, self.fail_mask_coverage, 1)
         depth = _tuple("Checks", "depth_fraction", self.depth_fraction, "[0.2, 0.98]")
         if len(depth) != 2:
             raise FluoroRegError(f"Checks.depth_fraction = {self.depth_fraction!r} must be two numbers (low, high)")
@@ -250,7 +257,7 @@ class RegistrationConfig:
     def __post_init__(self):
         from ..similarity import SIMILARITIES
 
-        if self.similarity not in SIMILARITIES:
+        if not isinstance(self.similarity, str) or self.similarity not in SIMILARITIES:
             raise FluoroRegError(f"RegistrationConfig.similarity = {self.similarity!r} is unknown; use one of "
                                  f"{', '.join(SIMILARITIES)}")
         for name, cls in _STAGES.items():
@@ -258,7 +265,8 @@ class RegistrationConfig:
                 raise FluoroRegError(f"RegistrationConfig.{name} must be a {cls.__name__}, got "
                                      f"{type(getattr(self, name)).__name__}")
         _number("RegistrationConfig", "seed", self.seed, 0, None, integer=True)
-        if self.device is not None and str(self.device).split(":")[0] not in DEVICES:
+        if self.device is not None and not (isinstance(self.device, str)
+                                            and re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device)):
             raise FluoroRegError(f"RegistrationConfig.device = {self.device!r} is unknown; use cpu, cuda, cuda:N or None")
         if self.ranking.level >= len(self.pyramid.pixel_mm):
             raise FluoroRegError(f"Ranking.level = {self.ranking.level} but the pyramid has {len(self.pyramid.pixel_mm)} "
@@ -277,6 +285,8 @@ class RegistrationConfig:
     @classmethod
     def from_dict(cls, d: dict | None, where: str = "registration config") -> "RegistrationConfig":
         """A config from nested dicts; unknown keys fail with one line naming the allowed ones."""
+        if not isinstance(d, (dict, type(None))):
+            raise FluoroRegError(f"{where} must be a mapping of RegistrationConfig stages, got {d!r}")
         d = dict(d or {})
         top = {f.name for f in dataclasses.fields(cls)}
         _known(d, top, where)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -37,5 +39,6 @@ def draw_overlay(path, frame_display: np.ndarray, camera: Camera, bones: dict, p
     ax.set_title(title or "registered outlines (solid); initial (dashed)", fontsize=9)
     ax.set_axis_off()
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

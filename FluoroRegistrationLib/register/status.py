@@ -28,12 +28,14 @@ class Evidence:
     in_field: fraction of the bone's sampled voxels that project inside the detector and its field.
     depth_fraction: the bone centre's distance from the source over the source-to-detector distance.
     box_edge: names of the pose parameters that ended on the search box's edge.
+    mask_coverage: the fraction of the given 2D mask the bone's projection covers (None: no mask).
     """
 
     similarity: float
     in_field: float
     depth_fraction: float
     box_edge: tuple = ()
+    mask_coverage: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,17 +69,34 @@ def in_field_fraction(bone: RenderVolume, camera: Camera, pose: torch.Tensor, fi
     return float(inside.double().mean())
 
 
+def mask_coverage(bone: RenderVolume, camera: Camera, pose: torch.Tensor, mask) -> float | None:
+    """The fraction of ``mask``'s pixels ((1, 1, H, W) or (H, W), inside where > 0.5) that the bone
+    projects onto at ``pose``; None without a mask or a bone label. A mask of the visible part of
+    the bone is a subset of its projection, so a right pose covers it whole."""
+    from ..render import project_label
+
+    if mask is None or bone.label_mask is None:
+        return None
+    inside = torch.as_tensor(mask).reshape(camera.rows, camera.cols).cpu() > 0.5
+    if not inside.any():
+        return None
+    with torch.no_grad():
+        silhouette = project_label(bone, camera, pose.to(bone.mu.dtype)[None].to(bone.mu.device))[0, 0].cpu() > 0.5
+    return float((silhouette & inside).sum() / inside.sum())
+
+
 def evidence(bone: RenderVolume, camera: Camera, pose: torch.Tensor, similarity: float, field=None,
-             x: torch.Tensor | None = None, box: torch.Tensor | None = None) -> Evidence:
+             x: torch.Tensor | None = None, box: torch.Tensor | None = None, mask=None) -> Evidence:
     """Measure a result: ``pose`` (4, 4) camera_from_volume; ``x`` (6,) its parameters about the
-    initial pose and ``box`` (6,) the search box's half-widths in the same units (optional)."""
+    initial pose and ``box`` (6,) the search box's half-widths in the same units (optional);
+    ``mask`` the bone's 2D mask the registration was given (optional)."""
     centre = transform_points(pose.to(torch.float64).cpu(), bone.centroid[None].to(torch.float64).cpu())[0]
     edge = ()
     if x is not None and box is not None:
         at_edge = (x.abs().cpu() >= 0.98 * box.cpu()) & (box.cpu() > 0)
         edge = tuple(name for name, hit in zip(_PARAMETERS, at_edge.tolist()) if hit)
     return Evidence(float(similarity), in_field_fraction(bone, camera, pose, field),
-                    float(centre[2]) / camera.sdd_mm, edge)
+                    float(centre[2]) / camera.sdd_mm, edge, mask_coverage(bone, camera, pose, mask))
 
 
 def judge(ev: Evidence, checks: Checks | None = None) -> Status:
@@ -96,6 +115,10 @@ def judge(ev: Evidence, checks: Checks | None = None) -> Status:
         failed.append(f"only {100 * ev.in_field:.0f} % of the bone projects inside the field")
     elif ev.in_field < checks.check_in_field:
         check.append(f"{100 * ev.in_field:.0f} % of the bone projects inside the field")
+    if ev.mask_coverage is not None and ev.mask_coverage < checks.fail_mask_coverage:
+        failed.append(f"the bone covers {100 * ev.mask_coverage:.0f} % of its mask")
+    elif ev.mask_coverage is not None and ev.mask_coverage < checks.check_mask_coverage:
+        check.append(f"the bone covers {100 * ev.mask_coverage:.0f} % of its mask")
     if ev.box_edge:
         check.append(f"{', '.join(ev.box_edge)} ended on the search box's edge (start closer, or widen the search)")
     if failed:

@@ -21,6 +21,7 @@ import torch
 from ..errors import FluoroRegError
 from ..geometry import Camera
 from ..render import project_label, render
+from ..limits import check_allocation
 from ..volume import MU_WATER_PER_MM, ImageVolume, RenderVolume, bone_volumes
 from .clutter import solid_integrals
 from .detector import DetectorModel, detect, distort_image
@@ -105,6 +106,8 @@ class FrameSimulator:
         self.render_factor = render_factor
         self.voxel_mm = float(min(ct.spacing))
         if self.realism.polyenergetic:
+            check_allocation(ct.array.size * 4 * (len(MATERIAL_ORDER) + 2), f"the material channels of CT {ct.path}",
+                             "crop or downsample the CT")
             self.materials = MATERIAL_ORDER
             channels = decompose(ct.array)
             self.spectrum: Spectrum = tube_spectrum(self.realism.kvp, self.realism.filtration_mm_al)

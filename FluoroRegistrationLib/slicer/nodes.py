@@ -120,7 +120,10 @@ def label_names(label_node) -> dict[str, int]:
     if colors is None:
         raise FluoroRegError(f"label map {node_name(label_node)} has no colour table naming its labels; "
                              "pass bones as a dict like {'femur': 1, 'tibia': 2}")
-    ids = [int(v) for v in np.unique(volume_array(label_node, "label map")) if v > 0]
+    from ..volume import check_label_values
+
+    values = check_label_values(volume_array(label_node, "label map"), node_name(label_node))
+    ids = [int(v) for v in np.unique(values) if v > 0]
     return {colors.GetColorName(i): i for i in ids if colors.GetColorName(i)}
 
 

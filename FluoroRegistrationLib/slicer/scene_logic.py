@@ -24,7 +24,7 @@ from ..errors import FluoroRegError
 from ..geometry import Camera
 from ..register import RegistrationResult
 from ..render import project_label, render
-from ..volume import RenderVolume, registration_volumes
+from ..volume import RenderVolume, check_label_values, read_label_names, registration_volumes
 from .geometry import (as_camera, calibration_text, frame_ijk_to_ras, pose_from_to_parent, source_and_principal_point,
                        to_parent_from_pose)
 from .job import RegistrationJob
@@ -102,7 +102,7 @@ class FluoroRegistrationLogic:
         if isinstance(bones, str):
             bones = [b.strip() for b in bones.split(",") if b.strip()]
         if isinstance(bones, dict):
-            return {str(k): int(v) for k, v in bones.items()}
+            return read_label_names(bones)
         if not bones:
             raise FluoroRegError("no bones given; pass names like ['femur', 'tibia'] or {'femur': 1}")
         names = label_names(labelNode)
@@ -122,7 +122,7 @@ class FluoroRegistrationLogic:
             if not labels.same_grid(ct):
                 raise FluoroRegError(f"label map {node_name(labelNode)} is not on CT {node_name(ctNode)}'s grid; "
                                      "resample it onto the CT first (Resample Scalar/Vector/DWI Volume)")
-            labels.array = labels.array.astype(np.int32)
+            labels.array = check_label_values(labels.array, node_name(labelNode))
             ct.array = ct.array.astype(np.float32)
             self._bone_cache = {key: registration_volumes(ct, labels, ids, list(ids))}
         return self._bone_cache[key]
@@ -265,7 +265,13 @@ class FluoroRegistrationLogic:
         per_bone(outputPoseNodes, list(job.bones), "output pose transform")  # fail before the work, not after
         result = job.run(progress, cancel)
         self.writePoses(result.poses(), outputPoseNodes)
+        for bone, node in per_bone(outputPoseNodes, list(result.bones), "output pose transform").items():
+            node.SetAttribute(STATUS_ATTRIBUTE, result.bones[bone].status.flag)  # ok | check | failed
+            node.SetAttribute(STATUS_ATTRIBUTE + "Reason", result.bones[bone].status.reason)
         return result
+
+
+STATUS_ATTRIBUTE = "FluoroRegistration.status"  # on each output pose node: ok | check | failed (and ...Reason)
 
 
 def per_bone(nodes, bones: list, what: str) -> dict:
