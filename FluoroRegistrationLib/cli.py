@@ -297,37 +297,43 @@ def _check_outputs(args) -> None:
     result is never lost to a wrong output path: a file output is not a folder, a folder output is
     not a file, and the folder is writable (or can be made: its nearest existing parent is a writable
     folder). Nothing is created here, so a refused command leaves no trace."""
-    import os
     from pathlib import Path
 
-    outputs = [(getattr(args, "out", None), args.command in FILE_OUTPUTS), (getattr(args, "overlay", None), True)]
-    for path, is_file in outputs:
+    outputs = [("--out", getattr(args, "out", None), args.command in FILE_OUTPUTS),
+               ("--overlay", getattr(args, "overlay", None), True)]
+    for option, path, is_file in outputs:
         if path is None:
             continue
         path = Path(path)
         if is_file and path.is_dir():
-            raise FluoroRegError(f"--out {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+            raise FluoroRegError(f"{option} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
         if not is_file and path.exists() and not path.is_dir():
-            raise FluoroRegError(f"--out {path} is a file; give a folder to write into")
+            raise FluoroRegError(f"{option} {path} is a file; give a folder to write into")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise FluoroRegError(f"{option} {path} cannot be written (permission denied); choose another {option}")
         folder = (path.parent if is_file else path).absolute()
         existing = next(p for p in (folder, *folder.parents) if p.exists())
         if not existing.is_dir():
-            raise FluoroRegError(f"cannot make the output folder {folder}: {existing} is a file; choose another --out")
+            raise FluoroRegError(f"cannot make the output folder {folder}: {existing} is a file; choose another {option}")
         if not os.access(existing, os.W_OK):
-            raise FluoroRegError(f"cannot write into {existing} (permission denied); choose another --out")
+            raise FluoroRegError(f"cannot write into {existing} (permission denied); choose another {option}")
 
 
 COUNTS = ("workers", "frames", "per_bin", "epochs", "steps", "batch")  # options that count something: >= 1
 
 
 def _check_counts(args) -> None:
-    """Counting options (workers, frames, epochs, ...) are at least 1; a learning rate is positive."""
+    """Counting options (workers, frames, epochs, threads, ...) are at least 1, a seed is a non-negative
+    32-bit number, a learning rate is positive."""
     import math
 
-    for name in COUNTS:
+    for name in COUNTS + ("threads",):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise FluoroRegError(f"--{name.replace('_', '-')} {value} must be at least 1")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2 ** 32:
+        raise FluoroRegError(f"--seed {seed} must be a whole number from 0 to {2 ** 32 - 1}")
     lr = getattr(args, "lr", None)
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise FluoroRegError(f"--lr {lr} must be a positive number (e.g. 2e-3)")

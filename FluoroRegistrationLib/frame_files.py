@@ -23,7 +23,7 @@ def _gray(a: np.ndarray, vector: bool) -> np.ndarray:
 
 
 @dataclass
-class _FrameFile:
+class FrameFile:
     """One frame read from a file: values (H, W) float64, the pixel spacing tag (row, col) in mm or
     None, and the stored dtype (a bool file holds a mask, not a frame)."""
     array: np.ndarray
@@ -33,6 +33,8 @@ class _FrameFile:
 
 def _frame_index(path, index: int, count: int, stack: bool) -> int:
     """``index`` checked against a file of ``count`` frames (negative counts from the end in a stack)."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise FluoroRegError(f"frame index {index!r} of {path} must be a whole number")
     if not stack:
         if index != 0:
             raise FluoroRegError(f"frame {path} holds a single frame; index {index} is out of range, use 0")
@@ -61,14 +63,14 @@ def _npy_is_stack(a: np.ndarray) -> bool:
     return a.ndim == 3 and not a.shape[-1] <= 4 < min(a.shape[:2])
 
 
-def _read_npy(path: Path, index: int) -> _FrameFile:
+def _read_npy(path: Path, index: int) -> FrameFile:
     a = _npy(path)
     if _npy_is_stack(a):
         a = np.asarray(a[_frame_index(path, index, a.shape[0], True)])  # only this frame is read
     else:
         _frame_index(path, index, 1, False)
         a = _gray(np.asarray(a), a.ndim == 3)
-    return _FrameFile(a.astype(np.float64), None, a.dtype)
+    return FrameFile(a.astype(np.float64), None, a.dtype)
 
 
 def _is_dicom(path: Path) -> bool:
@@ -226,17 +228,17 @@ def _dicom_count(path: Path, ds) -> int:
                              f"{ds.get('NumberOfFrames')!r}; re-export the file") from None
 
 
-def _read_dicom(path: Path, index: int) -> _FrameFile:
+def _read_dicom(path: Path, index: int) -> FrameFile:
     ds = _dicom_header(path)
     count = _dicom_count(path, ds)
     i = _frame_index(path, index, count, "NumberOfFrames" in ds and count > 1)
     a = _dicom_pixels(path, ds, i, count)
     colour = int(ds.get("SamplesPerPixel") or 1) > 1 or a.ndim == 3
     a = _gray(a.astype(np.float64), True) if colour else _dicom_values(a, ds, path)
-    return _FrameFile(a, _dicom_spacing(ds))
+    return FrameFile(a, _dicom_spacing(ds))
 
 
-def _pil_page(path: Path, index: int) -> _FrameFile | None:
+def _pil_page(path: Path, index: int) -> FrameFile | None:
     """Page ``index`` of a (multi-page) image with Pillow, decoding only that page; None where
     Pillow would lose precision (colour over 8 bits per sample) or cannot read it."""
     from PIL import Image
@@ -255,10 +257,10 @@ def _pil_page(path: Path, index: int) -> _FrameFile | None:
         raise
     except Exception:  # Pillow's decoders raise many types; SimpleITK gets its turn
         return None
-    return _FrameFile(_gray(a.astype(np.float64), a.ndim == 3), None, a.dtype)
+    return FrameFile(_gray(a.astype(np.float64), a.ndim == 3), None, a.dtype)
 
 
-def _sitk_page(path: Path, index: int) -> _FrameFile | None:
+def _sitk_page(path: Path, index: int) -> FrameFile | None:
     """Page ``index`` of an image with SimpleITK (a 3D image's slice ``index``); None if unreadable."""
     import SimpleITK as sitk
 
@@ -276,10 +278,10 @@ def _sitk_page(path: Path, index: int) -> _FrameFile | None:
     except RuntimeError:
         return None
     a = sitk.GetArrayFromImage(img)
-    return _FrameFile(_gray(a.astype(np.float64), img.GetNumberOfComponentsPerPixel() > 1), None, a.dtype)
+    return FrameFile(_gray(a.astype(np.float64), img.GetNumberOfComponentsPerPixel() > 1), None, a.dtype)
 
 
-def _read_image_file(path: Path, index: int = 0) -> _FrameFile:
+def _read_image_file(path: Path, index: int = 0) -> FrameFile:
     """Frame ``index`` of a PNG/TIFF/DICOM/... file: DICOM through pydicom (:func:`_read_dicom`),
     TIFF pages through Pillow, other images through SimpleITK, each with the other as a fallback."""
     if _is_dicom(path):
@@ -333,7 +335,7 @@ def _sitk_count(path: Path) -> int:
     return size[2] if len(size) == 3 else 1
 
 
-def read_frame(path, index: int = 0) -> _FrameFile:
+def read_frame(path, index: int = 0) -> FrameFile:
     """:func:`read_frame_array` with the file's pixel spacing tag and stored dtype."""
     path = _existing(path)
     frame = _read_npy(path, index) if path.suffix.lower() == ".npy" else _read_image_file(path, index)

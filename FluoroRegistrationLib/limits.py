@@ -66,6 +66,3 @@ def check_spacing(spacing, what: str, fix: str = "fix the spacing in its header 
     if not (np.isfinite(sp).all() and (sp >= lo).all() and (sp <= hi).all()):
         shown = ", ".join(f"{v:.6g}" for v in sp)
         raise FluoroRegError(f"{what} has voxel spacing ({shown}) mm, outside the sane range {lo:g}-{hi:g} mm; {fix}")
-
-
-# --------------------------------------------------------------------------------------- reading

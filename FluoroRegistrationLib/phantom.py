@@ -262,12 +262,11 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
     (a ValueError) for a spacing outside volume.SANE_SPACING_MM or not finite, a size that is not
     positive, or a grid over the memory budget (volume.memory_budget), before allocating it.
     """
-    check_flexion(flexion_deg, "phantom flexion")
+    flex = check_flexion(flexion_deg, "phantom flexion")
     h, n = _phantom_grid(spacing_mm, size_mm, side)                   # n = (nx, ny, nz)
     origin = -(n - 1) / 2.0 * h
     c = np.array(_KNEE_OFFSET)
     m = 1.0 if side == "right" else -1.0                                 # local x = m * world x
-    flex = check_flexion(flexion_deg, "phantom flexion")
     slide = _PATELLA_SLIDE * (1.0 - np.cos(np.deg2rad(flex)))
     # bone frames: (rotation about +x through c in degrees, local posterior offset in mm)
     frames = {"femur": (0.0, 0.0), "tibia": (flex, 0.0), "patella": (_PATELLA_RATIO * flex, slide)}

@@ -57,7 +57,7 @@ class ImageVolume:
             self.volume_from_index, other.volume_from_index, atol=tol)
 
 
-# --------------------------------------------------------------------------------------- memory
+# --------------------------------------------------------------------------------------- reading
 
 
 def read_image(path, what: str = "volume") -> ImageVolume:

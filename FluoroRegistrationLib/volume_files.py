@@ -296,24 +296,46 @@ def _floats_tag(text: str, n: int):
 
 def _check_unreadable_slices(folder: Path, files, what: str) -> None:
     """Raise for a slice file the series left out because it cannot be read (a truncated or damaged
-    .dcm, or any file holding the DICM marker): GDCM drops it silently, leaving a gap."""
-    import SimpleITK as sitk
-
+    .dcm, or any file holding the DICM marker): GDCM drops it silently, leaving a gap. Files that
+    are readable but not slices of this series (a dose report, another series) are left alone."""
     used = {Path(f).resolve() for f in files}
+    series = _series_uid(Path(files[0])) if files else None
     bad = []
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.resolve() in used or p.name.upper() == "DICOMDIR":
             continue
         if p.suffix.lower() not in (".dcm", ".ima", ".dicom") and not _starts_with(p, b"DICM", 128):
             continue
-        try:
-            sitk.ReadImage(str(p))
-        except RuntimeError:
+        if _dropped_slice(p, series):
             bad.append(p.name)
     if bad:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise FluoroRegError(f"DICOM {what} in {folder}: slice file(s) {', '.join(bad[:3])}{more} cannot be read "
                              "(truncated or corrupt); re-export the complete series")
+
+
+def _series_uid(path: Path):
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True).get("SeriesInstanceUID")
+    except Exception:  # noqa: BLE001 (the series itself was read by GDCM; no UID to compare then)
+        return None
+
+
+def _dropped_slice(path: Path, series) -> bool:
+    """True if ``path`` is a damaged file, or a file of ``series`` that the reader left out; False for
+    a valid DICOM file of another series or without pixels in no series (a dose report)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception:  # noqa: BLE001 (any parse failure: a damaged file)
+        return True
+    uid = ds.get("SeriesInstanceUID")
+    if series is not None and uid is not None and uid != series:
+        return False  # another series (a dose report, a localiser)
+    return "PixelData" in ds or uid is not None  # a slice of this series that could not be read, or cut short
 
 
 def _check_slice_positions(folder: Path, files, positions, orientations, what: str) -> None:

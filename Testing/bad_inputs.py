@@ -39,6 +39,7 @@ class Case:
     argv: list
     expect: str = "error"  # error | flag | ok
     match: str = ""  # words the error line must hold (case-insensitive)
+    check: object = None  # for "ok": a callable returning what is wrong with the answer, or None
 
 
 @dataclass
@@ -166,6 +167,7 @@ def register_cases(s: dict) -> list[Case]:
 
     def case(name, expect="error", match="", **changes):
         args = dict(base)
+        out = Path(changes.get("out", base["--out"]))
         for key, value in changes.items():
             flag = "--" + key.replace("_", "-")
             if value is None:
@@ -173,7 +175,8 @@ def register_cases(s: dict) -> list[Case]:
             else:
                 args[flag] = value
         argv = ["register"] + [str(v) for kv in args.items() for v in kv]
-        return Case(f"register: {name}", argv, expect, match)
+        return Case(f"register: {name}", argv, expect, match, (lambda: _pose_error(out, s["truth"])) if
+                    expect == "ok" else None)
 
     frame = np.load(s["frame"])
     hu, sp, org = s["hu"], s["spacing"], s["origin"]
@@ -181,8 +184,8 @@ def register_cases(s: dict) -> list[Case]:
     return [
         case("good inputs", "ok"),
         case("CT missing", match="not found", ct=root / "nope.nii.gz"),
-        case("CT empty file", ct=_write(root, "empty.nii.gz", b"")),
-        case("CT is text", ct=_write(root, "text.nii.gz", "not a volume")),
+        case("CT empty file", match="empty", ct=_write(root, "empty.nii.gz", b"")),
+        case("CT is text", match="cannot read", ct=_write(root, "text.nii.gz", "not a volume")),
         case("CT truncated .nii.gz", match="truncat", ct=_truncated(s["ct"], root, "cut.nii.gz")),
         case("CT truncated .nii", match="truncat", ct=_truncated(_volume(root, "whole.nii", hu, sp, org), root,
                                                                   "cut_plain.nii", 0.7)),
@@ -192,21 +195,21 @@ def register_cases(s: dict) -> list[Case]:
             hu > 500, np.inf, hu).astype(np.float32), sp, org)),
         case("CT with NaN (NRRD)", match="nan", ct=_volume(root, "nan.nrrd", np.where(
             hu > 500, np.nan, hu).astype(np.float32), sp, org)),
-        case("CT is 2D", ct=_volume(root, "flat.nii.gz", hu[10].astype(np.int16), sp, org)),
-        case("CT is 4D", ct=_volume(root, "four.nii.gz", np.stack([hu, hu]).astype(np.int16), sp, org)),
-        case("CT is RGB", ct=_volume(root, "rgb.nii.gz", np.stack([hu] * 3, -1).astype(np.int16), sp, org,
+        case("CT is 2D", match="2D", ct=_volume(root, "flat.nii.gz", hu[10].astype(np.int16), sp, org)),
+        case("CT is 4D", match="4 dimensions", ct=_volume(root, "four.nii.gz", np.stack([hu, hu]).astype(np.int16), sp, org)),
+        case("CT is RGB", match="components", ct=_volume(root, "rgb.nii.gz", np.stack([hu] * 3, -1).astype(np.int16), sp, org,
                                      vector=True)),
         case("CT constant", match="constant", ct=_volume(root, "const.nii.gz", np.zeros_like(hu), sp, org)),
         case("CT spacing 1e-6 mm", match="spacing", ct=_volume(root, "tiny.nii.gz", hu, (1e-6,) * 3, org)),
         case("CT spacing 1e4 mm", match="spacing", ct=_volume(root, "huge.nii.gz", hu, (1e4,) * 3, org)),
         case("labels missing", match="not found", labels=root / "nope_labels.nii.gz"),
-        case("labels on another grid", labels=_volume(root, "lab_grid.nii.gz", np.zeros((5, 6, 7), np.uint8))),
+        case("labels on another grid", match="grid", labels=_volume(root, "lab_grid.nii.gz", np.zeros((5, 6, 7), np.uint8))),
         case("labels non-integer 1.7", match="integer", labels=_volume(root, "lab17.nii.gz", np.where(
             hu > 300, 1.7, 0).astype(np.float32), sp, org), label_names=_write(root, "n.json", {"femur": 1})),
-        case("labels all zero", labels=_volume(root, "lab0.nii.gz", np.zeros(hu.shape, np.uint8), sp, org),
+        case("labels all zero", match="no labels", labels=_volume(root, "lab0.nii.gz", np.zeros(hu.shape, np.uint8), sp, org),
              label_names=_write(root, "n0.json", {"femur": 1})),
         case("labels truncated", match="truncat", labels=_truncated(s["labels"], root, "labcut.nii.gz")),
-        case("label names a list", label_names=_write(root, "names_list.json", ["femur", "tibia"])),
+        case("label names a list", match="object", label_names=_write(root, "names_list.json", ["femur", "tibia"])),
         case("label names id 1.7", match="integer", label_names=_write(root, "names17.json", {"femur": 1.7})),
         case("label names id text", label_names=_write(root, "names_txt.json", {"femur": "one"})),
         case("label names bad JSON", label_names=_write(root, "names_bad.json", "{femur: 1")),
@@ -215,18 +218,18 @@ def register_cases(s: dict) -> list[Case]:
         case("bone unknown", match="kneecap", bone="kneecap"),
         case("bone empty", bone=","),
         case("frame missing", match="not found", frame=root / "nope.png"),
-        case("frame empty file", frame=_write(root, "empty.png", b"")),
+        case("frame empty file", match="empty", frame=_write(root, "empty.png", b"")),
         case("frame is text", frame=_write(root, "text.png", "hello")),
         case("frame PNG truncated", frame=_truncated(_png(root, "good.png", (frame / frame.max() * 65535).astype(
             np.uint16)), root, "cut.png", 0.5)),
         case("frame .npy of objects", frame=_write(root, "obj.npy", np.array([{"a": 1}] * 4, dtype=object))),
-        case("frame 1x1", frame=_write(root, "one.npy", np.ones((1, 1), np.float32))),
-        case("frame 1x5000", frame=_write(root, "line.npy", np.ones((1, 5000), np.float32))),
+        case("frame 1x1", match="2x2", frame=_write(root, "one.npy", np.ones((1, 1), np.float32))),
+        case("frame 1x5000", match="2x2", frame=_write(root, "line.npy", np.ones((1, 5000), np.float32))),
         case("frame 4D", frame=_write(root, "f4.npy", np.ones((2, 2, 256, 256), np.float32))),
         case("frame with NaN", match="nan", frame=_write(root, "fnan.npy", np.where(frame < 0.5, np.nan, frame))),
-        case("frame constant", frame=_write(root, "fconst.npy", np.full((256, 256), 0.5, np.float32))),
+        case("frame constant", match="constant", frame=_write(root, "fconst.npy", np.full((256, 256), 0.5, np.float32))),
         case("frame of noise", "flag", frame=_write(root, "noise.npy", np.random.default_rng(0).random((256, 256)))),
-        case("frame bool", frame=_write(root, "fbool.npy", frame > 0.5)),
+        case("frame bool", match="True/False", frame=_write(root, "fbool.npy", frame > 0.5)),
         case("frame size differs from calibration", match="calibration", frame=_write(
             root, "f32.npy", frame[:128, :128].copy())),
         case("frame index out of range", match="index", index=3),
@@ -251,7 +254,7 @@ def register_cases(s: dict) -> list[Case]:
              calib=cal("pplist", principal_point=[127.5, 127.5])),
         case("calibration principal point text", match="principal_point", calib=cal("pptxt", principal_point="c")),
         case("calibration principal point outside", match="principal point",
-             calib=cal("ppout", principal_point={"col": 500, "row": 127.5})),
+             calib=cal("ppout", principal_point={"col": 5000, "row": 127.5})),
         case("calibration distortion text", match="distortion", calib=cal("dtxt", distortion="radial")),
         case("calibration distortion k 50", match="distortion", calib=cal("d50", distortion={"k": 50})),
         case("calibration distortion unknown model", match="model",
@@ -270,20 +273,20 @@ def register_cases(s: dict) -> list[Case]:
         case("init 200 mm along the beam", "flag", init=_shifted(root, s, "deep", 0, 0, 200)),
         case("init 60 mm sideways", "flag", init=_shifted(root, s, "side", 60, 0, 0)),
         case("mask missing", match="not found", mask=f"femur={root / 'nope_mask.png'}"),
-        case("mask wrong shape", mask=f"femur={_write(root, 'm32.npy', np.ones((128, 128), bool))}"),
-        case("mask empty", mask=f"femur={_write(root, 'm0.npy', np.zeros((256, 256), bool))}"),
+        case("mask wrong shape", match="pixel grid", mask=f"femur={_write(root, 'm32.npy', np.ones((128, 128), bool))}"),
+        case("mask empty", match="empty", mask=f"femur={_write(root, 'm0.npy', np.zeros((256, 256), bool))}"),
         case("mask NaN", mask=f"femur={_write(root, 'mnan.npy', np.full((256, 256), np.nan, np.float32))}"),
         case("mask for an unknown bone", mask=f"kneecap={s['mask']}"),
         case("mask label map without the bone", mask=str(_write(root, "lm.npy", np.zeros((256, 256), np.int16)))),
         case("mask auto without a model", match="--model", mask="auto"),
         case("model folder missing", mask="auto", model=root / "nope_model"),
         case("model.json a list", mask="auto", model=_model(root, "mlist", [1, 2], b"")),
-        case("model weights empty", mask="auto", model=_model(root, "mempty", {"bones": ["femur"]}, b"")),
-        case("model weights corrupt", mask="auto", model=_model(root, "mbad", {"bones": ["femur"]}, b"\x08" * 64)),
+        case("model weights empty", match="safetensors", mask="auto", model=_model(root, "mempty", {"bones": ["femur"]}, b"")),
+        case("model weights corrupt", match="safetensors", mask="auto", model=_model(root, "mbad", {"bones": ["femur"]}, b"\x08" * 64)),
         case("model weights a .pt", mask="auto", model=_model(root, "mpt", {"bones": ["femur"]}, None)),
         case("config missing", match="not found", config=root / "nope.yaml"),
         case("config bad YAML", config=_write(root, "bad.yaml", "search: [1, 2")),
-        case("config a list", config=_write(root, "list.yaml", "- 1\n- 2\n")),
+        case("config a list", match="mapping", config=_write(root, "list.yaml", "- 1\n- 2\n")),
         case("config unknown key", match="unknown", config=_write(root, "unk.yaml", "serach: {}\n")),
         case("config iterations fast", match="iterations", config=_write(root, "fast.yaml",
                                                                            "pyramid: {iterations: fast}\n")),
@@ -296,6 +299,19 @@ def register_cases(s: dict) -> list[Case]:
         case("out is a folder", out=root),
         case("out in a missing folder", "ok", out=root / "new" / "deeper" / "r.json"),
     ]
+
+
+def _pose_error(result: Path, truth) -> str | None:
+    """What is wrong with a registration's answer: its femur more than 2 mm (in the image plane) or 2
+    deg from the truth (a frame read upside down converges elsewhere), else None."""
+    import torch
+
+    from FluoroRegistrationLib.files import read_poses
+
+    pose = read_poses(result)["femur"]
+    shift = float((pose[:2, 3] - truth[:2, 3]).norm())
+    turn = math.degrees(float(torch.arccos(((pose[:3, :3].T @ truth[:3, :3]).trace() - 1).clamp(-2, 2) / 2)))
+    return None if shift < 2.0 and turn < 2.0 else f"answer {shift:.1f} mm / {turn:.1f} deg from the truth"
 
 
 def _shifted(root: Path, s: dict, name: str, dx: float, dy: float, dz: float) -> Path:
@@ -446,9 +462,20 @@ def run_in_process(case: Case) -> Outcome:
         except BaseException:  # noqa: BLE001 (counted, never hidden)
             code = "exception"
             err.write(traceback.format_exc())
-    return judge(case, code, out.getvalue(), err.getvalue())
+    return checked(case, judge(case, code, out.getvalue(), err.getvalue()))
+
+
+def checked(case: Case, outcome: Outcome) -> Outcome:
+    """``outcome``, or ``wrong`` when a good input's answer fails its ``check``."""
+    if outcome.kind != "clean" or case.check is None:
+        return outcome
+    problem = case.check()
+    return outcome if problem is None else Outcome("wrong", outcome.code, problem)
 
 
 def cleanup_outputs(root: Path) -> None:
+    """Empty ``root/out`` (the cases' output folder), keeping the folder itself: older versions
+    that do not make a missing output folder are judged on their answer, not on that."""
     shutil.rmtree(Path(root) / "out", ignore_errors=True)
+    (Path(root) / "out").mkdir(parents=True)
 

@@ -77,7 +77,7 @@ def test_fuzz_calibration(data):
 
     camera = _one_line_or_value(lambda d: Camera.from_dict(d, "calibration"), data)
     if camera is not None:  # a result is a physical C-arm
-        assert 300 <= camera.sdd_mm <= 2000 and 8 <= camera.rows <= 16384 and -0.5 <= camera.u0 <= camera.cols - 0.5
+        assert 300 <= camera.sdd_mm <= 3000 and 8 <= camera.rows <= 16384 and -camera.cols <= camera.u0 <= 2 * camera.cols
         assert abs(camera.distortion_k) <= 0.5
 
 

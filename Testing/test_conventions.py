@@ -135,6 +135,7 @@ def test_the_conventions_page_lists_every_registration_setting_with_its_default(
             default = getattr(value, f.name)
             assert f"`{f.name}`" in rows[stage.name], (stage.name, f.name)
             shown = ("(true)" if default else "(false)") if isinstance(default, bool) else (
-                "(" + ", ".join(f"{v:g}" for v in default) + ")" if isinstance(default, tuple) else f"{default:g}")
+                "(" + ", ".join(f"{v:g}" for v in default) + ")" if isinstance(default, tuple) else
+                f'"{default}"' if isinstance(default, str) else f"{default:g}")
             assert f"`{f.name}` {shown}" in rows[stage.name] or f"`{f.name}` ({shown[1:-1]})" in rows[stage.name] \
                 or shown in rows[stage.name].split(f"`{f.name}`")[1][:40], (stage.name, f.name, shown)

@@ -9,6 +9,8 @@ and one-line errors.
 import json
 from dataclasses import replace
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -279,6 +281,13 @@ def test_predict_masks_on_the_frame_grid_and_files(untrained, tmp_path):
     overlay = sitk.GetArrayFromImage(sitk.ReadImage(files["overlay"]))
     assert overlay.shape == (80, 96, 3)
     assert sitk.GetArrayFromImage(sitk.ReadImage(files["femur"])).shape == (80, 96)
+    stack = tmp_path / "seq.npy"  # a sequence: every frame is segmented, each decoded on its own
+    np.save(stack, np.stack([raw, raw[::-1].copy(), raw[:, ::-1].copy()]).astype(np.float32))
+    records = predict_files(untrained, [stack], tmp_path / "seq", progress=False)
+    assert [r["frame"] for r in records] == [f"{stack}[{i}]" for i in range(3)]
+    assert [Path(r["files"]["femur"]).name for r in records] == [f"seq_{i:04d}_femur.png" for i in range(3)]
+    first = predict_masks(*load_model(untrained), raw[::-1].copy())["femur"]
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(records[1]["files"]["femur"])) > 0, first)
 
 
 def test_flip_averaged_prediction_is_mirror_equivariant(untrained):

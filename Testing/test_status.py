@@ -28,15 +28,21 @@ def test_judge_flags_by_each_reason():
     assert judge(good).flag == "ok" and judge(good).reasons == ()
     assert judge(Evidence(0.05, 1.0, 0.7)).flag == "failed"
     assert judge(Evidence(float("nan"), 1.0, 0.7)).flag == "failed"
-    assert judge(Evidence(0.25, 1.0, 0.7)).flag == "check"
+    assert judge(Evidence(0.15, 1.0, 0.7)).flag == "check"
     assert judge(Evidence(0.45, 1.0, 1.2)).flag == "failed"  # beyond the detector
     assert judge(Evidence(0.45, 1.0, 0.1)).flag == "failed"  # next to the source
-    assert judge(Evidence(0.45, 0.1, 0.7)).flag == "failed"
+    assert judge(Evidence(0.45, 0.1, 0.7)).flag == "failed"  # the bone left the field
     assert judge(Evidence(0.45, 0.5, 0.7)).flag == "check"
+    # a knee field shows part of a long bone: what counts is the part that was in view at the start
+    assert judge(Evidence(0.45, 0.4, 0.7, in_field_start=0.42)).flag == "ok"
+    assert judge(Evidence(0.45, 0.05, 0.7, in_field_start=0.42)).flag == "failed"
     edge = judge(Evidence(0.45, 1.0, 0.7, ("depth",)))
     assert edge.flag == "check" and "depth" in edge.reason
-    both = judge(Evidence(0.1, 0.5, 0.7))
+    both = judge(Evidence(0.05, 0.5, 0.7))
     assert both.flag == "failed" and len(both.reasons) == 2  # every finding is named
+    # the thresholds belong to one similarity: another one's values are not judged by them
+    assert judge(Evidence(0.05, 1.0, 0.7, similarity_name="gcc")).flag == "ok"
+    assert judge(Evidence(0.05, 1.0, 0.7, similarity_name="gcc"), Checks(similarity_name="gcc")).flag == "failed"
 
 
 def test_checks_are_validated():
@@ -44,6 +50,8 @@ def test_checks_are_validated():
         Checks(fail_similarity=0.3, check_similarity=0.2)
     with pytest.raises(FluoroRegError, match="depth_fraction"):
         Checks(depth_fraction=(0.9, 0.5))
+    with pytest.raises(FluoroRegError, match="similarity_name"):
+        Checks(similarity_name="mutual information")
     assert RegistrationConfig.from_dict({"checks": {"fail_similarity": 0.1}}).checks.fail_similarity == 0.1
 
 

@@ -482,3 +482,27 @@ def test_quiet_reads_warn_nothing(tmp_path, capfd):
         warnings.simplefilter("error", FluoroRegWarning)
         read_image(tmp_path / "ct.nii.gz", "CT")
     assert capfd.readouterr().err == ""
+
+
+def test_dicom_folder_with_a_dose_report_reads(tmp_path):
+    """A valid DICOM file of another series without pixels (a dose report) is not a damaged slice."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    write_series(tmp_path / "dcm")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray Radiation Dose SR
+    meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = generate_uid(), ExplicitVRLittleEndian
+    report = FileDataset(str(tmp_path / "dcm" / "dose.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    report.SOPClassUID, report.SeriesInstanceUID, report.Modality = meta.MediaStorageSOPClassUID, generate_uid(), "SR"
+    report.save_as(str(tmp_path / "dcm" / "dose.dcm"), enforce_file_format=True)
+    assert load_ct(tmp_path / "dcm").array.shape == load_ct_without(tmp_path, "dose.dcm").array.shape
+
+
+def load_ct_without(tmp_path, name):
+    import shutil
+
+    clean = tmp_path / "clean"
+    shutil.copytree(tmp_path / "dcm", clean)
+    (clean / name).unlink()
+    return load_ct(clean)

@@ -41,7 +41,7 @@ def run_case(case, source: Path) -> bad_inputs.Outcome:
                               text=True, env=env, timeout=300, preexec_fn=_limit, cwd=tempfile.gettempdir())
     except subprocess.TimeoutExpired:
         return bad_inputs.Outcome("crash", -1, "timed out after 300 s")
-    return bad_inputs.judge(case, done.returncode, done.stdout, done.stderr)
+    return bad_inputs.checked(case, bad_inputs.judge(case, done.returncode, done.stdout, done.stderr))
 
 
 def audit(cases, source: Path, label: str) -> list:
@@ -76,6 +76,7 @@ def main() -> None:
     global cases_root
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="an older revision to audit side by side")
+    parser.add_argument("--only-before", action="store_true", help="audit only the --before revision")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "fluororeg-bad-inputs"))
     args = parser.parse_args()
     cases_root = Path(args.work)
@@ -83,7 +84,8 @@ def main() -> None:
     runs = {}
     if args.before:
         runs[args.before] = audit(cases, worktree(args.before), args.before)
-    runs["this"] = audit(cases, ROOT, "this checkout")
+    if not args.only_before:
+        runs["this"] = audit(cases, ROOT, "this checkout")
     print(table(cases, runs))
     for label, outcomes in runs.items():
         print(f"\nnot clean ({label}):")

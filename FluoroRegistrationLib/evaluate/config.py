@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FluoroRegError
-from .schema import Anything, Integer, List, Mapping, Number, Optional, Text
+from ..phantom import FLEXION_RANGE_DEG
+from .schema import Anything, AnyMapping, Integer, List, Mapping, Number, Optional, Text
 
 MASK_SOURCES = ("truth", "none", "predicted")
 SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter")
@@ -47,16 +48,16 @@ LANDSCAPE_KEYS = ("frames", "bones", "half_range", "points", "pairs", "pixel_mm"
 # the config's plain sections, checked for type and range before anything else (schema.py); the
 # registration options are RegistrationConfig's and the camera the calibration's own checks
 SCHEMA = Mapping({
-    "name": Text(), "seed": Integer(0), "calibration": Anything, "options": Anything,
+    "name": Text(), "seed": Integer(0), "calibration": Anything, "options": AnyMapping(),
     "bones": List(Text(), 1), "threads_per_task": Integer(1, 256),
     "frames": Mapping({
         "folder": Text(), "use": List(Integer(0)),
         "simulate": Mapping(dict(zip(SIMULATE_KEYS, (
-            Integer(1, 100000), Text(), List(Number(-30, 160), 2, 2), Anything, Optional(Text())))))}),
+            Integer(1, 100000), Text(), List(Number(*FLEXION_RANGE_DEG), 2, 2), Anything, Optional(Text())))))}),
     "starts": Mapping({"mtre_bins_mm": List(Number(0, 1000), 2), "per_bin": Integer(1, 1000),
                        "per_axis": Mapping({"translation_mm": List(Number(0, 500)),
                                             "rotation_deg": List(Number(0, 180))})}),
-    "conditions": List(Mapping({"name": Anything, "mask": Text(MASK_SOURCES), "options": Optional(Anything),
+    "conditions": List(Mapping({"name": Text(), "mask": Text(MASK_SOURCES), "options": Optional(AnyMapping()),
                                 "model": Optional(Text())}, required=("name",))),
     "landscape": Optional(Mapping(dict(zip(LANDSCAPE_KEYS, (
         List(Integer(0)), List(Text()),
@@ -196,6 +197,9 @@ def _simulate_known(sim) -> None:
     unknown = sorted(set(sim) - set(SIMULATE_KEYS))
     if unknown:
         raise FluoroRegError(f"unknown key(s) {', '.join(unknown)} in frames: simulate; allowed: {', '.join(SIMULATE_KEYS)}")
+    flexion = sim.get("flexion_range")
+    if flexion is not None and flexion[0] > flexion[1]:
+        raise FluoroRegError(f"frames.simulate.flexion_range {flexion} runs backwards; give [min, max]")
     get_realism(sim.get("realism", "medium"))
     get_clutter(sim.get("clutter"))
     if sim.get("camera") is not None:

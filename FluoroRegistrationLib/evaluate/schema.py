@@ -94,6 +94,15 @@ class Mapping:
 
 
 @dataclass(frozen=True)
+class AnyMapping:
+    """A mapping with text keys, whatever they are (its values are checked elsewhere)."""
+
+    def __call__(self, value, where: str) -> None:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            _fail(where, value, "a mapping of settings")
+
+
+@dataclass(frozen=True)
 class Optional:
     """``None`` or a value passing ``inner``."""
 

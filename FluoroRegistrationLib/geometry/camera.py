@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ..errors import FluoroRegError
+from ..errors import FluoroRegError, warn
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,12 @@ class Camera:
                 raise FluoroRegError(f"{source}: {name} {value:g} is outside the physical range {lo:g}-{hi:g}; "
                                      f"{hint}")
         for name, value, size in (("col", self.u0, self.cols), ("row", self.v0, self.rows)):
-            if not -0.5 <= value <= size - 0.5:
-                raise FluoroRegError(f"{source}: principal point {name} {value:g} is outside the detector "
+            if not -size <= value <= 2 * size:
+                raise FluoroRegError(f"{source}: principal point {name} {value:g} is far outside the detector "
                                      f"(0 to {size - 1}); give it in pixels, or leave it out for the centre")
+            if not -0.5 <= value <= size - 0.5:
+                warn(f"{source}: principal point {name} {value:g} is outside the detector (0 to {size - 1}); "
+                     "right for a cropped frame, else check the calibration")
         return self
 
     @classmethod
@@ -209,7 +213,7 @@ class Camera:
 
 # physical ranges of a calibration: (low, high, fix)
 PHYSICAL = {
-    "sdd_mm": (300.0, 2000.0, "sdd_mm is the source-to-detector distance in millimetres (C-arms: 900-1300)"),
+    "sdd_mm": (300.0, 3000.0, "sdd_mm is the source-to-detector distance in millimetres (C-arms: 900-1300)"),
     "row_spacing_mm": (0.05, 5.0, "pixel spacing is in millimetres (detectors: 0.1-1.5)"),
     "col_spacing_mm": (0.05, 5.0, "pixel spacing is in millimetres (detectors: 0.1-1.5)"),
     "rows": (8, 16384, "rows and cols are the frame's size in pixels"),
@@ -219,7 +223,7 @@ PHYSICAL = {
 
 
 def _number(value, name: str, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise FluoroRegError(f"{source}: {name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise FluoroRegError(f"{source}: {name} must be finite, got {value!r}")

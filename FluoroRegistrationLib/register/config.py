@@ -202,15 +202,21 @@ class MaskFocus:
 class Checks:
     """When a result is flagged (:mod:`~FluoroRegistrationLib.register.status`): ``failed`` below
     ``fail_similarity`` or with the bone's centre out of ``depth_fraction`` of the source-to-detector
-    distance or under ``fail_in_field`` of the bone in the field; ``check`` below
-    ``check_similarity``, under ``check_in_field`` of the bone in the field, or at the search box's
-    edge; with a mask, ``failed`` / ``check`` when the bone's projection covers under
-    ``fail_mask_coverage`` / ``check_mask_coverage`` of it. The similarity thresholds are for the
-    default similarity (patch-gncc) at the finest level, set from the validation zoo: every result
-    under 2 mm scored >= 0.345 there, 11 of 15 gross failures < 0.2."""
+    distance or with under ``fail_in_field`` of the part of the bone that was in the field at the
+    start still in it; ``check`` below ``check_similarity``, under ``check_in_field`` of that part,
+    or at the search box's edge; with a mask, ``failed`` / ``check`` when the bone's projection
+    covers under ``fail_mask_coverage`` / ``check_mask_coverage`` of it.
 
-    fail_similarity: float = 0.2
-    check_similarity: float = 0.3
+    The similarity thresholds hold for ``similarity_name`` only (the default, patch-gncc, at the
+    finest level); a registration with another similarity is not judged by its similarity unless
+    this names it (with thresholds measured for it). Set from the validation zoo (medium realism:
+    every result within 2 mm scored >= 0.345, 11 of 15 gross failures 0.03-0.18) and from true
+    poses on high-realism frames with heavy clutter (0.10-0.20): below 0.08 no bone is there;
+    0.08-0.25 is a failure or a hard frame, for a person to check."""
+
+    similarity_name: str = "patch-gncc"
+    fail_similarity: float = 0.08
+    check_similarity: float = 0.25
     fail_in_field: float = 0.25
     check_in_field: float = 0.6
     depth_fraction: tuple = (0.2, 0.98)
@@ -218,6 +224,11 @@ class Checks:
     check_mask_coverage: float = 0.8
 
     def __post_init__(self):
+        from ..similarity import SIMILARITIES
+
+        if not isinstance(self.similarity_name, str) or self.similarity_name not in SIMILARITIES:
+            raise FluoroRegError(f"Checks.similarity_name = {self.similarity_name!r} is unknown; use one of "
+                                 f"{', '.join(SIMILARITIES)}")
         _number("Checks", "fail_similarity", self.fail_similarity, -1, 1)
         _number("Checks", "check_similarity", self.check_similarity, self.fail_similarity, 1)
         _number("Checks", "fail_in_field", self.fail_in_field, 0, 1)

@@ -408,7 +408,8 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
         final_loss = float(job.level_objective(len(job.levels) - 1)(x[None])[0])
     stages = job.stages
     pose = job.par.pose(x).detach()
-    status = judge(evidence(bone, camera, pose, 1.0 - final_loss, field, x.detach(), job.box, mask), config.checks)
+    status = judge(evidence(bone, camera, pose, 1.0 - final_loss, field, x.detach(), job.box, mask, config.similarity,
+                            initial), config.checks)
     return BoneResult(bone.name, pose, initial, 1.0 - final_loss,
                       sum(s.iterations for s in stages), time.perf_counter() - t0,
                       stages[-1].stop_reason if stages else "no stage", [v for s in stages for v in s.losses], stages,

@@ -9,6 +9,7 @@ confidence builds on the same evidence.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,8 +25,10 @@ STATUSES = ("ok", "check", "failed")
 class Evidence:
     """What is measured at a result.
 
-    similarity: the similarity at the finest level (1 = identical).
-    in_field: fraction of the bone's sampled voxels that project inside the detector and its field.
+    similarity: the similarity at the finest level (1 = identical); similarity_name: which one.
+    in_field: fraction of the bone's sampled voxels that project inside the detector and its field,
+        at the result; in_field_start: the same at the initial pose (a knee field shows part of a
+        long bone: what counts is how much of that part is still in view).
     depth_fraction: the bone centre's distance from the source over the source-to-detector distance.
     box_edge: names of the pose parameters that ended on the search box's edge.
     mask_coverage: the fraction of the given 2D mask the bone's projection covers (None: no mask).
@@ -36,6 +39,8 @@ class Evidence:
     depth_fraction: float
     box_edge: tuple = ()
     mask_coverage: float | None = None
+    similarity_name: str = "patch-gncc"
+    in_field_start: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,35 +91,44 @@ def mask_coverage(bone: RenderVolume, camera: Camera, pose: torch.Tensor, mask) 
 
 
 def evidence(bone: RenderVolume, camera: Camera, pose: torch.Tensor, similarity: float, field=None,
-             x: torch.Tensor | None = None, box: torch.Tensor | None = None, mask=None) -> Evidence:
+             x: torch.Tensor | None = None, box: torch.Tensor | None = None, mask=None,
+             similarity_name: str = "patch-gncc", initial: torch.Tensor | None = None) -> Evidence:
     """Measure a result: ``pose`` (4, 4) camera_from_volume; ``x`` (6,) its parameters about the
     initial pose and ``box`` (6,) the search box's half-widths in the same units (optional);
-    ``mask`` the bone's 2D mask the registration was given (optional)."""
+    ``mask`` the bone's 2D mask the registration was given (optional); ``initial`` (4, 4) the start
+    (optional: without it the whole bone is taken to have been in view)."""
     centre = transform_points(pose.to(torch.float64).cpu(), bone.centroid[None].to(torch.float64).cpu())[0]
     edge = ()
     if x is not None and box is not None:
         at_edge = (x.abs().cpu() >= 0.98 * box.cpu()) & (box.cpu() > 0)
         edge = tuple(name for name, hit in zip(_PARAMETERS, at_edge.tolist()) if hit)
+    start = 1.0 if initial is None else in_field_fraction(bone, camera, initial, field)
     return Evidence(float(similarity), in_field_fraction(bone, camera, pose, field),
-                    float(centre[2]) / camera.sdd_mm, edge, mask_coverage(bone, camera, pose, mask))
+                    float(centre[2]) / camera.sdd_mm, edge, mask_coverage(bone, camera, pose, mask),
+                    similarity_name, start)
 
 
 def judge(ev: Evidence, checks: Checks | None = None) -> Status:
     """The status of a result from its :class:`Evidence` (thresholds: :class:`~.config.Checks`)."""
     checks = checks or Checks()
     failed, check = [], []
-    if not ev.similarity >= checks.fail_similarity:
-        failed.append(f"similarity {ev.similarity:.3f} is far below a good fit (>= {checks.check_similarity:g})")
-    elif ev.similarity < checks.check_similarity:
-        check.append(f"similarity {ev.similarity:.3f} is low (a good fit scores >= {checks.check_similarity:g})")
+    if not math.isfinite(ev.similarity):
+        failed.append(f"similarity is {ev.similarity}")
+    elif ev.similarity_name == checks.similarity_name and ev.similarity < checks.fail_similarity:
+        failed.append(f"similarity {ev.similarity:.3f}: no sign of the bone in the frame")
+    elif ev.similarity_name == checks.similarity_name and ev.similarity < checks.check_similarity:
+        check.append(f"similarity {ev.similarity:.3f} is low (good fits score >= {checks.check_similarity:g})")
     low, high = checks.depth_fraction
     if not low <= ev.depth_fraction <= high:
         failed.append(f"the bone lies at {ev.depth_fraction:.2f} of the source-to-detector distance, outside the "
                       f"physical range {low:g}-{high:g}")
-    if ev.in_field < checks.fail_in_field:
-        failed.append(f"only {100 * ev.in_field:.0f} % of the bone projects inside the field")
-    elif ev.in_field < checks.check_in_field:
-        check.append(f"{100 * ev.in_field:.0f} % of the bone projects inside the field")
+    kept = ev.in_field / ev.in_field_start if ev.in_field_start > 0 else 1.0
+    if kept < checks.fail_in_field:
+        failed.append(f"the bone left the field ({100 * ev.in_field:.0f} % of it in view, "
+                      f"{100 * ev.in_field_start:.0f} % at the start)")
+    elif kept < checks.check_in_field:
+        check.append(f"the bone moved out of the field ({100 * ev.in_field:.0f} % of it in view, "
+                     f"{100 * ev.in_field_start:.0f} % at the start)")
     if ev.mask_coverage is not None and ev.mask_coverage < checks.fail_mask_coverage:
         failed.append(f"the bone covers {100 * ev.mask_coverage:.0f} % of its mask")
     elif ev.mask_coverage is not None and ev.mask_coverage < checks.check_mask_coverage:

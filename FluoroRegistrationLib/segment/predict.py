@@ -68,31 +68,41 @@ def overlay_image(raw, masks: dict[str, np.ndarray], alpha: float = 0.35) -> np.
 def predict_files(model_dir, frames, out, polarity: str = "auto", progress: bool = True,
                   flip: bool = True) -> list[dict]:
     """Masks for each frame file: ``OUT/<stem>_<bone>.png`` (0/255) and ``OUT/<stem>_overlay.png``
-    (``flip`` as in :func:`predict_probabilities`). Returns one record per frame: its files and the
-    seconds the prediction took."""
-    import time
-
-    import SimpleITK as sitk
+    (``flip`` as in :func:`predict_probabilities`); a file holding several frames (multi-page TIFF,
+    multi-frame DICOM, an (N, H, W) .npy) gives every frame, ``<stem>_<index>_...``, each decoded on
+    its own. Returns one record per frame: its files and the seconds the prediction took."""
     from tqdm import tqdm
 
-    from ..frame import read_frame_array
+    from ..frame import frame_count
 
     model, info = load_model(model_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in tqdm(list(frames), desc="segment", unit="frame", disable=not progress):
-        path = Path(path)
-        raw = read_frame_array(path)
-        t0 = time.perf_counter()
-        masks = predict_masks(model, info, raw, polarity, flip=flip)
-        seconds = time.perf_counter() - t0
-        files = {}
-        for bone, mask in masks.items():
-            files[bone] = str(out / f"{path.stem}_{bone}.png")
-            sitk.WriteImage(sitk.GetImageFromArray(mask.astype(np.uint8) * 255), files[bone])
-        files["overlay"] = str(out / f"{path.stem}_overlay.png")
-        sitk.WriteImage(sitk.GetImageFromArray(overlay_image(raw, masks), isVector=True), files["overlay"])
-        records.append({"frame": str(path), "files": files, "seconds": seconds,
-                        "pixels": {b: int(m.sum()) for b, m in masks.items()}})
-    return records
+    items = []
+    for path in map(Path, frames):
+        count = frame_count(path)
+        items += [(path, i, count > 1) for i in range(count)]
+    return [_predict_one(model, info, path, index, out, stack, polarity, flip)
+            for path, index, stack in tqdm(items, desc="segment", unit="frame", disable=not progress)]
+
+
+def _predict_one(model, info, path: Path, index: int, out: Path, stack: bool, polarity: str, flip: bool) -> dict:
+    """Predict frame ``index`` of ``path`` and write ``<stem>[_<index>]_<bone>.png`` and ``..._overlay.png``."""
+    import time
+
+    import SimpleITK as sitk
+
+    from ..frame import read_frame_array
+
+    stem = out / (f"{path.stem}_{index:04d}" if stack else path.stem)
+    raw = read_frame_array(path, index)
+    t0 = time.perf_counter()
+    masks = predict_masks(model, info, raw, polarity, flip=flip)
+    seconds = time.perf_counter() - t0
+    files = {}
+    for bone, mask in masks.items():
+        files[bone] = f"{stem}_{bone}.png"
+        sitk.WriteImage(sitk.GetImageFromArray(mask.astype(np.uint8) * 255), files[bone])
+    files["overlay"] = f"{stem}_overlay.png"
+    sitk.WriteImage(sitk.GetImageFromArray(overlay_image(raw, masks), isVector=True), files["overlay"])
+    return {"frame": f"{path}[{index}]" if stack else str(path), "files": files, "seconds": seconds, "pixels": {b: int(m.sum()) for b, m in masks.items()}}
