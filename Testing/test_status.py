@@ -148,9 +148,12 @@ def test_mask_coverage_against_the_projection(knee):
     moved = truth.clone()
     moved[0, 3] += 200.0  # the bone far to the side: covers none of its mask
     assert mask_coverage(bone, camera, moved, silhouette) == 0.0
+    wide = silhouette.clone()
+    wide[:, :] = True  # a mask much larger than the bone (a CT holding part of it): the bone lies inside
+    assert mask_coverage(bone, camera, truth, wide) == 1.0
     assert mask_coverage(bone, camera, truth, None) is None
     ev = judge(Evidence(0.5, 1.0, 0.7, (), 0.3))
-    assert ev.flag == "failed" and "covers 30 % of its mask" in ev.reason
+    assert ev.flag == "failed" and "the bone and its mask overlap 30 %" in ev.reason
     assert judge(Evidence(0.5, 1.0, 0.7, (), 0.7)).flag == "check"
 
 

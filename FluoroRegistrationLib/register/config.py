@@ -204,8 +204,8 @@ class Checks:
     ``fail_similarity`` or with the bone's centre out of ``depth_fraction`` of the source-to-detector
     distance or with under ``fail_in_field`` of the part of the bone that was in the field at the
     start still in it; ``check`` below ``check_similarity``, under ``check_in_field`` of that part,
-    or at the search box's edge; with a mask, ``failed`` / ``check`` when the bone's projection
-    covers under ``fail_mask_coverage`` / ``check_mask_coverage`` of it.
+    or at the search box's edge; with a mask, ``failed`` / ``check`` when the bone's projection and
+    the mask overlap under ``fail_mask_coverage`` / ``check_mask_coverage`` (status.mask_coverage).
 
     The similarity thresholds hold for ``similarity_name`` only (the default, patch-gncc, at the
     finest level); a registration with another similarity is not judged by its similarity unless

@@ -31,7 +31,8 @@ class Evidence:
         long bone: what counts is how much of that part is still in view).
     depth_fraction: the bone centre's distance from the source over the source-to-detector distance.
     box_edge: names of the pose parameters that ended on the search box's edge.
-    mask_coverage: the fraction of the given 2D mask the bone's projection covers (None: no mask).
+    mask_coverage: how well the bone's projection and the given 2D mask overlap: the larger of the
+        fraction of the mask it covers and the fraction of it inside the mask (None: no mask).
     """
 
     similarity: float
@@ -75,9 +76,11 @@ def in_field_fraction(bone: RenderVolume, camera: Camera, pose: torch.Tensor, fi
 
 
 def mask_coverage(bone: RenderVolume, camera: Camera, pose: torch.Tensor, mask) -> float | None:
-    """The fraction of ``mask``'s pixels ((1, 1, H, W) or (H, W), inside where > 0.5) that the bone
-    projects onto at ``pose``; None without a mask or a bone label. A mask of the visible part of
-    the bone is a subset of its projection, so a right pose covers it whole."""
+    """How well the bone's projection at ``pose`` and ``mask`` ((1, 1, H, W) or (H, W), inside where
+    > 0.5) overlap: the larger of the fraction of the mask the projection covers and the fraction of
+    the projection inside the mask; None without a mask or a bone label. A right pose scores about 1
+    either way round: a mask of the visible part of the bone lies inside its projection, and a CT
+    that holds only part of the bone projects inside a mask of the whole bone."""
     from ..render import project_label
 
     if mask is None or bone.label_mask is None:
@@ -87,7 +90,8 @@ def mask_coverage(bone: RenderVolume, camera: Camera, pose: torch.Tensor, mask) 
         return None
     with torch.no_grad():
         silhouette = project_label(bone, camera, pose.to(bone.mu.dtype)[None].to(bone.mu.device))[0, 0].cpu() > 0.5
-    return float((silhouette & inside).sum() / inside.sum())
+    both = float((silhouette & inside).sum())
+    return max(both / float(inside.sum()), both / max(float(silhouette.sum()), 1.0))
 
 
 def evidence(bone: RenderVolume, camera: Camera, pose: torch.Tensor, similarity: float, field=None,
@@ -130,9 +134,9 @@ def judge(ev: Evidence, checks: Checks | None = None) -> Status:
         check.append(f"the bone moved out of the field ({100 * ev.in_field:.0f} % of it in view, "
                      f"{100 * ev.in_field_start:.0f} % at the start)")
     if ev.mask_coverage is not None and ev.mask_coverage < checks.fail_mask_coverage:
-        failed.append(f"the bone covers {100 * ev.mask_coverage:.0f} % of its mask")
+        failed.append(f"the bone and its mask overlap {100 * ev.mask_coverage:.0f} %")
     elif ev.mask_coverage is not None and ev.mask_coverage < checks.check_mask_coverage:
-        check.append(f"the bone covers {100 * ev.mask_coverage:.0f} % of its mask")
+        check.append(f"the bone and its mask overlap {100 * ev.mask_coverage:.0f} %")
     if ev.box_edge:
         check.append(f"{', '.join(ev.box_edge)} ended on the search box's edge (start closer, or widen the search)")
     if failed:
