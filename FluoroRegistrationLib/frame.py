@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .errors import FluoroRegError, warn
-from .frame_files import frame_count, read_frame, read_frame_array  # noqa: F401 (frame_count, read_frame_array: re-exported)
+from .frame_files import check_plane, frame_count, read_frame, read_frame_array  # noqa: F401 (frame_count, read_frame_array: re-exported)
 
 POLARITIES = ("bone-dark", "bone-bright", "auto")
 # How registration converts a bone-dark frame: linear (1 - I / I_ref), not -log(I / I_ref). Measured
@@ -411,13 +411,7 @@ def _check_frame_values(raw, path: str) -> np.ndarray:
         raise FluoroRegError(f"frame {path} is not a real-valued numeric array (dtype "
                              f"{np.asarray(raw).dtype}); give the frame's values as an (H, W) float array")
     raw = np.asarray(raw, dtype=np.float64)
-    if raw.ndim != 2:
-        raise FluoroRegError(f"{path}: expected a 2D frame (rows, cols), got shape {raw.shape}; pick one frame first")
-    if min(raw.shape) < 2:
-        raise FluoroRegError(f"frame {path} is {raw.shape[0]}x{raw.shape[1]} pixels; a frame needs at least 2x2")
-    if not np.isfinite(raw).all():
-        raise FluoroRegError(f"{path} contains NaN or infinite values; replace them (e.g. np.nan_to_num) "
-                             "before registration")
+    check_plane(raw, path)
     if raw.max() == raw.min():
         raise FluoroRegError(f"frame {path} is constant (every pixel is {raw.flat[0]:g}); check the file and the "
                              "frame index: a blank frame cannot be registered")

@@ -339,7 +339,12 @@ def read_frame(path, index: int = 0) -> FrameFile:
     """:func:`read_frame_array` with the file's pixel spacing tag and stored dtype."""
     path = _existing(path)
     frame = _read_npy(path, index) if path.suffix.lower() == ".npy" else _read_image_file(path, index)
-    a = frame.array
+    check_plane(frame.array, path)
+    return frame
+
+
+def check_plane(a: np.ndarray, path) -> None:
+    """Raise unless ``a`` is a 2D array of at least 2x2 finite values (a frame or a mask)."""
     if a.ndim != 2:
         raise FluoroRegError(f"frame {path} has shape {a.shape}, not a 2D image or a 3D (N, H, W) stack; "
                              "save one 2D frame (rows, cols) per file or an (N, H, W) stack")
@@ -348,7 +353,6 @@ def read_frame(path, index: int = 0) -> FrameFile:
     if not np.isfinite(a).all():
         raise FluoroRegError(f"frame {path} contains NaN or infinite values; replace them (e.g. np.nan_to_num) "
                              "before registration")
-    return frame
 
 
 def read_frame_array(path, index: int = 0) -> np.ndarray:
