@@ -167,3 +167,35 @@ def test_the_evaluation_counts_flagged_failures_and_false_alarms():
     assert counts == {"failures_flagged": [2, 3], "successes_flagged": [1, 2]}
     table = status_table([{"bone": "femur", "condition": "mask", **counts}])
     assert "| femur | mask | 2 of 3 | 1 of 2 |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("realism, clutter", [("medium", "mixed"), ("high", "heavy")])
+def test_true_poses_on_realistic_frames_are_not_failed(tmp_path, realism, clutter):
+    """The thresholds against frames from the simulator (not the registration's renderer): the true
+    pose of every bone, judged as a result, is never ``failed``, with a mask and without (512 px
+    detector, the default pyramid's finest level)."""
+    from FluoroRegistrationLib.evaluate.runner import _frame, _scene
+    from FluoroRegistrationLib.register import similarity_objective
+    from FluoroRegistrationLib.register.pipeline import bone_depth_mm
+    from FluoroRegistrationLib.simulate.writer import simulate_folder
+
+    simulate_folder(tmp_path, frames=2, seed=3, realism=realism, clutter=clutter, flexion_range=(10.0, 60.0))
+    bones = ("femur", "tibia")
+    config = RegistrationConfig()
+    flags = []
+    for key in ("0000", "0001"):
+        volumes, camera = _scene(str(tmp_path), bones, "true")
+        frame, truth, masks = _frame(str(tmp_path), key, "true", bones)
+        for bone in bones:
+            for mask in (masks[bone], None):
+                objective = similarity_objective(volumes[bone], frame.image, camera, truth[bone],
+                                                 None if mask is None else mask[None, None].float(), frame.field,
+                                                 config, depth_mm=bone_depth_mm(volumes[bone], truth[bone]))
+                with torch.no_grad():
+                    similarity = 1.0 - float(objective(torch.zeros(1, 6, dtype=F64))[0])
+                ev = evidence(volumes[bone], camera, truth[bone], similarity, frame.field, mask=mask,
+                              initial=truth[bone])
+                flags.append((key, bone, mask is not None, round(similarity, 3), judge(ev).flag))
+    print(realism, clutter, flags)
+    assert all(flag != "failed" for *_, flag in flags), flags
