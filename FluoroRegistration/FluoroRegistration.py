@@ -9,6 +9,8 @@ on first use after asking (PyTorch extension), never at start-up; SimpleITK is S
 import json
 import logging
 import queue
+import re
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Union
@@ -25,6 +27,30 @@ from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLLinearTransformNode, vtkMR
                     vtkMRMLSegmentationNode)
 
 POSE_ROLES = {"initial": "FluoroInitialPose", "output": "FluoroOutputPose"}
+# the versions of the core's dependencies this module installs into Slicer's Python when missing
+TORCH_REQUIREMENT = ">=2.1,<2.15"
+CORE_PACKAGES = {"scipy": "scipy>=1.9", "safetensors": "safetensors>=0.4", "yaml": "PyYAML>=6", "tqdm": "tqdm>=4.60",
+                 "pydicom": "pydicom>=3.0"}
+
+
+def pose_role(kind: str, bone: str) -> str:
+    """The parameter node's reference role of a bone's pose transform, e.g. FluoroInitialPose_femur:
+    letters, digits and underscores only (MRML splits saved references at ':' and ';')."""
+    return POSE_ROLES[kind] + "_" + re.sub(r"[^A-Za-z0-9]", "_", bone)
+
+
+def core_search_path(module_file: str):
+    """The folder to add to sys.path for ``import FluoroRegistrationLib`` when the module runs from a
+    source checkout (the repository's FluoroRegistration folder given to Slicer as a module path):
+    the checkout's root, holding FluoroRegistrationLib beside FluoroRegistration; None in a built
+    extension, where the core is installed beside the module (already importable)."""
+    root = Path(module_file).resolve().parent.parent
+    return root if (root / "FluoroRegistrationLib" / "__init__.py").is_file() else None
+
+
+_ROOT = core_search_path(__file__)
+if _ROOT is not None and str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
 PREVIEW_NAME, OUTLINE_NAME = "FluoroRegistration DRR", "FluoroRegistration bone outlines"
 
 
@@ -47,7 +73,7 @@ class FluoroRegistrationParameterNode:
     """The GUI state, saved with the scene. Per-bone pose transforms are node references (see POSE_ROLES)."""
 
     ctVolume: vtkMRMLScalarVolumeNode
-    boneLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    boneLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]  # node unions need None
     frameVolume: vtkMRMLScalarVolumeNode
     frameIndex: Annotated[int, Minimum(0)] = 0
     bones: str = "femur,tibia"
@@ -189,7 +215,7 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onInitialPoseSelected(self, node):
         bone = self.ui.boneComboBox.currentText
         if bone and self._parameterNode:
-            self._parameterNode.parameterNode.SetNodeReferenceID(f"{POSE_ROLES['initial']}:{bone}",
+            self._parameterNode.parameterNode.SetNodeReferenceID(pose_role("initial", bone),
                                                                  node.GetID() if node else None)
             self.onBoneChanged(bone)
 
@@ -301,14 +327,16 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         return FluoroRegistrationParameterNode(super().getParameterNode())
 
     def ensureDependencies(self, ask=True):
-        """True when torch imports; else offer to install it (PyTorch extension's installTorch). Never at start-up."""
-        try:
-            import torch  # noqa: F401
-            import scipy  # noqa: F401
+        """True when torch and the core's packages import; else offer to install them (torch through the
+        PyTorch extension's installTorch, within TORCH_REQUIREMENT; CORE_PACKAGES with pip). Never at
+        start-up: :meth:`core` calls it, so every step that needs the core checks first."""
+        import importlib.util
+
+        missing = [pip for name, pip in CORE_PACKAGES.items() if importlib.util.find_spec(name) is None]
+        if importlib.util.find_spec("torch") is not None and not missing:
             return True
-        except ImportError:
-            if not ask:
-                return False
+        if not ask:
+            return False
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
@@ -320,18 +348,19 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
             if not slicer.util.confirmOkCancelDisplay("FluoroRegistration needs PyTorch, which is not installed yet. "
                                                       "Install it now? This downloads several GB and may take minutes."):
                 return False
-            if torchLogic.installTorch(askConfirmation=False) is None:
+            if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                 slicer.util.errorDisplay("PyTorch could not be installed; see the Python console.")
                 return False
-        try:
-            import scipy  # noqa: F401
-        except ImportError:
-            slicer.util.pip_install("scipy")  # SimpleITK is Slicer's own and never reinstalled
+        for requirement in missing:  # SimpleITK is Slicer's own and never reinstalled
+            slicer.util.pip_install(requirement)
         return True
 
     def core(self):
         """The scene logic of FluoroRegistrationLib on slicer.mrmlScene (imports torch: ensureDependencies first)."""
         if self._core is None or self._core.scene is not slicer.mrmlScene:
+            if not self.ensureDependencies():
+                raise RuntimeError("FluoroRegistration needs PyTorch and " + ", ".join(CORE_PACKAGES.values())
+                                   + "; install them when asked (or from the PyTorch extension) and try again")
             from FluoroRegistrationLib.slicer import FluoroRegistrationLogic as SceneLogic
 
             self._core = SceneLogic(slicer.mrmlScene)
@@ -363,7 +392,7 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def poseNode(self, p, kind, bone, create=True):
         """The bone's initial or output pose transform (a node reference of the parameter node)."""
-        role = f"{POSE_ROLES[kind]}:{bone}"
+        role = pose_role(kind, bone)
         node = p.parameterNode.GetNodeReference(role)
         if node is None and create:
             name = f"{bone} initial pose" if kind == "initial" else f"{bone} pose"
