@@ -8,10 +8,8 @@ on first use after asking (PyTorch extension), never at start-up; SimpleITK is S
 
 import json
 import logging
-import queue
 import re
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Union
 
@@ -103,7 +101,7 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._observedPose = None
-        self._worker = None
+        self._process = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -221,7 +219,7 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     # ------------------------------------------------------------------------------------ live DRR
     def onPoseModified(self, caller=None, event=None):
-        if self._parameterNode and self._parameterNode.livePreview and self._worker is None:
+        if self._parameterNode and self._parameterNode.livePreview and self._process is None:
             if not self._coarseTimer.isActive():
                 self._coarseTimer.start()  # coalesces the slider's many events into one coarse render
             self._restTimer.start()  # full resolution once the pose rests
@@ -234,64 +232,44 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     # ------------------------------------------------------------------------------------ register
     def onRegister(self):
-        if self._worker is not None or not self.logic.ensureDependencies(ask=True):
+        """Start the registration in a child process (Slicer's Qt loop does not give Python threads the
+        GIL) and follow it from a timer: the GUI never waits."""
+        if self._process is not None or not self.logic.ensureDependencies(ask=True):
             return
-        prepared = self.run(self.logic.prepareRegistration, self._parameterNode)
-        if prepared is None:
+        started = self.run(self.logic.startRegistration, self._parameterNode)
+        if started is None:
             return
-        job, outputs = prepared
-        self._outputs, self._events, self._cancel = outputs, queue.Queue(), threading.Event()
-        self._expected = max(1, self.logic.expectedIterations(job.registration.config)) * len(job.bones)
+        self._process, self._outputs, self._expected = started
         self._done = 0
-
-        def progress(stage, iteration, similarity, pose):  # worker thread: no MRML here
-            self._events.put(("progress", stage, similarity, pose.detach().cpu().numpy()))
-
-        def work():
-            try:
-                self._events.put(("done", job.run(progress, self._cancel.is_set)))
-            except Exception as err:  # noqa: BLE001 - handed to the main thread, shown in the status line
-                self._events.put(("error", err))
-
-        self._worker = threading.Thread(target=work, name="FluoroRegistration", daemon=True)
         self.ui.registerButton.enabled, self.ui.cancelButton.enabled = False, True
         self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = f"Registering {', '.join(job.bones)} on {job.device or 'auto'}..."
-        self._worker.start()
+        self.ui.statusLabel.text = f"Registering {', '.join(self._outputs)}..."
         self._pollTimer.start()
 
     def pollRegistration(self):
-        """Main thread: apply the worker's latest poses and progress to the scene and the GUI."""
-        latest, finished = {}, None
-        while not self._events.empty():
-            kind, *rest = self._events.get_nowait()
-            if kind == "progress":
-                stage, similarity, pose = rest
-                latest[stage.split(":")[0]] = pose
-                self._done += 1
-                self.ui.statusLabel.text = f"{stage}: similarity {similarity:.4f}"
-            else:
-                finished = (kind, rest[0])
-        core = self.logic.core()
+        """Main thread, every 100 ms: the child's latest poses and progress into the scene and the GUI."""
+        latest = {}
+        for event in self._process.poll():
+            latest[event["stage"].split(":")[0]] = event["pose"]
+            self._done += 1
+            self.ui.statusLabel.text = f"{event['stage']}: similarity {event['similarity']:.4f}"
         if latest:
-            core.writePoses(latest, {b: self._outputs[b] for b in latest})
+            self.logic.core().writePoses(latest, {b: self._outputs[b] for b in latest})
             self.ui.progressBar.value = min(99, int(100 * self._done / self._expected))
-        if finished is None:
+        if self._process.running:
             return
         self._pollTimer.stop()
-        self._worker = None
+        process, self._process = self._process, None
         self.ui.registerButton.enabled, self.ui.cancelButton.enabled = True, False
-        kind, payload = finished
-        if kind == "error":
-            self.ui.statusLabel.text = f"Error: {payload}"
-            return
-        self.ui.progressBar.value = 100
-        self.ui.statusLabel.text = self.run(self.logic.showResult, self._parameterNode, payload, self._outputs) or ""
+        summary = self.run(self.logic.finishRegistration, self._parameterNode, process, self._outputs)
+        if summary is not None:
+            self.ui.progressBar.value = 100
+            self.ui.statusLabel.text = summary
 
     def onCancel(self):
-        if self._worker is not None:
-            self._cancel.set()
-            self.ui.statusLabel.text = "Cancelling..."
+        if self._process is not None:
+            self._process.cancel()
+            self.ui.statusLabel.text = "Cancelled"
 
 
 class _blocked:
@@ -451,14 +429,22 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         p.maskVolume = masks
         self.showOnDetector(label=masks)
 
-    def prepareRegistration(self, p):
-        """Main thread: read the scene into a job the worker can run; returns (job, output pose nodes)."""
+    def startRegistration(self, p):
+        """Main thread: write the scene's inputs to a temporary folder and start ``fluororeg register``
+        on them in a child Python (PythonSlicer); returns (process, output pose nodes, expected reports)."""
+        import shutil
+        import tempfile
+
+        from FluoroRegistrationLib.register import RegistrationConfig
+
         frame = self.placeFrame(p)
-        device = None if p.device == "auto" else p.device
-        job = self.core().prepareRegistration(p.ctVolume, self.labelNode(p), frame, self.calibration(p),
-                                              self.boneNames(p), self.poseNodes(p, "initial"),
-                                              p.maskVolume if p.useMasks else None, device, polarity=p.polarity)
-        return job, self.poseNodes(p, "output")
+        config = RegistrationConfig(device=None if p.device == "auto" else p.device)
+        folder = tempfile.mkdtemp(prefix="FluoroRegistration-")
+        bones = self.boneNames(p)
+        process = self.core().startRegistrationProcess(
+            folder, p.ctVolume, self.labelNode(p), frame, self.calibration(p), bones, self.poseNodes(p, "initial"),
+            p.maskVolume if p.useMasks else None, config, p.polarity, shutil.which("PythonSlicer"))
+        return process, self.poseNodes(p, "output"), max(1, self.expectedIterations(config)) * len(bones)
 
     @staticmethod
     def expectedIterations(config):
@@ -466,10 +452,11 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         search = config.search.steps if config.search.enabled else 0
         return search + sum(config.pyramid.iterations)
 
-    def showResult(self, p, result, outputs):
-        """Poses written, bones shown at their poses in 3D, outlines over the frame; returns the summary line."""
+    def finishRegistration(self, p, process, outputs):
+        """Poses written (with their status), bones shown at their poses in 3D, outlines over the frame;
+        returns the summary line. A refused input or a cancel raises its one line."""
         core = self.core()
-        core.writePoses(result.poses(), outputs)
+        result = core.finishRegistrationProcess(process, outputs)
         outline = slicer.mrmlScene.GetFirstNodeByName(OUTLINE_NAME) or slicer.mrmlScene.AddNewNodeByClass(
             "vtkMRMLLabelMapVolumeNode", OUTLINE_NAME)
         labels = self.labelNode(p)
@@ -478,9 +465,9 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         ids = core.boneIds(labels, list(outputs))
         for bone, node in outputs.items():
             self.showBone(labels, ids[bone], f"{bone} surface", node)
-        return "; ".join(f"{b}: {r.status.flag.upper()}, similarity {r.similarity:.4f}, {r.iterations} iterations, "
-                         f"{r.seconds:.1f} s" + (f" ({r.status.reason})" if r.status.reasons else "")
-                         for b, r in result.bones.items())
+        return "; ".join(f"{b}: {r['status'].upper()}, similarity {r['similarity']:.4f}, {r['iterations']} iterations, "
+                         f"{r['seconds']:.1f} s" + (f" ({r['reason']})" if r["reason"] else "")
+                         for b, r in result.items())
 
     def showBone(self, labels, labelId, name, poseNode):
         """The bone's surface (a segmentation of its label) observing its pose transform, never hardened."""
@@ -558,4 +545,24 @@ class FluoroRegistrationTest(ScriptedLoadableModuleTest):
         self.assertTrue(abs(written - to_parent_from_pose(pose.numpy())).max() < 1e-6)
         with self.assertRaises(FluoroRegError):
             core.renderDRR(knee.ctNode, knee.labelNode, knee.camera, ["meniscus"], [initial], drr)
+        self.delayDisplay("Register again in a child process (what the Register button does)")
+        import shutil
+        import tempfile
+        import time
+
+        process = core.startRegistrationProcess(tempfile.mkdtemp(prefix="FluoroRegistrationTest-"), knee.ctNode,
+                                                knee.labelNode, knee.frameNode, knee.camera, ["femur"], [initial],
+                                                config=QUICK, polarity="bone-dark",
+                                                python=shutil.which("PythonSlicer"))
+        events = []
+        while process.running:
+            events += process.poll()
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        events += process.poll()
+        child = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur pose (process)")
+        result = core.finishRegistrationProcess(process, [child])
+        self.assertTrue(events and result["femur"]["status"] in ("ok", "check"))
+        child_pose = torch.tensor(result["femur"]["camera_from_volume"], dtype=torch.float64)
+        self.assertLess(float((child_pose - pose).abs().max()), 1e-4)
         self.delayDisplay("Test passed")

@@ -168,6 +168,8 @@ def _masks_argument(items):
 
 
 def cmd_register(args) -> None:
+    import json
+
     from tqdm import tqdm
 
     from .register import Registration
@@ -182,8 +184,13 @@ def cmd_register(args) -> None:
     if masks == "auto" and not args.model:
         raise FluoroRegError("--mask auto needs --model DIR (a model from `fluororeg segment train`)")
     bars = []  # made at the first report, so that an input error stays one line
+    lines = open(args.progress_file, "a", buffering=1) if args.progress_file else None  # noqa: SIM115
 
     def progress(stage, iteration, similarity, pose):
+        if lines is not None:  # one JSON object per line, for a parent process to follow
+            lines.write(json.dumps({"stage": stage, "iteration": iteration, "similarity": similarity,
+                                    "pose": pose.tolist()}) + "\n")
+            return
         if not bars:
             bars.append(tqdm(desc="register", unit="it"))
         bars[0].set_postfix_str(f"{stage} it {iteration} similarity {similarity:.4f}")
@@ -195,6 +202,8 @@ def cmd_register(args) -> None:
     finally:
         for bar in bars:
             bar.close()
+        if lines is not None:
+            lines.close()
     result.save(args.out)
     for b, r in result.bones.items():
         print(f"{b}: {r.status.flag}, similarity {r.similarity:.4f}, {r.iterations} iterations, {r.seconds:.1f} s"
@@ -418,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--overlay", help="PNG of the registered outlines over the frame")
+    p.add_argument("--progress-file", help="append each iteration as a JSON line (stage, iteration, similarity, "
+                   "pose) to this file instead of drawing a progress bar (for a parent process, e.g. Slicer)")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("evaluate", help="accuracy, success rate, capture range and loss landscapes of the "

@@ -166,3 +166,63 @@ def test_bad_configuration_fails_at_construction_in_one_line(inputs, capsys):
     with pytest.raises(FluoroRegError, match="GlobalSearch.range_mm = 0 is out of range"):
         register_frame(tmp / "ct.nii.gz", tmp / "labels.nii.gz", tmp / "frame.npy", tmp / "calib.json",
                        tmp / "init.json", config={"search": {"range_mm": 0}})
+
+
+def _process(inputs, tmp_path, config=CONFIG, calibration=None):
+    knee, scene = inputs["knee"], inputs["scene"]
+    logic = FluoroRegistrationLogic(scene)
+    logic.placeFrame(knee.frameNode, knee.camera)
+    return logic, logic.startRegistrationProcess(tmp_path / "job", knee.ctNode, knee.labelNode, knee.frameNode,
+                                                 calibration or knee.camera, ["femur"], [inputs["initial"]],
+                                                 maskNode=inputs["mask_node"], config=config)
+
+
+def test_the_slicer_registration_process_gives_the_same_pose_and_streams_progress(inputs, tmp_path):
+    """The GUI's registration runs `fluororeg register` in a child process (no Python thread under
+    Slicer's Qt loop): polled, it streams every iteration, and its pose is the one path's."""
+    import time
+
+    logic, process = _process(inputs, tmp_path)
+    events = []
+    while process.running:
+        events += process.poll()
+        time.sleep(0.05)
+    events += process.poll()
+    output = inputs["scene"].AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur (process)")
+    result = logic.finishRegistrationProcess(process, [output])
+    pose = torch.tensor(result["femur"]["camera_from_volume"], dtype=F64)
+    torch.testing.assert_close(pose, _api_pose(inputs), atol=1e-6, rtol=0)
+    assert len(events) == result["femur"]["iterations"] and events[0]["stage"].startswith("femur: ")
+    assert np.asarray(events[-1]["pose"]).shape == (4, 4)
+    assert output.GetAttribute("FluoroRegistration.status") == result["femur"]["status"]
+    from FluoroRegistrationLib.slicer.nodes import to_parent
+    from FluoroRegistrationLib.slicer import to_parent_from_pose as tp
+    np.testing.assert_allclose(to_parent(output), tp(pose.numpy()), atol=1e-9)
+
+
+def test_the_slicer_registration_process_cancels_and_reports_errors(inputs, tmp_path):
+    import time
+
+    slow = {**CONFIG, "pyramid": {"pixel_mm": [2.8, 1.4], "iterations": [400, 400]}}
+    logic, process = _process(inputs, tmp_path, slow)
+    deadline = time.time() + 120
+    while not process.poll() and time.time() < deadline:  # wait for the first iteration
+        time.sleep(0.05)
+    process.cancel()
+    assert not process.running
+    with pytest.raises(FluoroRegError, match="registration cancelled"):
+        process.result()
+    camera = inputs["knee"].camera.to_dict()
+    bad = {**camera, "distortion": {"model": "radial", "k": 5}}
+    with pytest.raises(FluoroRegError, match="distortion k 5 is outside the physical range"):
+        _process(inputs, tmp_path / "bad", calibration=bad)  # refused before a child starts
+    with pytest.raises(FluoroRegError, match="Pyramid.learning_rate"):
+        _process(inputs, tmp_path / "bad", {"pyramid": {"learning_rate": -1}})
+    empty = inputs["scene"].AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "no bones here")
+    set_volume(empty, np.zeros_like(volume_array(inputs["mask_node"], "m")), np.eye(4))
+    knee, logic = inputs["knee"], FluoroRegistrationLogic(inputs["scene"])
+    process = logic.startRegistrationProcess(tmp_path / "child", knee.ctNode, knee.labelNode, knee.frameNode,
+                                             knee.camera, ["femur"], [inputs["initial"]], maskNode=empty,
+                                             config=CONFIG)
+    with pytest.raises(FluoroRegError, match="holds none of the bones' label ids"):  # the child's one line
+        process.result()

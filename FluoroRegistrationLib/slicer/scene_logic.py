@@ -243,6 +243,41 @@ class FluoroRegistrationLogic:
         masks = None if maskNode is None else self.masksFromLabelMap(maskNode, camera, registration.label_ids)
         return RegistrationJob(registration, frame, camera, initial, masks, device)
 
+    def startRegistrationProcess(self, folder, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes,
+                                 maskNode=None, config=None, polarity: str = "auto", python: str | None = None):
+        """Write the scene's inputs to ``folder`` and start ``fluororeg register`` on them in a child
+        process (:class:`~.process.RegistrationProcess`): the GUI polls it, so Slicer's event loop never
+        waits and Python threads are not needed. ``config``: a RegistrationConfig or nested dict."""
+        from ..register import RegistrationConfig
+        from .process import RegistrationProcess
+
+        camera = as_camera(calibration)
+        ids = self.boneIds(labelNode, bones)
+        ct, labels = image_volume(ctNode, "CT"), image_volume(labelNode, "bone label map")
+        if not labels.same_grid(ct):
+            raise FluoroRegError(f"label map {node_name(labelNode)} is not on CT {node_name(ctNode)}'s grid; "
+                                 "resample it onto the CT first (Resample Scalar/Vector/DWI Volume)")
+        labels.array = check_label_values(labels.array, node_name(labelNode))
+        masks = None
+        if maskNode is not None:
+            masks = volume_array(maskNode, "mask label map")[0]
+        settings = (config if isinstance(config, RegistrationConfig) else  # checked here, before the child starts
+                    RegistrationConfig.from_dict(config or {})).to_dict()
+        initial = {b: p.numpy() for b, p in self.poses(list(ids), initialPoseNodes).items()}
+        return RegistrationProcess.start(folder, ct, labels, ids, self.frameImage(frameNode, camera), camera.to_dict(),
+                                         initial, masks, settings, polarity, python)
+
+    def finishRegistrationProcess(self, process, outputPoseNodes) -> dict:
+        """Write a finished process's poses into the output transform nodes (with their status
+        attributes); returns the result file's contents. Raises its one-line error or ``cancelled``."""
+        result = process.result()
+        nodes = per_bone(outputPoseNodes, list(result), "output pose transform")
+        self.writePoses({b: np.asarray(r["camera_from_volume"]) for b, r in result.items()}, nodes)
+        for bone, node in nodes.items():
+            node.SetAttribute(STATUS_ATTRIBUTE, result[bone]["status"])
+            node.SetAttribute(STATUS_ATTRIBUTE + "Reason", result[bone]["reason"])
+        return result
+
     def register(self, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, outputPoseNodes,
                  maskNode=None, device=None, progress=None, cancel=None, config=None,
                  polarity: str = "auto") -> RegistrationResult:
