@@ -5,6 +5,7 @@ FluoroRegError of one line or a correct result, never another exception."""
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -174,3 +175,35 @@ def test_an_error_during_a_progress_bar_starts_its_own_line(monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "\nerror: the frame went away; check the file\n" in err or err.startswith("error:")
     assert not any(line.startswith("register") and "error:" in line for line in err.replace("\r", "\n").splitlines())
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return bad_inputs.make_scene(tmp_path_factory.mktemp("api"))
+
+
+API_CASES = {  # register_frame's arguments, one wrong at a time -> words of the one-line error
+    "initial_poses": ([[1, 0, 0, 0]], "initial poses must be"),
+    "bones": (3, "bones must be bone names"),
+    "ct": (np.ones((10, 10, 10)), "ct must be a volume file path or an ImageVolume"),
+    "labels": (None, "labels must be a volume file path"),
+    "masks": ({"femur": 5}, "a single value (5)"),
+    "frame": ([[1, 2], [3, 4]], "frame must be a file path"),
+    "calibration": ([1, 2], "calibration must be a Camera"),
+    "config": ("fast", "config must be a RegistrationConfig"),
+    "polarity": ("x", "unknown polarity"),
+    "index": ("1", "must be a whole number"),
+}
+
+
+@pytest.mark.parametrize("argument", sorted(API_CASES))
+def test_the_python_api_refuses_bad_arguments_in_one_line(scene, argument):
+    from FluoroRegistrationLib import register_frame
+
+    value, words = API_CASES[argument]
+    kwargs = dict(ct=scene["ct"], labels=scene["labels"], frame=scene["frame"], calibration=scene["calib"],
+                  initial_poses=scene["init"], bones=["femur"], config=bad_inputs.QUICK)
+    kwargs[argument] = value
+    with pytest.raises(FluoroRegError) as err:
+        register_frame(**kwargs)
+    assert words in str(err.value) and "\n" not in str(err.value)

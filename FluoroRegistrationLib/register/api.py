@@ -84,8 +84,9 @@ def binary_mask(values, what: str) -> torch.Tensor:
     0/255, probabilities) above half their maximum. Empty, negative or non-finite masks are errors."""
     a = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     a = np.squeeze(a)
-    if a.ndim != 2:
-        raise FluoroRegError(f"{what} has shape {a.shape}, not a 2D image over the frame")
+    if a.ndim != 2 or a.dtype.kind not in "biuf":
+        raise FluoroRegError(f"{what} must be a 2D array of numbers over the frame (H, W), got {a.dtype} of shape "
+                             f"{a.shape}")
     if a.dtype != bool:
         a = a.astype(np.float64)
         if not np.isfinite(a).all() or a.min() < 0:
@@ -119,6 +120,10 @@ class Registration:
         ``bones``: names to register (default: every named label)."""
         from ..volume import default_label_names, load_ct, load_labels, read_label_names, registration_volumes
 
+        for name, value in (("ct", ct), ("labels", labels)):
+            if not isinstance(value, (ImageVolume, str, Path)):
+                raise FluoroRegError(f"{name} must be a volume file path or an ImageVolume (e.g. ImageVolume.from_spacing"
+                                     f"(array, spacing_mm)), got {type(value).__name__}")
         ct_volume = ct if isinstance(ct, ImageVolume) else load_ct(ct)
         if isinstance(labels, ImageVolume):
             if not labels.same_grid(ct_volume):
@@ -134,6 +139,8 @@ class Registration:
         names = read_label_names(label_names)
         if isinstance(bones, str):
             bones = [b.strip() for b in bones.split(",") if b.strip()]
+        if bones is not None and not (isinstance(bones, (list, tuple)) and all(isinstance(b, str) for b in bones)):
+            raise FluoroRegError(f"bones must be bone names, e.g. ['femur', 'tibia'] or 'femur,tibia', got {bones!r}")
         volumes = registration_volumes(ct_volume, label_volume, names, bones)
         return cls(volumes, config, {b: names[b] for b in volumes})
 
@@ -194,7 +201,8 @@ def label_map_masks(label_map, label_ids: dict[str, int], camera: Camera) -> dic
 
 def _check_mask_shape(a: np.ndarray, camera: Camera, what: str) -> None:
     if a.ndim != 2 or a.shape != camera.shape:
-        raise FluoroRegError(f"{what} is {'x'.join(map(str, a.shape))} but the frame is {camera.rows}x{camera.cols}; "
+        size = "x".join(map(str, a.shape)) if a.ndim else f"a single value ({a.item()!r})"
+        raise FluoroRegError(f"{what} is {size} but the frame is {camera.rows}x{camera.cols}; "
                              "give masks on the frame's pixel grid")
 
 
