@@ -456,7 +456,10 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         """Poses written (with their status), bones shown at their poses in 3D, outlines over the frame;
         returns the summary line. A refused input or a cancel raises its one line."""
         core = self.core()
-        result = core.finishRegistrationProcess(process, outputs)
+        try:
+            result = core.finishRegistrationProcess(process, outputs)
+        finally:
+            process.remove_files()  # the inputs hold a copy of the CT
         outline = slicer.mrmlScene.GetFirstNodeByName(OUTLINE_NAME) or slicer.mrmlScene.AddNewNodeByClass(
             "vtkMRMLLabelMapVolumeNode", OUTLINE_NAME)
         labels = self.labelNode(p)

@@ -226,3 +226,8 @@ def test_the_slicer_registration_process_cancels_and_reports_errors(inputs, tmp_
                                              config=CONFIG)
     with pytest.raises(FluoroRegError, match="holds none of the bones' label ids"):  # the child's one line
         process.result()
+    process.remove_files()
+    assert not (tmp_path / "child").exists()
+    with pytest.raises(FluoroRegError, match="cannot start the registration process with /no/such/python"):
+        logic.startRegistrationProcess(tmp_path / "nopython", knee.ctNode, knee.labelNode, knee.frameNode, knee.camera,
+                                       ["femur"], [inputs["initial"]], config=CONFIG, python="/no/such/python")

@@ -44,8 +44,13 @@ class RegistrationProcess:
         # the child imports this very FluoroRegistrationLib, wherever Slicer (or a checkout) keeps it
         core_parent = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [core_parent, os.environ.get("PYTHONPATH")])))
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=str(self.folder),
-                                        env=env)
+        try:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                                            cwd=str(self.folder), env=env)
+        except OSError as err:
+            self._stderr.close()
+            raise FluoroRegError(f"cannot start the registration process with {command[0]} ({err.strerror}); "
+                                 "check Slicer's Python (PythonSlicer)") from None
 
     @classmethod
     def start(cls, folder, ct: ImageVolume, labels: ImageVolume, label_ids: dict, frame: np.ndarray,
@@ -102,6 +107,14 @@ class RegistrationProcess:
         code = self.process.wait(timeout=timeout)
         self._stderr.close()
         return code
+
+    def remove_files(self) -> None:
+        """Delete the folder of inputs (a copy of the CT) once the result has been read."""
+        import shutil
+
+        if self.running:
+            self.cancel()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def result(self) -> dict:
         """The result file ({bone: {camera_from_volume, status, reason, similarity, ...}}) once the child
