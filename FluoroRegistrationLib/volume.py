@@ -113,13 +113,19 @@ def load_ct(path) -> ImageVolume:
 def load_labels(path, ct: ImageVolume) -> ImageVolume:
     """Read a labelmap: integer ids, some of them non-zero, on the CT's grid."""
     labels = read_image(path, "labelmap")
+    return labels_on_ct(labels, ct, labels.path)
+
+
+def labels_on_ct(labels: ImageVolume, ct: ImageVolume, name: str, how: str = "") -> ImageVolume:
+    """A labelmap checked against its CT: on ``ct``'s grid, integer ids, some non-zero
+    (:func:`check_label_values`); returns a new ImageVolume of int32 ids. ``name`` (a file or node)
+    names it in the error, ``how`` says how to resample (optional)."""
     if not labels.same_grid(ct):
         raise FluoroRegError(
-            f"labelmap {labels.path} ({'x'.join(map(str, labels.array.shape[::-1]))} voxels) is not on the CT's grid "
-            f"({'x'.join(map(str, ct.array.shape[::-1]))}); resample it onto the CT first"
+            f"labelmap {name} ({'x'.join(map(str, labels.array.shape[::-1]))} voxels) is not on the CT's grid "
+            f"({'x'.join(map(str, ct.array.shape[::-1]))}); resample it onto the CT first{how}"
         )
-    labels.array = check_label_values(labels.array, labels.path)
-    return labels
+    return ImageVolume(check_label_values(labels.array, name), labels.volume_from_index, labels.path)
 
 
 def check_label_values(arr: np.ndarray, source: str = "<memory>") -> np.ndarray:

@@ -43,3 +43,19 @@ def knee():
     ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
     labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
     return ph, ct, labels
+
+
+@pytest.fixture(scope="session")
+def femur_lateral():
+    """The phantom at 2 mm, flexion 20 deg, its femur as registration draws it, a 128 px C-arm of
+    2 mm pixels and a lateral view 700 mm from the source: (phantom, CT ImageVolume, {"femur":
+    RenderVolume}, camera, true pose (4, 4))."""
+    from FluoroRegistrationLib.geometry import Camera, lateral_view
+    from FluoroRegistrationLib.phantom import make_knee_phantom
+    from FluoroRegistrationLib.volume import ImageVolume, registration_volumes
+
+    ph = make_knee_phantom(spacing_mm=2.0, flexion_deg=20.0, seed=0)
+    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
+    labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
+    bones = registration_volumes(ct, labels, ph.label_names, ["femur"])
+    return ph, ct, bones, Camera(1000.0, 128, 128, 2.0, 2.0), lateral_view(ph.knee_centre_mm, 700.0)

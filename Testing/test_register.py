@@ -10,12 +10,11 @@ import torch
 from FluoroRegistrationLib import FluoroRegError
 from FluoroRegistrationLib.cli import main
 from FluoroRegistrationLib.files import write_poses
-from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view
-from FluoroRegistrationLib.phantom import make_knee_phantom
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization
 from FluoroRegistrationLib.register import (
     Cancelled, RegistrationConfig, adam_refine, pose_errors, register, simulated_annealing)
 from FluoroRegistrationLib.render import project_label, render
-from FluoroRegistrationLib.volume import ImageVolume, registration_volumes, whole_volume
+from FluoroRegistrationLib.volume import whole_volume
 
 F64 = torch.float64
 TARGET = torch.tensor([0.1, -0.2, 0.05, 3.0, -4.0, 6.0], dtype=F64)
@@ -44,13 +43,8 @@ def test_adam_converges_and_stops_on_plateau():
 
 
 @pytest.fixture(scope="module")
-def scene():
-    ph = make_knee_phantom(spacing_mm=2.0, flexion_deg=20.0, seed=0)
-    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
-    labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
-    bones = registration_volumes(ct, labels, ph.label_names, ["femur"])
-    camera = Camera(1000.0, 128, 128, 2.0, 2.0)
-    truth = lateral_view(ph.knee_centre_mm, 700.0)
+def scene(femur_lateral):
+    _, ct, bones, camera, truth = femur_lateral
     with torch.no_grad():
         frame = render(whole_volume(ct), camera, truth.float(), "exact", interpolation="nearest")
         mask = project_label(bones["femur"], camera, truth.float())[0, 0] > 0.5

@@ -9,13 +9,13 @@ import torch
 
 from FluoroRegistrationLib.cli import main
 from FluoroRegistrationLib.files import write_poses
-from FluoroRegistrationLib.geometry import Camera, CentredParameterization, lateral_view
-from FluoroRegistrationLib.phantom import make_knee_phantom, write_phantom
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization
+from FluoroRegistrationLib.phantom import write_phantom
 from FluoroRegistrationLib.register import RegistrationConfig, register
 from FluoroRegistrationLib.register.config import Checks
 from FluoroRegistrationLib.register.status import Evidence, evidence, in_field_fraction, judge
 from FluoroRegistrationLib.render import render
-from FluoroRegistrationLib.volume import ImageVolume, RenderVolume, registration_volumes, whole_volume
+from FluoroRegistrationLib.volume import RenderVolume, whole_volume
 from FluoroRegistrationLib import FluoroRegError
 
 F64 = torch.float64
@@ -86,16 +86,11 @@ def test_evidence_depth_and_box_edge():
 
 
 @pytest.fixture(scope="module")
-def knee(tmp_path_factory):
+def knee(tmp_path_factory, femur_lateral):
     """The phantom at 2 mm, a 128 px lateral frame rendered at a known pose, and files for the CLI."""
     out = tmp_path_factory.mktemp("status")
-    ph = make_knee_phantom(spacing_mm=2.0, flexion_deg=20.0, seed=0)
+    ph, ct, bones, camera, truth = femur_lateral
     write_phantom(ph, out)
-    ct = ImageVolume.from_spacing(ph.hu.astype(np.float32), ph.spacing_mm, ph.origin_mm)
-    labels = ImageVolume.from_spacing(ph.labels.astype(np.int32), ph.spacing_mm, ph.origin_mm)
-    bones = registration_volumes(ct, labels, ph.label_names, ["femur"])
-    camera = Camera(1000.0, 128, 128, 2.0, 2.0)
-    truth = lateral_view(ph.knee_centre_mm, 700.0)
     with torch.no_grad():
         frame = render(whole_volume(ct), camera, truth.float(), "fast")[0, 0]
     start = CentredParameterization(bones["femur"].centroid, truth).pose(

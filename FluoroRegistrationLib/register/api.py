@@ -24,7 +24,7 @@ import torch
 from ..errors import FluoroRegError
 from ..frame import Frame, frame_from_array, load_frame
 from ..geometry import Camera, as_camera
-from ..volume import ImageVolume, RenderVolume, check_label_values
+from ..volume import ImageVolume, RenderVolume
 from .config import RegistrationConfig
 from .pipeline import RegistrationResult, register
 
@@ -118,7 +118,8 @@ class Registration:
         """From a CT and its labelmap (paths or :class:`ImageVolume`); ``label_names``: a JSON path,
         dict or ``"femur=1,tibia=2"`` (default: the labels' JSON beside a labelmap file);
         ``bones``: names to register (default: every named label)."""
-        from ..volume import default_label_names, load_ct, load_labels, read_label_names, registration_volumes
+        from ..volume import (default_label_names, labels_on_ct, load_ct, load_labels, read_label_names,
+                             registration_volumes)
 
         for name, value in (("ct", ct), ("labels", labels)):
             if not isinstance(value, (ImageVolume, str, Path)):
@@ -126,10 +127,7 @@ class Registration:
                                      f"(array, spacing_mm)), got {type(value).__name__}")
         ct_volume = ct if isinstance(ct, ImageVolume) else load_ct(ct)
         if isinstance(labels, ImageVolume):
-            if not labels.same_grid(ct_volume):
-                raise FluoroRegError("the labelmap is not on the CT's grid; resample it onto the CT first")
-            label_volume = ImageVolume(check_label_values(labels.array, labels.path), labels.volume_from_index,
-                                       labels.path)
+            label_volume = labels_on_ct(labels, ct_volume, labels.path)
         else:
             label_volume = load_labels(labels, ct_volume)
         if label_names is None:

@@ -24,7 +24,7 @@ from ..errors import FluoroRegError
 from ..geometry import Camera
 from ..register import RegistrationResult
 from ..render import project_label, render
-from ..volume import RenderVolume, check_label_values, read_label_names, registration_volumes
+from ..volume import RenderVolume, labels_on_ct, read_label_names, registration_volumes
 from .geometry import (as_camera, calibration_text, frame_ijk_to_ras, pose_from_to_parent, source_and_principal_point,
                        to_parent_from_pose)
 from .job import RegistrationJob
@@ -117,15 +117,19 @@ class FluoroRegistrationLogic:
         ids = self.boneIds(labelNode, bones)
         key = (_volume_key(ctNode), _volume_key(labelNode), tuple(ids.items()))
         if key not in self._bone_cache:
-            ct = image_volume(ctNode, "CT")
-            labels = image_volume(labelNode, "bone label map")
-            if not labels.same_grid(ct):
-                raise FluoroRegError(f"label map {node_name(labelNode)} is not on CT {node_name(ctNode)}'s grid; "
-                                     "resample it onto the CT first (Resample Scalar/Vector/DWI Volume)")
-            labels.array = check_label_values(labels.array, node_name(labelNode))
+            ct, labels = self.ctAndLabels(ctNode, labelNode)
             ct.array = ct.array.astype(np.float32)
             self._bone_cache = {key: registration_volumes(ct, labels, ids, list(ids))}
         return self._bone_cache[key]
+
+    @staticmethod
+    def ctAndLabels(ctNode, labelNode):
+        """The CT and its bone label map as ImageVolumes (LPS), the labels checked: on the CT's grid,
+        integer ids, some non-zero."""
+        ct = image_volume(ctNode, "CT")
+        labels = labels_on_ct(image_volume(labelNode, "bone label map"), ct, node_name(labelNode),
+                              " (Resample Scalar/Vector/DWI Volume)")
+        return ct, labels
 
     def poses(self, bones, poseNodes) -> dict[str, torch.Tensor]:
         """Bone -> (4, 4) float64 ``camera_from_volume`` read from the transform nodes' ToParent."""
@@ -189,12 +193,17 @@ class FluoroRegistrationLogic:
         absent from it gets none): the one path's label map rule."""
         from ..register.api import label_map_masks
 
+        return label_map_masks(self.maskLabels(maskNode), labelIds, as_camera(calibration))
+
+    @staticmethod
+    def maskLabels(maskNode) -> np.ndarray:
+        """The (rows, cols) label ids of a mask label map over the frame (one slice)."""
         check_node(maskNode, "vtkMRMLLabelMapVolumeNode", "mask label map")
         labels = volume_array(maskNode, "mask label map")
         if labels.shape[0] != 1:
             raise FluoroRegError(f"mask label map {node_name(maskNode)} has {labels.shape[0]} slices; make it on the "
                                  "frame's geometry (one slice)")
-        return label_map_masks(labels[0], labelIds, as_camera(calibration))
+        return labels[0]
 
     def segmentFrame(self, frameNode, modelPath, outputLabelNode, labelIds: dict | None = None,
                      polarity: str = "auto"):
@@ -253,14 +262,8 @@ class FluoroRegistrationLogic:
 
         camera = as_camera(calibration)
         ids = self.boneIds(labelNode, bones)
-        ct, labels = image_volume(ctNode, "CT"), image_volume(labelNode, "bone label map")
-        if not labels.same_grid(ct):
-            raise FluoroRegError(f"label map {node_name(labelNode)} is not on CT {node_name(ctNode)}'s grid; "
-                                 "resample it onto the CT first (Resample Scalar/Vector/DWI Volume)")
-        labels.array = check_label_values(labels.array, node_name(labelNode))
-        masks = None
-        if maskNode is not None:
-            masks = volume_array(maskNode, "mask label map")[0]
+        ct, labels = self.ctAndLabels(ctNode, labelNode)
+        masks = None if maskNode is None else self.maskLabels(maskNode)
         settings = (config if isinstance(config, RegistrationConfig) else  # checked here, before the child starts
                     RegistrationConfig.from_dict(config or {})).to_dict()
         initial = {b: p.numpy() for b, p in self.poses(list(ids), initialPoseNodes).items()}
@@ -273,9 +276,7 @@ class FluoroRegistrationLogic:
         result = process.result()
         nodes = per_bone(outputPoseNodes, list(result), "output pose transform")
         self.writePoses({b: np.asarray(r["camera_from_volume"]) for b, r in result.items()}, nodes)
-        for bone, node in nodes.items():
-            node.SetAttribute(STATUS_ATTRIBUTE, result[bone]["status"])
-            node.SetAttribute(STATUS_ATTRIBUTE + "Reason", result[bone]["reason"])
+        _write_status(nodes, {b: (r["status"], r["reason"]) for b, r in result.items()})
         return result
 
     def register(self, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, outputPoseNodes,
@@ -300,13 +301,20 @@ class FluoroRegistrationLogic:
         per_bone(outputPoseNodes, list(job.bones), "output pose transform")  # fail before the work, not after
         result = job.run(progress, cancel)
         self.writePoses(result.poses(), outputPoseNodes)
-        for bone, node in per_bone(outputPoseNodes, list(result.bones), "output pose transform").items():
-            node.SetAttribute(STATUS_ATTRIBUTE, result.bones[bone].status.flag)  # ok | check | failed
-            node.SetAttribute(STATUS_ATTRIBUTE + "Reason", result.bones[bone].status.reason)
+        _write_status(per_bone(outputPoseNodes, list(result.bones), "output pose transform"),
+                      {b: (r.status.flag, r.status.reason) for b, r in result.bones.items()})
         return result
 
 
 STATUS_ATTRIBUTE = "FluoroRegistration.status"  # on each output pose node: ok | check | failed (and ...Reason)
+
+
+def _write_status(nodes: dict, statuses: dict) -> None:
+    """Each bone's result status on its output pose node: {bone: node}, {bone: (flag, reason)}."""
+    for bone, node in nodes.items():
+        flag, reason = statuses[bone]
+        node.SetAttribute(STATUS_ATTRIBUTE, flag)
+        node.SetAttribute(STATUS_ATTRIBUTE + "Reason", reason)
 
 
 def per_bone(nodes, bones: list, what: str) -> dict:
