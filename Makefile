@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-register study bench-segment bench-peer-deps zoo clean
+.PHONY: demo gui test test-gui test-slow bench bench-register study bench-segment bench-peer-deps zoo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the web face on the built-in phantom: open http://127.0.0.1:8080/
+gui: $(STAMP)
+	$(VENV)/bin/fluororeg gui
+
+# only the browser tests (they also run in make test where Chromium is installed; CI installs it)
+test-gui: $(STAMP)
+	$(PY) -m pytest -q Testing/test_gui_browser.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow"

@@ -18,7 +18,7 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode,
@@ -50,6 +50,7 @@ _ROOT = core_search_path(__file__)
 if _ROOT is not None and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 PREVIEW_NAME, OUTLINE_NAME = "FluoroRegistration DRR", "FluoroRegistration bone outlines"
+EXPORTED_ATTRIBUTE = "FluoroRegistration.exportedFrom"  # on a label map exported from a segmentation
 
 
 class FluoroRegistration(ScriptedLoadableModule):
@@ -75,18 +76,19 @@ class FluoroRegistrationParameterNode:
     frameVolume: vtkMRMLScalarVolumeNode
     frameIndex: Annotated[int, Minimum(0)] = 0
     bones: str = "femur,tibia"
-    sddMm: Annotated[float, Minimum(1.0)] = 1000.0
-    rows: Annotated[int, Minimum(1)] = 512
-    cols: Annotated[int, Minimum(1)] = 512
-    rowSpacingMm: float = 0.3
-    colSpacingMm: float = 0.3
-    principalCol: float = -1.0  # -1: the image centre
-    principalRow: float = -1.0
-    distortionK: float = 0.0  # image-intensifier pincushion (docs/CONVENTIONS.md); 0 for flat panels
+    # the calibration, within Camera.check_physical's ranges (the spin boxes take them from here)
+    sddMm: Annotated[float, WithinRange(300.0, 3000.0)] = 1000.0
+    rows: Annotated[int, WithinRange(8, 16384)] = 512
+    cols: Annotated[int, WithinRange(8, 16384)] = 512
+    rowSpacingMm: Annotated[float, WithinRange(0.05, 5.0)] = 0.3
+    colSpacingMm: Annotated[float, WithinRange(0.05, 5.0)] = 0.3
+    principalCol: Annotated[float, WithinRange(-1.0, 16384.0)] = -1.0  # -1: the image centre
+    principalRow: Annotated[float, WithinRange(-1.0, 16384.0)] = -1.0
+    distortionK: Annotated[float, WithinRange(-0.5, 0.5)] = 0.0  # image-intensifier pincushion; 0 for flat panels
     showHandles: bool = True
     livePreview: bool = True
-    previewSize: Annotated[int, Minimum(16)] = 128
-    modelPath: Path
+    previewSize: Annotated[int, WithinRange(16, 1024)] = 128
+    modelPath: Path  # Path() ('.') until chosen: a plain Path, which ctkPathLineEdit can show (see modelFolder)
     maskVolume: vtkMRMLLabelMapVolumeNode
     useMasks: bool = True
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
@@ -132,6 +134,8 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def cleanup(self):
         self.onCancel()
+        for timer in (self._pollTimer, self._coarseTimer, self._restTimer):
+            timer.stop()
         self.removeObservers()
 
     def enter(self):
@@ -199,12 +203,16 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if self._observedPose is not None:
             self.removeObserver(self._observedPose, vtkMRMLLinearTransformNode.TransformModifiedEvent, self.onPoseModified)
             self._observedPose = None
-        node = self.logic.poseNode(self._parameterNode, "initial", bone) if bone and self._parameterNode else None
+        # look only: entering the module or picking a bone makes no node (the selector's "Create new", the
+        # preview and Register make them)
+        node = self.logic.poseNode(self._parameterNode, "initial", bone, create=False) \
+            if bone and self._parameterNode else None
         with _blocked(self.ui.initialPoseSelector):
             self.ui.initialPoseSelector.setCurrentNode(node)
         self.ui.translationSliders.setMRMLTransformNode(node)
         self.ui.rotationSliders.setMRMLTransformNode(node)
         if node is not None:
+            self.run(self.logic.centreOnBone, self._parameterNode, bone, node)
             node.CreateDefaultDisplayNodes()
             node.GetDisplayNode().SetEditorVisibility(bool(self._parameterNode.showHandles))
             self.addObserver(node, vtkMRMLLinearTransformNode.TransformModifiedEvent, self.onPoseModified)
@@ -387,8 +395,37 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         name = f"{p.boneLabels.GetName()} labels"
         node = slicer.mrmlScene.GetFirstNodeByName(name) or slicer.mrmlScene.AddNewNodeByClass(
             "vtkMRMLLabelMapVolumeNode", name)
-        slicer.modules.segmentations.logic().ExportVisibleSegmentsToLabelmapNode(p.boneLabels, node, p.ctVolume)
+        # exported again only when the segmentation or the CT changed (not on every slider event)
+        version = f"{p.boneLabels.GetID()}:{p.boneLabels.GetMTime()}:{p.ctVolume.GetID() if p.ctVolume else ''}"
+        if node.GetAttribute(EXPORTED_ATTRIBUTE) != version:
+            slicer.modules.segmentations.logic().ExportVisibleSegmentsToLabelmapNode(p.boneLabels, node, p.ctVolume)
+            node.SetAttribute(EXPORTED_ATTRIBUTE, version)
         return node
+
+    def centreOnBone(self, p, bone, poseNode):
+        """Rotations (sliders and handles) turn the bone about its own centre: the transform's centre of
+        transformation at the centroid of the bone's label, in the CT's RAS (Slicer 5.8 and later)."""
+        import numpy as np
+
+        if not hasattr(poseNode, "SetCenterOfTransformation") or p.boneLabels is None or p.ctVolume is None:
+            return
+        labels = self.labelNode(p)
+        ids = self.core().boneIds(labels, [bone]) if self.ensureDependencies(ask=False) else None
+        if not ids:
+            return
+        kji = np.argwhere(slicer.util.arrayFromVolume(labels) == ids[bone])
+        if len(kji):
+            ijk = np.append(kji.mean(axis=0)[::-1], 1.0)
+            matrix = vtk.vtkMatrix4x4()
+            labels.GetIJKToRASMatrix(matrix)
+            poseNode.SetCenterOfTransformation(*(slicer.util.arrayFromVTKMatrix(matrix) @ ijk)[:3])
+
+    @staticmethod
+    def modelFolder(p):
+        """The segmentation model folder; one line when none has been chosen (Path() shows as '.')."""
+        if p.modelPath is None or str(p.modelPath) in ("", "."):
+            raise ValueError("no segmentation model chosen; pick the folder written by `fluororeg segment train`")
+        return p.modelPath
 
     def frameNode(self, p):
         """The frame to register: the selected volume, or its slice ``frameIndex`` when it holds several."""
@@ -423,8 +460,9 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         return drr
 
     def segment(self, p):
+        model = self.modelFolder(p)
         masks = p.maskVolume or slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "bone masks")
-        self.core().segmentFrame(self.placeFrame(p), p.modelPath, masks,
+        self.core().segmentFrame(self.placeFrame(p), model, masks,
                                  self.core().boneIds(self.labelNode(p), self.boneNames(p)))
         p.maskVolume = masks
         self.showOnDetector(label=masks)
@@ -435,7 +473,8 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         import shutil
         import tempfile
 
-        from FluoroRegistrationLib.register import RegistrationConfig
+        from FluoroRegistrationLib.geometry import Camera
+        from FluoroRegistrationLib.register import RegistrationConfig, expected_reports
 
         frame = self.placeFrame(p)
         config = RegistrationConfig(device=None if p.device == "auto" else p.device)
@@ -444,13 +483,11 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         process = self.core().startRegistrationProcess(
             folder, p.ctVolume, self.labelNode(p), frame, self.calibration(p), bones, self.poseNodes(p, "initial"),
             p.maskVolume if p.useMasks else None, config, p.polarity, shutil.which("PythonSlicer"))
-        return process, self.poseNodes(p, "output"), max(1, self.expectedIterations(config)) * len(bones)
-
-    @staticmethod
-    def expectedIterations(config):
-        """About how many progress reports one bone's registration makes (for the progress bar)."""
-        search = config.search.steps if config.search.enabled else 0
-        return search + sum(config.pyramid.iterations)
+        camera = Camera.from_dict(self.calibration(p))
+        starts = {b: slicer.util.arrayFromTransformMatrix(n) for b, n in self.poseNodes(p, "initial").items()}
+        # about how many progress reports (the bar); depth of each start pose's origin, about the bone's
+        expected = sum(expected_reports(config, camera, max(float(m[2, 3]), 1.0)) for m in starts.values())
+        return process, self.poseNodes(p, "output"), expected
 
     def finishRegistration(self, p, process, outputs):
         """Poses written (with their status), bones shown at their poses in 3D, outlines over the frame;
@@ -516,8 +553,10 @@ class FluoroRegistrationTest(ScriptedLoadableModuleTest):
         import math
 
         logic = FluoroRegistrationLogic()
-        if not logic.ensureDependencies(ask=False):
-            self.skipTest("PyTorch is not installed (install it from the module, or the PyTorch extension)")
+        if not logic.ensureDependencies(ask=False):  # Slicer's Reload and Test would show SkipTest as a failure
+            self.delayDisplay("PyTorch is not installed: install it from the module (or the PyTorch extension) "
+                              "and run the test again. Test not run.")
+            return
         import torch
 
         from FluoroRegistrationLib import FluoroRegError

@@ -232,6 +232,14 @@ def cmd_demo(args) -> None:
         run_register_demo(args.out)
 
 
+def cmd_gui(args) -> None:
+    from .slicer.web_app import serve
+
+    if not 0 <= args.port <= 65535:
+        raise FluoroRegError(f"--port {args.port} is not a port number; give 1-65535 (or 0 for any free port)")
+    serve(args.data, args.host, args.port, args.open)
+
+
 def cmd_evaluate(args) -> None:
     from pathlib import Path
 
@@ -498,6 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, default=1.0)
     p.add_argument("--no-register", action="store_true", help="only the DRR part (no simulated registration)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gui", help="the registration panel as a web page (trame-slicer) on this machine")
+    p.add_argument("--data", help="a folder from `fluororeg simulate`, or one with ct, labels, labels.json, "
+                   "calib.json and frames (default: the built-in phantom)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    p.add_argument("--open", action="store_true", help="open the page in the system's browser")
+    p.set_defaults(func=cmd_gui)
     return parser
 
 

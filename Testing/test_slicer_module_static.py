@@ -183,3 +183,68 @@ def test_torch_is_imported_on_first_use_only():
     names = [a.name for n in top_level for a in n.names] + [n.module for n in top_level if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n and n.split(".")[0] in ("torch", "FluoroRegistrationLib")]
     assert "installTorch" in SOURCE.read_text() and "pip_install(\"SimpleITK" not in SOURCE.read_text()
+
+
+def _parameter_fields():
+    classes = {c.name: c for c in ast.walk(module_tree()) if isinstance(c, ast.ClassDef)}
+    return {s.target.id: ast.unparse(s.annotation) for s in classes["FluoroRegistrationParameterNode"].body
+            if isinstance(s, ast.AnnAssign)}
+
+
+def test_number_fields_bound_to_spin_boxes_carry_their_ranges():
+    """parameterNodeWrapper gives a spin box the field's WithinRange/Minimum; a bare float would let the
+    panel take a pixel spacing of 0 or a negative distance (issue 19)."""
+    fields = _parameter_fields()
+    spin = {param for cls, param in ui_widgets().values() if param and cls in ("QSpinBox", "QDoubleSpinBox",
+                                                                                 "ctkSliderWidget", "ctkDoubleSpinBox")}
+    assert spin >= {"sddMm", "rows", "rowSpacingMm", "distortionK"}
+    bare = sorted(f for f in spin if "WithinRange" not in fields[f] and "Minimum" not in fields[f])
+    assert not bare, f"number fields without a range: {bare}"
+    assert "WithinRange(0.05, 5.0)" in fields["rowSpacingMm"] and "WithinRange(300.0, 3000.0)" in fields["sddMm"]
+
+
+def test_transform_sliders_show_the_pose_and_turn_about_the_bone():
+    """GLOBAL sliders show the transform's own translation (LOCAL ones restart at 0) and turn about the
+    centre of transformation, which the module puts at the bone's centroid."""
+    root = ET.parse(UI).getroot()
+    refs = [w.find("property[@name='CoordinateReference']/enum").text for w in root.iter("widget")
+            if w.get("class") == "qMRMLTransformSliders"]
+    assert refs == ["qMRMLTransformSliders::GLOBAL"] * 2
+    source = SOURCE.read_text()
+    assert "SetCenterOfTransformation" in source and "self.logic.centreOnBone" in source
+
+
+def _method(class_name, name):
+    classes = {c.name: c for c in ast.walk(module_tree()) if isinstance(c, ast.ClassDef)}
+    return next(f for f in classes[class_name].body if isinstance(f, ast.FunctionDef) and f.name == name)
+
+
+def test_entering_makes_no_nodes_cleanup_stops_timers_and_a_missing_torch_is_not_a_failure():
+    on_bone = ast.unparse(_method("FluoroRegistrationWidget", "onBoneChanged"))
+    assert "create=False" in on_bone
+    cleanup = ast.unparse(_method("FluoroRegistrationWidget", "cleanup"))
+    for timer in ("_pollTimer", "_coarseTimer", "_restTimer"):
+        assert timer in cleanup
+    assert ".stop()" in cleanup
+    test = ast.unparse(_method("FluoroRegistrationTest", "test_register_phantom_femur"))
+    assert "skipTest" not in test and "Test not run" in test
+
+
+def test_a_segmentation_is_exported_only_when_it_changes_and_the_model_path_is_checked():
+    label_node = ast.unparse(_method("FluoroRegistrationLogic", "labelNode"))
+    assert "GetMTime()" in label_node and "EXPORTED_ATTRIBUTE" in label_node
+    segment = ast.unparse(_method("FluoroRegistrationLogic", "segment"))
+    assert segment.index("modelFolder") < segment.index("AddNewNodeByClass")
+
+
+def test_extension_metadata_points_at_files_in_this_repository():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    meta = dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert meta.get(key), f"{key} is empty"
+    urls = meta["EXTENSION_SCREENSHOTURLS"].split() + [meta["EXTENSION_ICONURL"]]
+    for url in urls:
+        assert url.startswith("https://raw.githubusercontent.com/") and url.endswith(".png")
+        path = ROOT / url.split("/main/", 1)[1]
+        assert path.is_file(), f"{url}: no {path.relative_to(ROOT)} in the repository"

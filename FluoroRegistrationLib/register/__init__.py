@@ -9,10 +9,10 @@ from .config import (AxialProbe, DepthScan, GlobalSearch, MaskFocus, Pyramid, Ra
                      TiltProbe)
 from .metrics import calibration_floor, pose_errors
 from .optimize import Cancelled, StageLog, adam_refine, distinct_minima, grid_search, line_search, rotation_scan, simulated_annealing
-from .pipeline import (BoneResult, Level, RegistrationResult, pyramid_levels, register, register_bone,
-                       similarity_objective)
+from .pipeline import (BoneResult, Level, RegistrationResult, expected_reports, pyramid_levels, register,
+                       register_bone, similarity_objective)
 
-__all__ = ["AxialProbe", "BoneResult", "Cancelled", "DepthScan", "GlobalSearch", "Level", "MaskFocus", "Pyramid",
+__all__ = ["expected_reports", "AxialProbe", "BoneResult", "Cancelled", "DepthScan", "GlobalSearch", "Level", "MaskFocus", "Pyramid",
            "Ranking", "Registration", "RegistrationConfig", "RegistrationResult", "StageLog", "Steps", "TiltProbe",
            "adam_refine", "as_camera", "binary_mask", "calibration_floor", "distinct_minima", "grid_search",
            "line_search", "pose_errors", "prepare_frame", "pyramid_levels", "register", "register_bone",

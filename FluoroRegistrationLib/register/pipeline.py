@@ -126,6 +126,38 @@ def pyramid_levels(camera: Camera, depth_mm: float, config: RegistrationConfig) 
     return levels
 
 
+def expected_reports(config: RegistrationConfig, camera: Camera, depth_mm: float) -> int:
+    """About how many progress reports one bone's registration makes (the GUIs' progress bars).
+
+    Every pose the optimisers score is one report: the search's steps, each start's refinement and
+    rank scan, the probes' grids, the levels coarse to fine. Adam usually stops on a plateau at about
+    half its iterations and the probes run about once, so this is a typical count, not a bound
+    (measured on the phantom: within 0.7-1.3 of it, Testing/test_web_session.py). The levels are
+    the pipeline's own for a bone at ``depth_mm`` from the source (:func:`pyramid_levels`).
+    """
+    levels = pyramid_levels(camera, depth_mm, config)
+    iterations = [level.iterations for level in levels]
+    adam = [0.5 * n for n in iterations]
+    scan = config.depth_scan.points
+    rank = min(config.ranking.level, len(levels) - 1)
+    tilt = (2 * int(config.tilt_probe.range_deg // config.tilt_probe.step_deg) + 1) ** 2 \
+        if config.tilt_probe.enabled else 0
+    axial = 2 * int(config.axial_probe.range_deg // config.axial_probe.step_deg) + 1 if config.axial_probe.enabled else 0
+    total = 0.0
+    first = 0
+    if config.search.enabled:
+        total += config.search.steps
+        if rank > 0:
+            per_start = sum(adam[:rank]) + scan * rank  # depth scans before levels 1..rank-1 and the rank scan
+            total += config.ranking.starts * per_start + tilt
+            first = rank
+    for index in range(first, len(levels)):
+        total += adam[index] + (scan if index > first and config.depth_scan.enabled else 0)
+        if index == first == rank and index > 0:
+            total += tilt + axial + adam[index]  # the probes and one refinement after them
+    return max(1, round(total))
+
+
 def bone_depth_mm(bone: RenderVolume, pose: torch.Tensor) -> float:
     """Distance along the beam from the source to the bone's centroid at ``pose`` (4, 4) (mm)."""
     return float(transform_points(pose, bone.centroid[None].to(pose))[0, 2])

@@ -113,14 +113,19 @@ class FluoroRegistrationLogic:
         return {b: names[b] for b in bones}
 
     def boneVolumes(self, ctNode, labelNode, bones) -> dict[str, RenderVolume]:
-        """The bones as registration draws them (``registration_volumes``), cached until the nodes change."""
+        """The bones as registration draws them (``registration_volumes``), each cached until the
+        nodes change (a subset of the bones, e.g. the live preview's, reuses the others' work)."""
         ids = self.boneIds(labelNode, bones)
-        key = (_volume_key(ctNode), _volume_key(labelNode), tuple(ids.items()))
-        if key not in self._bone_cache:
+        nodes = (_volume_key(ctNode), _volume_key(labelNode))
+        if self._bone_cache.get("nodes") != nodes:
+            self._bone_cache = {"nodes": nodes}
+        missing = {b: i for b, i in ids.items() if (b, i) not in self._bone_cache}
+        if missing:
             ct, labels = self.ctAndLabels(ctNode, labelNode)
             ct.array = ct.array.astype(np.float32)
-            self._bone_cache = {key: registration_volumes(ct, labels, ids, list(ids))}
-        return self._bone_cache[key]
+            for bone, volume in registration_volumes(ct, labels, missing, list(missing)).items():
+                self._bone_cache[(bone, missing[bone])] = volume
+        return {b: self._bone_cache[(b, i)] for b, i in ids.items()}
 
     @staticmethod
     def ctAndLabels(ctNode, labelNode):
