@@ -232,6 +232,24 @@ def cmd_demo(args) -> None:
         run_register_demo(args.out)
 
 
+def cmd_track(args) -> None:
+    from .track import TrackConfig, track_sequence
+
+    if args.mask == "auto" and not args.model:
+        raise FluoroRegError("--mask auto needs --model DIR (a model from `fluororeg segment train`)")
+    config = TrackConfig(recover=not args.no_recover)
+    result = track_sequence(args.sequence, args.ct, args.labels, args.calib, args.init, args.out,
+                            [b.strip() for b in args.bone.split(",") if b.strip()], args.label_names, args.mask,
+                            args.model, args.keyframe, args.landmarks, args.side, args.fps, args.lowpass,
+                            args.workers or 0, args.scheduler, config, args.polarity, animation=not args.no_animation)
+    frames = sum(r is not None for r in result.records)
+    flags = result.flags
+    print(f"{frames} frames in {result.seconds:.1f} s ({frames / max(result.seconds, 1e-9):.2f} frames/s): "
+          f"{flags['ok']} ok, {flags['check']} check, {flags['failed']} failed")
+    for name, path in result.paths.items():
+        print(f"wrote {path}")
+
+
 def cmd_gui(args) -> None:
     from .slicer.web_app import serve
 
@@ -506,6 +524,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, default=1.0)
     p.add_argument("--no-register", action="store_true", help="only the DRR part (no simulated registration)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("track", help="track bones through a fluoroscopy sequence; poses and knee kinematics",
+                       epilog=CONVENTIONS)
+    p.add_argument("--ct", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
+    p.add_argument("--bone", default="femur,tibia", help="bones to track (default femur,tibia)")
+    p.add_argument("--frames", dest="sequence", required=True, help="the sequence: a folder of frames, a multi-page TIFF, a "
+                   "multi-frame DICOM, an (N, H, W) .npy or a video")
+    p.add_argument("--calib", required=True, help="calibration JSON, or a folder of one per frame (<frame>.json)")
+    p.add_argument("--init", required=True, help="the bones' poses at the keyframe (poses JSON), or "
+                   "{\"<frame>\": poses, ...} for several keyframes")
+    p.add_argument("--keyframe", type=int, default=0, help="the frame --init is for (default 0)")
+    p.add_argument("--mask", help="'auto' (with --model) or a folder of <frame>_labels.png label maps")
+    p.add_argument("--model", help="segmentation model folder for --mask auto")
+    p.add_argument("--landmarks", help="JSON of femur and tibia landmarks (LPS mm, CT frame); default: "
+                   "approximate ones from the labels")
+    p.add_argument("--side", choices=["right", "left"], default="right")
+    p.add_argument("--fps", type=float, help="frame rate when the sequence does not say (default: DICOM frame "
+                   "time, the video's, else 30)")
+    p.add_argument("--lowpass", type=float, help="smooth the kinematics: Butterworth cut-off in Hz (default none)")
+    p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
+    p.add_argument("--workers", type=int, help="track on a local Dask cluster of this many workers (default: serially)")
+    p.add_argument("--scheduler", help="address of a Dask scheduler (a cluster) instead of local workers")
+    p.add_argument("--no-recover", action="store_true", help="do not re-run frames that are not ok from a cold start")
+    p.add_argument("--no-animation", action="store_true", help="skip overlay.gif")
+    p.add_argument("--out", required=True, help="output folder (a run there resumes where it stopped)")
+    p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("gui", help="the registration panel as a web page (trame-slicer) on this machine")
     p.add_argument("--data", help="a folder from `fluororeg simulate`, or one with ct, labels, labels.json, "

@@ -39,14 +39,19 @@ def read_poses(path) -> dict[str, torch.Tensor]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise FluoroRegError(f"pose file {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    return poses_from_mapping(data, f"pose file {path}")
+
+
+def poses_from_mapping(data, where: str) -> dict[str, torch.Tensor]:
+    """{bone: {"camera_from_volume": 4x4}} (parsed JSON) -> {bone: (4, 4) float64}, each checked rigid."""
     if not isinstance(data, dict) or not data:
-        raise FluoroRegError(f"pose file {path} must hold an object with one entry per bone")
+        raise FluoroRegError(f"{where} must hold an object with one entry per bone")
     poses = {}
     for name, entry in data.items():
         matrix = entry.get("camera_from_volume") if isinstance(entry, dict) else None
         if matrix is None:
-            raise FluoroRegError(f"pose file {path}: entry '{name}' has no camera_from_volume 4x4 matrix")
-        poses[name] = check_rigid(matrix, f"pose file {path}, '{name}'")
+            raise FluoroRegError(f"{where}: entry '{name}' has no camera_from_volume 4x4 matrix")
+        poses[name] = check_rigid(matrix, f"{where}, '{name}'")
     return poses
 
 

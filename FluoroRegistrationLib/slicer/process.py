@@ -27,8 +27,9 @@ from ..volume import ImageVolume, write_image
 class RegistrationProcess:
     """``fluororeg register`` running in a child process on the files in ``folder``.
 
-    Use :meth:`start`; then call :meth:`poll` (progress events: dicts with stage, iteration,
-    similarity and the (4, 4) pose as nested lists) until :attr:`running` is False, and
+    Made by the scene logic's ``startRegistrationProcess`` on the inputs :func:`write_inputs` wrote;
+    call :meth:`poll` (progress events: dicts with stage, iteration, similarity and the (4, 4) pose as
+    nested lists) until :attr:`running` is False, and
     :meth:`result` for the result file's contents ({bone: {camera_from_volume, status, ...}}).
     """
 
@@ -51,31 +52,6 @@ class RegistrationProcess:
             self._stderr.close()
             raise FluoroRegError(f"cannot start the registration process with {command[0]} ({err.strerror}); "
                                  "check Slicer's Python (PythonSlicer)") from None
-
-    @classmethod
-    def start(cls, folder, ct: ImageVolume, labels: ImageVolume, label_ids: dict, frame: np.ndarray,
-              calibration: dict, initial_poses: dict, masks: np.ndarray | None = None, config: dict | None = None,
-              polarity: str = "auto", python: str | None = None) -> "RegistrationProcess":
-        """Write the inputs into ``folder`` (CT and labels as NIfTI, the frame (H, W) and an optional
-        label map of masks (H, W) as .npy, calibration, starts and settings as JSON) and start."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_image(ct, folder / "ct.nii.gz")
-        write_image(ImageVolume(labels.array.astype(np.int16), labels.volume_from_index), folder / "labels.nii.gz")
-        (folder / "labels.json").write_text(json.dumps({b: int(i) for b, i in label_ids.items()}))
-        np.save(folder / "frame.npy", np.asarray(frame, dtype=np.float32))
-        (folder / "calib.json").write_text(json.dumps(calibration))
-        write_poses(folder / "init.json", initial_poses)
-        argv = ["--ct", folder / "ct.nii.gz", "--labels", folder / "labels.nii.gz", "--label-names",
-                folder / "labels.json", "--bone", ",".join(label_ids), "--frame", folder / "frame.npy",
-                "--calib", folder / "calib.json", "--init", folder / "init.json", "--polarity", polarity]
-        if masks is not None:
-            np.save(folder / "masks.npy", np.asarray(masks, dtype=np.int16))
-            argv += ["--mask", folder / "masks.npy"]
-        if config:
-            (folder / "config.json").write_text(json.dumps(config))
-            argv += ["--config", folder / "config.json"]
-        return cls(folder, argv, python)
 
     @property
     def running(self) -> bool:
@@ -127,3 +103,29 @@ class RegistrationProcess:
         lines = [line for line in (self.folder / "stderr.txt").read_text().splitlines() if line.startswith("error:")]
         raise FluoroRegError(lines[-1].removeprefix("error: ") if lines else
                              f"the registration process ended with status {code}; see {self.folder / 'stderr.txt'}")
+
+
+def write_inputs(folder, ct: ImageVolume, labels: ImageVolume, label_ids: dict, frame: np.ndarray,
+                 calibration: dict, initial_poses: dict, masks: np.ndarray | None = None, config: dict | None = None,
+                 polarity: str = "auto") -> list:
+    """Write a registration's inputs into ``folder``: CT and labels as NIfTI, the frame (H, W) and an
+    optional label map of masks (H, W) as .npy, calibration, starts and settings as JSON. Returns the
+    arguments of ``fluororeg register`` that read them (without --out)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_image(ct, folder / "ct.nii.gz")
+    write_image(ImageVolume(labels.array.astype(np.int16), labels.volume_from_index), folder / "labels.nii.gz")
+    (folder / "labels.json").write_text(json.dumps({b: int(i) for b, i in label_ids.items()}))
+    np.save(folder / "frame.npy", np.asarray(frame, dtype=np.float32))
+    (folder / "calib.json").write_text(json.dumps(calibration))
+    write_poses(folder / "init.json", initial_poses)
+    argv = ["--ct", folder / "ct.nii.gz", "--labels", folder / "labels.nii.gz", "--label-names",
+            folder / "labels.json", "--bone", ",".join(label_ids), "--frame", folder / "frame.npy",
+            "--calib", folder / "calib.json", "--init", folder / "init.json", "--polarity", polarity]
+    if masks is not None:
+        np.save(folder / "masks.npy", np.asarray(masks, dtype=np.int16))
+        argv += ["--mask", folder / "masks.npy"]
+    if config:
+        (folder / "config.json").write_text(json.dumps(config))
+        argv += ["--config", folder / "config.json"]
+    return argv

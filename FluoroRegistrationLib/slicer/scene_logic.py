@@ -262,8 +262,18 @@ class FluoroRegistrationLogic:
         """Write the scene's inputs to ``folder`` and start ``fluororeg register`` on them in a child
         process (:class:`~.process.RegistrationProcess`): the GUI polls it, so Slicer's event loop never
         waits and Python threads are not needed. ``config``: a RegistrationConfig or nested dict."""
-        from ..register import RegistrationConfig
         from .process import RegistrationProcess
+
+        argv = self.writeRegistrationInputs(folder, ctNode, labelNode, frameNode, calibration, bones,
+                                            initialPoseNodes, maskNode, config, polarity)
+        return RegistrationProcess(folder, argv, python)
+
+    def writeRegistrationInputs(self, folder, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes,
+                                maskNode=None, config=None, polarity: str = "auto") -> list:
+        """The scene's inputs as files in ``folder``; returns the ``fluororeg register`` arguments that
+        read them (without --out): what Register runs, for a script or a cluster to run as well."""
+        from ..register import RegistrationConfig
+        from .process import write_inputs
 
         camera = as_camera(calibration)
         ids = self.boneIds(labelNode, bones)
@@ -272,8 +282,8 @@ class FluoroRegistrationLogic:
         settings = (config if isinstance(config, RegistrationConfig) else  # checked here, before the child starts
                     RegistrationConfig.from_dict(config or {})).to_dict()
         initial = {b: p.numpy() for b, p in self.poses(list(ids), initialPoseNodes).items()}
-        return RegistrationProcess.start(folder, ct, labels, ids, self.frameImage(frameNode, camera), camera.to_dict(),
-                                         initial, masks, settings, polarity, python)
+        return write_inputs(folder, ct, labels, ids, self.frameImage(frameNode, camera), camera.to_dict(), initial,
+                            masks, settings, polarity)
 
     def finishRegistrationProcess(self, process, outputPoseNodes) -> dict:
         """Write a finished process's poses into the output transform nodes (with their status

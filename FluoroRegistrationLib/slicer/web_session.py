@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,7 +234,7 @@ class WebSession:
 
     def _drr(self, longest):
         node = self._node("vtkMRMLScalarVolumeNode", "web DRR")
-        self.logic.renderDRR(self.ct, self.labels, self.camera, self._ids(), self.start_poses, node, longest=longest)
+        self.logic.renderDRR(self.ct, self.labels, self.camera, self.bone_ids(), self.start_poses, node, longest=longest)
         from .nodes import volume_array
 
         return volume_array(node, "DRR")[0]
@@ -256,10 +257,11 @@ class WebSession:
         config = config if isinstance(config, RegistrationConfig) else RegistrationConfig.from_dict(config or {})
         folder = tempfile.mkdtemp(prefix="fluororeg-gui-")
         self._process = self.logic.startRegistrationProcess(
-            folder, self.ct, self.labels, self.frame, self.camera, self._ids(), self.start_poses,
+            folder, self.ct, self.labels, self.frame, self.camera, self.bone_ids(), self.start_poses,
             self.masks if use_masks else None, config, polarity)
         self._events, self._expected = 0, sum(expected_reports(config, self.camera, self._depth(b)) for b in self.bones)
         self.progress = Progress(True, 0.0, f"Registering {', '.join(self.bones)}...")
+        self._started = time.perf_counter()
 
     def poll(self) -> Progress:
         """Read the child's progress since the last call; when it has ended, write the result poses."""
@@ -294,7 +296,7 @@ class WebSession:
         lines = {b: f"{b}: {r['status'].upper()}, similarity {r['similarity']:.4f}, {r['seconds']:.1f} s"
                  + (f", mTRE {errors[b]:.2f} mm vs truth" if b in errors else "")
                  + (f" ({r['reason']})" if r["reason"] else "") for b, r in result.items()}
-        self.progress = Progress(False, 1.0, "Done", lines)
+        self.progress = Progress(False, 1.0, f"Done in {time.perf_counter() - self._started:.1f} s", lines)
 
     @property
     def running(self) -> bool:
@@ -320,7 +322,7 @@ class WebSession:
             self._write(self.start_poses[bone], pose)
             self.sliders[bone] = PoseSliders(volumes[bone].centroid.numpy().astype(np.float64), pose)
 
-    def _ids(self) -> dict[str, int]:
+    def bone_ids(self) -> dict[str, int]:
         return {b: self.label_ids[b] for b in self.bones}
 
     def _depth(self, bone: str) -> float:

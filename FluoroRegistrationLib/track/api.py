@@ -1,0 +1,135 @@
+"""``track_sequence``: a fluoroscopy sequence in, per-frame poses, knee kinematics, their curves and an
+overlay animation out. The one tracking path: ``fluororeg track`` and the Python API call it.
+
+    from FluoroRegistrationLib.track import track_sequence
+    result = track_sequence("squat_frames/", "ct.nii.gz", "labels.nii.gz", "calib.json", "init.json",
+                            out="squat_track", masks="squat_masks/")
+    result.paths["kinematics"]   # kinematics.csv
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import FluoroRegError
+from .run import TrackJob, track, tracker_for
+from .sequence import FrameSequence
+from .tracker import TrackConfig, flag_counts
+
+
+@dataclass
+class TrackResult:
+    """records: every frame's record (docs/CONVENTIONS.md, "Tracking"); kinematics: per frame rows
+    (empty without femur and tibia); paths: the files written; seconds, frames_per_second."""
+
+    records: list
+    kinematics: list
+    paths: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def flags(self) -> dict[str, int]:
+        return flag_counts([r for r in self.records if r is not None])
+
+
+def read_starts(path, keyframe: int = 0) -> dict[int, dict[str, np.ndarray]]:
+    """Starts per keyframe from a JSON: a poses file (``{bone: {camera_from_volume}}``) for frame
+    ``keyframe``, or ``{"<frame>": {bone: {camera_from_volume}}, ...}`` for several keyframes."""
+    from ..files import poses_from_mapping, read_yaml
+
+    path = Path(path)
+    data = read_yaml(path, "initial poses file", "give the bones' poses at the keyframe")
+    if not isinstance(data, dict) or not data:
+        raise FluoroRegError(f"initial poses file {path} must map bones (or keyframe numbers) to poses")
+    per_frame = data if all(str(k).isdigit() for k in data) else {str(keyframe): data}
+    starts = {int(k): {b: p.numpy() for b, p in poses_from_mapping(poses, f"{path}, keyframe {k}").items()}
+              for k, poses in per_frame.items()}
+    return starts
+
+
+def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibia"), label_names=None, masks=None,
+                   model=None, keyframe: int = 0, landmarks=None, side: str = "right", fps: float | None = None,
+                   lowpass_hz: float | None = None, workers: int = 0, scheduler: str | None = None,
+                   config: TrackConfig | None = None, polarity: str = "auto", progress: bool = True,
+                   animation: bool = True) -> TrackResult:
+    """Track ``bones`` through ``sequence`` (a folder of frames, a stack file or a video) and write
+    into ``out``: frames/NNNNN.json (resumable), poses.csv, kinematics.csv, kinematics.png, overlay.gif.
+
+    init: poses JSON at ``keyframe`` or per keyframe (:func:`read_starts`). masks: None, "auto" (with
+    ``model``) or a folder of ``<frame>_labels.png``. landmarks: JSON path (default: approximate ones
+    from the labels). workers: 0 serial, N a local Dask cluster; scheduler: a Dask address."""
+    from ..volume import default_label_names
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if masks == "auto" and not model:
+        raise FluoroRegError("masks 'auto' needs a segmentation model (--model DIR from `fluororeg segment train`)")
+    if side not in ("right", "left"):
+        raise FluoroRegError(f"side {side!r}: give right or left")
+    names = label_names if label_names is not None else str(default_label_names(labels))
+    job = TrackJob(str(sequence), str(ct), str(labels), names, tuple(bones), str(calib), str(out),
+                   None if masks is None else str(masks), None if model is None else str(model), fps, polarity,
+                   config or TrackConfig(), threads=max(1, torch.get_num_threads()) if workers == 0 else 1)
+    starts = read_starts(init, keyframe)
+    count = FrameSequence.open(job.sequence, fps).count
+    for k, poses in starts.items():
+        missing = [b for b in bones if b not in poses]
+        if missing or not 0 <= k < count:
+            raise FluoroRegError(f"keyframe {k}: " + (f"no start for {', '.join(missing)}" if missing else
+                                                      f"outside the sequence's {count} frames"))
+    tracker = tracker_for(job)  # inputs checked (CT, labels, calibration, masks) before any work
+    t0 = time.perf_counter()
+    records = track(job, starts, workers, scheduler, progress)
+    result = TrackResult(records, [], seconds=time.perf_counter() - t0)
+    _write_outputs(result, tracker, job, landmarks, side, lowpass_hz, animation)
+    return result
+
+
+def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side, lowpass_hz, animation) -> None:
+    from ..kinematics import landmarks_from_labels, read_landmarks
+    from ..volume import load_ct, load_labels, read_label_names
+    from .outputs import knee_kinematics, overlay_gif, plot_kinematics, write_kinematics_csv, write_poses_csv
+
+    out = Path(job.out)
+    write_poses_csv(out / "poses.csv", result.records)
+    result.paths["poses"] = out / "poses.csv"
+    volumes = tracker.cold.volumes
+    if "femur" in volumes and "tibia" in volumes:
+        if landmarks is not None:
+            marks = read_landmarks(landmarks)
+        else:
+            labels = load_labels(job.labels, load_ct(job.ct))
+            marks = landmarks_from_labels(labels, read_label_names(job.label_names), side)
+            (out / "landmarks.json").write_text(json.dumps(marks, indent=1))
+            result.paths["landmarks"] = out / "landmarks.json"
+        result.kinematics = knee_kinematics(result.records, marks, side, volumes["femur"].surface.numpy(), lowpass_hz)
+        write_kinematics_csv(out / "kinematics.csv", result.kinematics)
+        plot_kinematics(out / "kinematics.png", result.kinematics, f"{side} knee, {len(result.kinematics)} frames")
+        result.paths.update(kinematics=out / "kinematics.csv", curves=out / "kinematics.png")
+    if animation:
+        overlay_gif(out / "overlay.gif", tracker.sequence, result.records, _outline_maker(tracker))
+        result.paths["animation"] = out / "overlay.gif"
+
+
+def _outline_maker(tracker):
+    from ..render import project_label
+
+    ids = {b: i + 1 for i, b in enumerate(tracker.cold.volumes)}
+
+    def outlines(index: int, record: dict):
+        camera = tracker.camera_for(index)
+        labels, best = np.zeros(camera.shape, np.int32), np.zeros(camera.shape)
+        for bone, b in record["bones"].items():
+            with torch.no_grad():
+                chord = project_label(tracker.cold.volumes[bone], camera,
+                                      torch.tensor(b["camera_from_volume"], dtype=torch.float32))[0, 0].numpy()
+            wins = (chord > 0) & (chord > best)
+            labels[wins], best[wins] = ids[bone], chord[wins]
+        return labels, {ids[b]: r["flag"] for b, r in record["bones"].items()}
+    return outlines
