@@ -415,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--sequence", choices=["none", "flexion", "gait"], default="none",
-                   help="independent random knee poses (none), a flexion-extension cycle, or a gait cycle")
+    p.add_argument("--sequence", choices=["none", "flexion", "gait", "squat", "step-up"], default="none",
+                   help="independent random knee poses (none), a flexion-extension cycle, a gait cycle, a squat "
+                   "or a step-up (screw-home rotation and roll-back)")
     p.add_argument("--flexion-range", default="0,120", help="min,max knee flexion in degrees (default 0,120)")
     p.add_argument("--realism", choices=["off", "low", "medium", "high"], default="medium")
     p.add_argument("--calib", help="nominal calibration JSON (default: 512x512, 0.5 mm pixels, sdd 1000 mm)")

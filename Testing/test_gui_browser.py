@@ -225,3 +225,28 @@ def test_upload_a_case_from_files(browser, phantom_server, tmp_path):
     text = page.locator("#error").inner_text()
     assert "256" in text and "128" in text and len(text.splitlines()) == 1
     page.close()
+
+
+def test_tracking_results_in_the_page(browser, simulated_case, tmp_path):
+    """A tracking run's folder (records and curves as fluororeg track writes them) shown over its case."""
+    from FluoroRegistrationLib.track.outputs import plot_kinematics
+    from FluoroRegistrationLib.track.tracker import write_record
+
+    folder, bones, truth = simulated_case
+    write_record(tmp_path, {"frame": 0, "time_ms": 0.0, "flag": "check", "bones": {
+        b: {"camera_from_volume": truth[b].tolist(), "flag": "check", "similarity": 0.5} for b in bones}})
+    plot_kinematics(tmp_path / "kinematics.png", [{"frame": 0, "time_ms": 0.0, "values": [20.0] + [0.0] * 7,
+                                                    "flag": "check"}])
+    server = Server("--data", str(folder))
+    try:
+        page, _ = open_page(browser, server.url)
+        page.locator("#track-dir").fill(str(tmp_path))
+        page.locator("#load-track").click()
+        page.wait_for_function("() => document.querySelector('#track-summary').innerText.includes('1 tracked')",
+                               timeout=30000)
+        assert "0 ok, 1 check" in page.locator("#track-summary").inner_text()
+        page.wait_for_selector("#kinematics[src^='data:image/png']", state="visible")
+        page.screenshot(path=str(ARTIFACTS / "gui_tracking.png"), full_page=True)
+        page.close()
+    finally:
+        server.stop()

@@ -167,3 +167,31 @@ def test_a_bone_outside_a_narrow_field_is_written_without_a_crash(tmp_path):
                if sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sim" / "masks" / f"0000_{b}.png"))).any()}
     assert in_view and in_view != set(ph.label_names)  # some bones are out of this 16 mm field
     assert set(np.unique(labels)) - {0} <= {ph.label_names[b] for b in in_view}
+
+
+@pytest.mark.parametrize("sequence", ["squat", "step-up"])
+def test_activity_sequences_have_screw_home_and_roll_back(sequence):
+    """Squat and step-up: flexion within the range (a squat holds its bottom, a step-up extends),
+    internal rotation growing with flexion, and the tibia rolled anterior under the femur by the
+    roll-back, read back from the poses in the volume frame."""
+    import math
+
+    from FluoroRegistrationLib.simulate.scene import (ROLLBACK_MM_PER_90_DEG, knee_relative_poses,
+                                                      sample_knee_states, screw_home_deg)
+
+    states = sample_knee_states(60, torch.Generator().manual_seed(0), sequence, (5.0, 95.0))
+    flex = np.array([s.flexion_deg for s in states])
+    assert flex.min() >= 5.0 - 1e-9 and flex.max() <= 95.0 + 1e-9
+    if sequence == "squat":
+        assert flex[0] == pytest.approx(5.0) and flex[-1] == pytest.approx(5.0) and (flex > 94.0).sum() >= 8
+    else:
+        assert flex[0] == pytest.approx(95.0) and flex[-1] == pytest.approx(5.0) and np.all(np.diff(flex) <= 1e-9)
+    rot = np.array([s.rotation_deg for s in states])
+    assert np.all(np.diff(rot)[np.diff(flex) > 0] > 0)  # turns internally as it flexes
+    assert float(screw_home_deg(90.0)) == pytest.approx(8.0) and float(screw_home_deg(30.0)) > 0.8 * 8.0
+    centre = np.zeros(3)
+    k = int(np.argmax(flex))
+    rel = knee_relative_poses(centre, flex[k], 0.0, 0.0, 0.0, states[k].rollback_mm)["tibia"]
+    plain = knee_relative_poses(centre, flex[k], 0.0, 0.0, 0.0, 0.0)["tibia"]
+    assert float(rel[1, 3] - plain[1, 3]) == pytest.approx(-ROLLBACK_MM_PER_90_DEG * flex[k] / 90.0)  # LPS -y: anterior
+    assert math.isclose(states[k].rollback_mm, ROLLBACK_MM_PER_90_DEG * flex[k] / 90.0)

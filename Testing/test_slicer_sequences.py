@@ -54,3 +54,37 @@ def test_poses_become_a_sequence_of_transforms_and_a_failed_frame_is_left_out():
         poses_to_sequence(scene, poses, "x", index_values=[0, 1])
     frames = frames_to_sequence(scene, np.zeros((3, 24, 32)) + np.arange(3)[:, None, None], CAMERA)
     assert browse(scene, [frames, sequence]) is None  # no Sequences module in plain MRML: nothing to browse with
+
+
+def test_a_tracking_run_loads_as_sequences_a_table_and_charts(tmp_path):
+    """Records and kinematics.csv as fluororeg track writes them -> pose sequences (failed frames left
+    out), the frames on the detector, the kinematics table and two charts."""
+    from FluoroRegistrationLib.slicer.track_scene import load_track
+    from FluoroRegistrationLib.track.outputs import write_kinematics_csv
+    from FluoroRegistrationLib.track.tracker import write_record
+
+    camera = CAMERA
+    poses = [np.eye(4) for _ in range(4)]
+    for k, p in enumerate(poses):
+        p[:3, 3] = [k, 0, 700]
+        bones = {} if k == 2 else {b: {"camera_from_volume": p.tolist(), "flag": "ok", "similarity": 0.9,
+                                       "recovered": False} for b in ("femur", "tibia")}
+        write_record(tmp_path, {"frame": k, "time_ms": 40.0 * k, "bones": bones, "flag": "ok" if bones else "failed"})
+    write_kinematics_csv(tmp_path / "kinematics.csv", [{"frame": k, "time_ms": 40.0 * k,
+                                                          "values": [10.0 * k, 1, 2, 3, 4, 5, 6, 7], "flag": "ok"}
+                                                         for k in range(4)])
+    stack = np.random.default_rng(0).random((4, camera.rows, camera.cols)).astype(np.float32)
+    np.save(tmp_path / "frames.npy", stack)
+    scene = slicer.vtkMRMLScene()
+    track = load_track(scene, tmp_path, frames=tmp_path / "frames.npy", calibration=camera)
+    femur = track.poses["femur"]
+    assert index_values(femur) == ["0", "1", "3"]  # frame 2 failed: no pose
+    m = femur.GetDataNodeAtValue("3").GetMatrixTransformToParent()
+    assert m.GetElement(0, 3) == pytest.approx(3.0) and m.GetElement(2, 3) == pytest.approx(700.0)
+    assert track.frames.GetNumberOfDataNodes() == 4
+    table = track.table.GetTable()
+    assert table.GetNumberOfRows() == 4 and table.GetColumnByName("flexion_deg").GetValue(3) == pytest.approx(30.0)
+    assert table.GetColumnByName("time_s").GetValue(1) == pytest.approx(0.04)
+    assert track.charts["angles"].GetNumberOfPlotSeriesNodes() == 3
+    with pytest.raises(FluoroRegError, match="no tracking results"):
+        load_track(scene, tmp_path / "nothing")

@@ -222,3 +222,46 @@ def test_a_refused_case_leaves_the_last_one_loaded(tmp_path):
     with pytest.raises(FluoroRegError, match=r"meniscus \(9\) of names.json not in the label map"):
         s.load_inputs(inputs)
     assert s.bones == ["femur"]
+
+
+def test_tracking_results_show_on_their_frames(tmp_path):
+    from FluoroRegistrationLib.files import read_poses
+    from FluoroRegistrationLib.simulate.writer import DEFAULT_CAMERA, simulate_folder
+    from FluoroRegistrationLib.track.tracker import write_record
+
+    simulate_folder(tmp_path / "sim", frames=2, seed=1, camera=DEFAULT_CAMERA.resized(64, 64), realism="low")
+    s = WebSession(slicer.vtkMRMLScene())
+    s.load_inputs(find_inputs(tmp_path / "sim"))
+    for k in range(2):
+        truth = read_poses(tmp_path / "sim" / "poses" / f"{k:04d}.json")
+        write_record(tmp_path / "track", {"frame": k, "time_ms": 33.3 * k, "flag": "ok", "bones": {
+            b: {"camera_from_volume": truth[b].tolist(), "flag": "ok", "similarity": 0.9} for b in ("femur", "tibia")}})
+    assert s.load_track(tmp_path / "track") == {"ok": 2, "check": 0, "failed": 0}
+    s.show_frame(1)
+    assert s.errors()["femur"] == pytest.approx(0.0, abs=1e-6)  # the tracked (here: true) poses are shown
+    with_outlines = s.overlay(drr=False, masks=False)
+    plain = WebSession(slicer.vtkMRMLScene())
+    plain.load_inputs(find_inputs(tmp_path / "sim"))
+    plain.show_frame(1)
+    assert (with_outlines != plain.overlay(drr=False, masks=False)).any(axis=-1).sum() > 20
+    write_record(tmp_path / "track", {"frame": 5, "time_ms": 0.0, "flag": "failed", "bones": {}})
+    with pytest.raises(FluoroRegError, match="has frame 5 but 2 frame"):
+        s.load_track(tmp_path / "track")
+
+
+def test_predicted_masks_are_a_label_map_on_the_frame(tmp_path):
+    """The page's Predict masks: the segmentation model's masks written with the labels' ids (the
+    plumbing: an untrained model, so only ids, grid and placement are checked)."""
+    from FluoroRegistrationLib.segment import BoneSegmenter, ModelInfo, save_model
+    from FluoroRegistrationLib.slicer.nodes import ijk_to_ras
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "model", BoneSegmenter(bones=["femur", "tibia"]), ModelInfo(bones=["femur", "tibia"], size=64))
+    s = WebSession(slicer.vtkMRMLScene())
+    s.load_phantom()
+    s.predict_masks(tmp_path / "model")
+    labels = s.logic.maskLabels(s.masks)
+    assert labels.shape == s.camera.shape and set(np.unique(labels)) <= {0, s.label_ids["femur"]}
+    assert np.allclose(ijk_to_ras(s.masks), ijk_to_ras(s.frame))
+    with pytest.raises(FluoroRegError, match="segmentation model not found"):
+        s.predict_masks(tmp_path / "nowhere")

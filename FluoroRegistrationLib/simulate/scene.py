@@ -111,19 +111,25 @@ def _about(centre: np.ndarray, rotvec) -> torch.Tensor:
 
 
 def knee_relative_poses(centre, flexion_deg: float, adduction_deg: float = 0.0, rotation_deg: float = 0.0,
-                        reference_flexion_deg: float = 0.0) -> dict[str, torch.Tensor]:
-    """Each bone's motion relative to the CT (volume frame, (4, 4)): the knee's kinematic chain."""
+                        reference_flexion_deg: float = 0.0, rollback_mm: float = 0.0) -> dict[str, torch.Tensor]:
+    """Each bone's motion relative to the CT (volume frame, (4, 4)): the knee's kinematic chain.
+    ``rollback_mm``: the femur rolled back on the tibia, i.e. the tibia moved anterior (LPS -y) under it."""
     d = math.radians(flexion_deg - reference_flexion_deg)
     tibia = _about(centre, [d, 0, 0]) @ _about(centre, [0, math.radians(adduction_deg), 0]) @ \
         _about(centre, [0, 0, math.radians(rotation_deg)])
+    if rollback_mm:
+        shift = torch.eye(4, dtype=torch.float64)
+        shift[1, 3] = -rollback_mm
+        tibia = shift @ tibia
     return {"femur": torch.eye(4, dtype=torch.float64), "tibia": tibia,
             "patella": _about(centre, [PATELLA_RATIO * d, 0, 0])}
 
 
 def knee_poses(centre, femur_pose: torch.Tensor, flexion_deg: float, adduction_deg: float = 0.0,
-               rotation_deg: float = 0.0, reference_flexion_deg: float = 0.0, bones=()) -> dict[str, torch.Tensor]:
+               rotation_deg: float = 0.0, reference_flexion_deg: float = 0.0, bones=(),
+               rollback_mm: float = 0.0) -> dict[str, torch.Tensor]:
     """``camera_from_volume`` of every bone: the femur's pose composed with each bone's motion."""
-    rel = knee_relative_poses(centre, flexion_deg, adduction_deg, rotation_deg, reference_flexion_deg)
+    rel = knee_relative_poses(centre, flexion_deg, adduction_deg, rotation_deg, reference_flexion_deg, rollback_mm)
     out = {}
     for bone in bones or rel:
         key = bone if bone in rel else FOLLOWS.get(bone, "femur")
@@ -139,6 +145,7 @@ class KneeState:
     flexion_deg: float
     adduction_deg: float
     rotation_deg: float
+    rollback_mm: float = 0.0
 
 
 def sample_knee_states(n: int, generator: torch.Generator, sequence: str | None = None,
@@ -172,9 +179,46 @@ def sample_knee_states(n: int, generator: torch.Generator, sequence: str | None 
         phase = 2 * math.pi * (t[:, None] + torch.rand(1, 6, generator=generator, dtype=torch.float64))
         amp = torch.tensor([math.radians(2), math.radians(2), math.radians(4), 5.0, 5.0, 8.0], dtype=torch.float64)
         femur = amp * torch.sin(phase)
+    elif sequence in ("squat", "step-up"):
+        return _activity_states(n, sequence, flexion_range, generator)
     else:
-        raise FluoroRegError(f"unknown sequence '{sequence}'; choose flexion or gait (or none for independent frames)")
+        raise FluoroRegError(f"unknown sequence '{sequence}'; choose {', '.join(SEQUENCES)} (or none for independent "
+                             "frames)")
     return [KneeState(tuple(femur[i].tolist()), float(flex[i]), float(add[i]), float(rot[i])) for i in range(n)]
+
+
+SEQUENCES = ("flexion", "gait", "squat", "step-up")
+ROLLBACK_MM_PER_90_DEG = 6.0  # the femur's roll-back on the tibia in deep flexion (a few mm, knee studies)
+
+
+def screw_home_deg(flexion_deg):
+    """Tibial internal rotation with flexion: most of it in the first 30 deg (the screw-home mechanism
+    run backwards: the tibia turns externally as the knee locks in extension), 8 deg at 90."""
+    return 8.0 * (1.0 - torch.exp(-torch.as_tensor(flexion_deg, dtype=torch.float64) / 15.0)) / (1.0 - math.exp(-6.0))
+
+
+def _activity_states(n: int, sequence: str, flexion_range, generator) -> list[KneeState]:
+    """A squat (down, a pause at the bottom, up) or a step-up (from the flexed knee on the step to
+    extension): flexion over ``flexion_range``, screw-home rotation, roll-back, a small ab/adduction,
+    the thigh inclining in the image as the knee flexes (a lateral view following the knee)."""
+    lo, hi = flexion_range
+    t = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    if sequence == "squat":
+        u = torch.clamp(1.25 * (0.5 - (t - 0.5).abs()) / 0.5, 0, 1)  # 0 -> 1 (bottom, held) -> 0
+        u = 0.5 * (1 - torch.cos(math.pi * u))
+    else:
+        u = 0.5 * (1 + torch.cos(math.pi * t))  # flexed on the step -> extended
+    flex = lo + (hi - lo) * u
+    add = 1.5 * torch.sin(2 * math.pi * t + float(torch.rand(1, generator=generator, dtype=torch.float64)))
+    rot = screw_home_deg(flex)
+    rollback = ROLLBACK_MM_PER_90_DEG * flex / 90.0
+    femur = torch.zeros(n, 6, dtype=torch.float64)
+    femur[:, 2] = torch.deg2rad(-0.35 * (flex - lo))  # the thigh inclines in the image plane
+    femur[:, 3] = 0.15 * (flex - lo)  # the knee moves forward and down in the image (mm)
+    femur[:, 4] = 0.10 * (flex - lo)
+    femur[:, 5] = 5.0 * torch.sin(2 * math.pi * t)  # a little depth drift
+    return [KneeState(tuple(femur[i].tolist()), float(flex[i]), float(add[i]), float(rot[i]), float(rollback[i]))
+            for i in range(n)]
 
 
 def femur_pose(centre, state: KneeState, depth_mm: float) -> torch.Tensor:

@@ -88,7 +88,7 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
         key = f"{i:04d}"
         femur = femur_pose(centre, state, KNEE_DEPTH_FRACTION * camera.sdd_mm)
         poses = knee_poses(centre, femur, state.flexion_deg, state.adduction_deg, state.rotation_deg,
-                           reference_flexion_deg or 0.0, bones=[p.bone for p in sim.parts])
+                           reference_flexion_deg or 0.0, bones=[p.bone for p in sim.parts], rollback_mm=state.rollback_mm)
         scene = sample_clutter(clutter_model, centre, femur, true_camera, clutter_generator,
                                bones=[p.bone for p in sim.parts], reference_flexion_deg=reference_flexion_deg or 0.0,
                                flexion_range=flexion_range)
@@ -114,7 +114,7 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
         write_poses(out / "poses" / f"{key}.json", poses)
         all_poses[key] = {b: {"camera_from_volume": T.tolist()} for b, T in poses.items()}
         meta[key] = {"flexion_deg": state.flexion_deg, "adduction_deg": state.adduction_deg,
-                     "rotation_deg": state.rotation_deg, "levels": result["levels"]}
+                     "rotation_deg": state.rotation_deg, "rollback_mm": state.rollback_mm, "levels": result["levels"]}
         if clutter_model is not None:
             meta[key]["clutter"] = scene.describe()
     (out / "poses.json").write_text(json.dumps(all_poses, indent=1) + "\n")

@@ -40,7 +40,8 @@ class RegistrationPage:
         self._quiet = False  # True while the page itself writes slider values
         self._rest = None
         self._times: list[float] = []
-        self.state.update({"data_dir": "", "model_dir": "", "bone": None, "bones": [], "registered": [], "uploads": None, "frame_index": 0,
+        self.state.update({"data_dir": "", "model_dir": "", "bone": None, "bones": [], "registered": [], "uploads": None, "track_dir": "", "track_summary": "",
+                           "kinematics": "", "frame_index": 0,
                            "frame_count": 1, "show_drr": True, "show_masks": True, "use_masks": True,
                            "overlay": "", "progress": 0, "status": "", "results": [], "error": "",
                            "running": False, "export_href": "", "has_result": False, "preview_stats": "",
@@ -58,6 +59,7 @@ class RegistrationPage:
         self.ctrl.register = lambda: self.guard(self.register)
         self.ctrl.cancel = lambda: self.guard(self.session.cancel)
         self.ctrl.take_result = lambda: self.guard(self.take_result)
+        self.ctrl.load_track = lambda: self.guard(self.load_track)
 
     # ------------------------------------------------------------------------------------ handlers
     def guard(self, function, *args):
@@ -204,6 +206,20 @@ class RegistrationPage:
                 self.state.error = progress.message.removeprefix("Error: ")
             self.guard(self.refresh)
 
+    def load_track(self) -> None:
+        """A tracking run over the loaded case: its curves, and each frame's tracked outlines."""
+        import base64
+        from pathlib import Path
+
+        folder = Path(self.state.track_dir.strip())
+        counts = self.session.load_track(folder)
+        curves = folder / "kinematics.png"
+        self.state.kinematics = ("data:image/png;base64," + base64.b64encode(curves.read_bytes()).decode("ascii")
+                                 if curves.is_file() else "")
+        self.state.track_summary = (f"{sum(counts.values())} tracked frames: {counts['ok']} ok, {counts['check']} "
+                                    f"check, {counts['failed']} failed; move the frame slider")
+        self.refresh()
+
     def take_result(self) -> None:
         self.session.take_result_as_start()
         self.show_bone()
@@ -279,6 +295,13 @@ def build_ui(server) -> None:
                            disabled=("!has_result",), block=True, classes="mt-1")
                     html.A("Download poses (JSON)", id="export", href=("export_href",), download="poses.json",
                            v_show=("export_href",))
+            with v.VCard(classes="ma-2", title="Tracking results"):
+                with v.VCardText():
+                    v.VTextField(v_model=("track_dir",), id="track-dir", label="fluororeg track --out folder",
+                                 density="compact", hide_details=True)
+                    v.VBtn("Show tracking", id="load-track", click=server.controller.load_track, block=True,
+                           classes="mt-1")
+                    html.Div("{{ track_summary }}", id="track-summary", classes="text-caption")
         with layout.content:
             with v.VContainer(fluid=True):
                 v.VAlert(text=("error",), id="error", type="error", v_show=("error",), density="compact",
@@ -286,8 +309,10 @@ def build_ui(server) -> None:
                 html.Img(src=("overlay",), id="overlay",
                          style="width: min(100%, 85vh); image-rendering: pixelated; display: block; background: #000;"
                          " border: 1px solid #888;")
-                html.Div("frame (grey), DRR at the start pose (orange), masks (cyan), registered bones (green)",
-                         classes="text-caption")
+                html.Div("frame (grey), DRR at the start pose (orange), masks (cyan), registered or tracked bones "
+                         "(green)", classes="text-caption")
+                html.Img(src=("kinematics",), id="kinematics", v_show=("kinematics",),
+                         style="width: min(100%, 1100px); display: block; margin-top: 8px;")
 
 
 def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8080, open_browser: bool = False) -> None:

@@ -77,6 +77,7 @@ class WebSession:
         self.mask_files: list = []
         self.truths: list[dict | None] = []
         self.frame_index = 0
+        self.track_records: dict[int, dict] = {}
         self.sliders: dict[str, PoseSliders] = {}
         self.start_poses: dict[str, object] = {}
         self.result_poses: dict[str, object] = {}
@@ -155,6 +156,33 @@ class WebSession:
             set_volume(self.masks, np.rint(_frame_pixels(self.mask_files[index])).astype(np.int16)[None], np.eye(4))
             self._place(self.masks)
         self.result_poses, self.status = {}, {}
+        record = self.track_records.get(index)
+        if record is not None and record.get("bones"):
+            self._show_tracked(record)
+
+    def load_track(self, out) -> dict:
+        """A tracking run's records (``fluororeg track --out``) over the loaded frames: each frame then
+        shows its tracked bones as outlines. Returns {ok, check, failed} counts."""
+        from .track_scene import read_track_records
+
+        records = {r["frame"]: r for r in read_track_records(out)}
+        beyond = [k for k in records if k >= len(self.frames)]
+        if beyond:
+            raise FluoroRegError(f"the tracking run has frame {max(beyond)} but {len(self.frames)} frame(s) are loaded; "
+                                 "load the case it tracked first")
+        self.track_records = records
+        self.show_frame(self.frame_index)
+        counts = {"ok": 0, "check": 0, "failed": 0}
+        for r in records.values():
+            counts[r["flag"]] += 1
+        return counts
+
+    def _show_tracked(self, record: dict) -> None:
+        bones = {b: r for b, r in record["bones"].items() if b in self.label_ids}
+        self.result_poses = {b: self._node("vtkMRMLLinearTransformNode", f"{b} pose") for b in bones}
+        for bone, r in bones.items():
+            self._write(self.result_poses[bone], np.asarray(r["camera_from_volume"]))
+        self.status = {b: r["flag"] for b, r in bones.items()}
 
     def predict_masks(self, model_path) -> None:
         """Masks of the shown frame from a segmentation model (``fluororeg segment train``'s folder)."""
@@ -308,6 +336,7 @@ class WebSession:
         self.scene.Clear(0)
         self.logic = FluoroRegistrationLogic(self.scene)
         self.masks, self.result_poses, self.status, self.progress = None, {}, {}, Progress()
+        self.track_records = {}
 
     def _place(self, node) -> bool:
         self.logic.placeFrame(node, self.camera)
