@@ -130,6 +130,7 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.segmentButton.connect("clicked(bool)", lambda: self.run(self.logic.segment, self._parameterNode))
         self.ui.registerButton.connect("clicked(bool)", self.onRegister)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.loadTrackButton.connect("clicked(bool)", self.onLoadTrack)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -273,6 +274,13 @@ class FluoroRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if summary is not None:
             self.ui.progressBar.value = 100
             self.ui.statusLabel.text = summary
+
+    def onLoadTrack(self):
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, "fluororeg track output folder")
+        if folder:
+            summary = self.run(self.logic.loadTrack, self._parameterNode, folder)
+            if summary:
+                self.ui.statusLabel.text = summary
 
     def onCancel(self):
         if self._process is not None:
@@ -508,6 +516,26 @@ class FluoroRegistrationLogic(ScriptedLoadableModuleLogic):
         return "; ".join(f"{b}: {r['status'].upper()}, similarity {r['similarity']:.4f}, {r['iterations']} iterations, "
                          f"{r['seconds']:.1f} s" + (f" ({r['reason']})" if r["reason"] else "")
                          for b, r in result.items())
+
+    def loadTrack(self, p, folder):
+        """A tracking run into the scene (poses and, with the selected frame stack and calibration, the
+        frames as Sequences; the kinematics as a table and charts) and the angles chart shown."""
+        from FluoroRegistrationLib.slicer.track_scene import load_track
+
+        self.core()  # the dependencies
+        frames = p.frameVolume
+        track = load_track(slicer.mrmlScene, folder)
+        if frames is not None and frames.GetImageData() is not None and frames.GetImageData().GetDimensions()[2] > 1:
+            from FluoroRegistrationLib.slicer.sequences import browse, frames_to_sequence
+
+            track.frames = frames_to_sequence(slicer.mrmlScene, slicer.util.arrayFromVolume(frames),
+                                              self.calibration(p), f"{frames.GetName()} frames")
+            track.browser = browse(slicer.mrmlScene, [track.frames, *track.poses.values()])
+        if track.browser is not None:
+            slicer.modules.sequences.toolBar().setActiveBrowserNode(track.browser)
+        if track.charts:
+            slicer.modules.plots.logic().ShowChartInLayout(track.charts["angles"])
+        return f"Loaded {len(track.poses)} pose sequences" + (", kinematics" if track.table else "")
 
     def showBone(self, labels, labelId, name, poseNode):
         """The bone's surface (a segmentation of its label) observing its pose transform, never hardened."""

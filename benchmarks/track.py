@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="track_bench")
     parser.add_argument("--frames", type=int, default=120)
-    parser.add_argument("--sequence", choices=["flexion", "gait"], default="flexion")
+    parser.add_argument("--sequence", choices=["flexion", "gait", "squat", "step-up"], default="flexion")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--realism", default="medium")
     parser.add_argument("--clutter", choices=["none", "mixed", "heavy"], default="mixed")
