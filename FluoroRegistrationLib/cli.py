@@ -237,7 +237,12 @@ def cmd_track(args) -> None:
 
     if args.mask == "auto" and not args.model:
         raise FluoroRegError("--mask auto needs --model DIR (a model from `fluororeg segment train`)")
-    config = TrackConfig(recover=not args.no_recover)
+    import dataclasses
+
+    config = TrackConfig.from_dict(_read_mapping(args.config, "--config") if args.config else None,
+                                   f"--config {args.config}")
+    if args.no_recover:
+        config = dataclasses.replace(config, recover=False)
     result = track_sequence(args.sequence, args.ct, args.labels, args.calib, args.init, args.out,
                             [b.strip() for b in args.bone.split(",") if b.strip()], args.label_names, args.mask,
                             args.model, args.keyframe, args.landmarks, args.side, args.fps, args.lowpass,
@@ -549,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
     p.add_argument("--workers", type=int, help="track on a local Dask cluster of this many workers (default: serially)")
     p.add_argument("--scheduler", help="address of a Dask scheduler (a cluster) instead of local workers")
+    p.add_argument("--config", help="tracking settings (YAML/JSON): cold and refine registration settings, checks, "
+                   "recover (docs/CONVENTIONS.md, Tracking)")
     p.add_argument("--no-recover", action="store_true", help="do not re-run frames that are not ok from a cold start")
     p.add_argument("--no-animation", action="store_true", help="skip overlay.gif")
     p.add_argument("--out", required=True, help="output folder (a run there resumes where it stopped)")

@@ -263,3 +263,28 @@ def test_track_refuses_bad_starts_in_one_line(small_sequence, tmp_path):
     with pytest.raises(FluoroRegError, match="needs a segmentation model"):
         track_sequence(root / "sim" / "frames", paths["ct"], paths["labels"], root / "sim" / "calib_true.json",
                        root / "init.json", tmp_path / "out", masks="auto", progress=False)
+
+
+def test_track_config_from_yaml_and_cli_errors(tmp_path, capsys):
+    from FluoroRegistrationLib.cli import main
+    from FluoroRegistrationLib.track import TrackConfig
+
+    config = TrackConfig.from_dict({"refine": {"pyramid": {"pixel_mm": [1.4, 0.7], "iterations": [30, 20]}},
+                                    "checks": {"similarity_drop": 0.1}, "recover": False})
+    assert config.refine.pyramid.iterations == (30, 20) and not config.refine.search.enabled
+    assert config.checks.similarity_drop == 0.1 and not config.recover
+    for bad, message in (({"x": 1}, "unknown key"), ({"checks": {"y": 2}}, "checks takes"),
+                         ({"recover": "no"}, "recover must be"), ({"refine": {"pyramid": {"iterations": [1]}}},
+                                                                 "one iteration count per level")):
+        with pytest.raises(FluoroRegError, match=message):
+            TrackConfig.from_dict(bad)
+    (tmp_path / "t.yaml").write_text("refine: {steps: {depth_mm: -1}}\n")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    code = main(["track", "--ct", "ct.nii.gz", "--labels", "l.nii.gz", "--frames", str(frames), "--calib", "c.json",
+                 "--init", "i.json", "--config", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "depth_mm" in err and len(err.splitlines()) == 1
+    code = main(["track", "--ct", "ct.nii.gz", "--labels", "l.nii.gz", "--frames", str(frames), "--calib", "c.json",
+                 "--init", "i.json", "--mask", "auto", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--mask auto needs --model" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from FluoroRegistrationLib.geometry import CentredParameterization
 from FluoroRegistrationLib.kinematics import femur_frame, grood_suntay, read_landmarks, tibia_frame
 from FluoroRegistrationLib.register import Registration, pose_errors
 from FluoroRegistrationLib.simulate.writer import DEFAULT_CAMERA, simulate_folder
-from FluoroRegistrationLib.track import track_sequence
+from FluoroRegistrationLib.track import TrackConfig, track_sequence
 
 
 def simulate(out: Path, args) -> Path:
@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--masks", choices=["true", "none"], default="true")
     parser.add_argument("--calibration", choices=["true", "nominal"], default="true")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--config", help="tracking settings YAML (as fluororeg track --config)")
+    parser.add_argument("--name", default="track", help="output subfolder of this tracking run")
     args = parser.parse_args()
     out = Path(args.out)
     sim = simulate(out, args)
@@ -115,13 +117,18 @@ def main() -> None:
     init = starts(sim, reg)
     calib = sim / ("calib_true.json" if args.calibration == "true" else "calib.json")
     t0 = time.perf_counter()
-    result = track_sequence(sim / "frames", ct, labels, calib, init, out / "track", label_names=names,
-                            masks=sim / "masks" if args.masks == "true" else None)
+    config = None
+    if args.config:
+        import yaml
+
+        config = TrackConfig.from_dict(yaml.safe_load(Path(args.config).read_text()), args.config)
+    result = track_sequence(sim / "frames", ct, labels, calib, init, out / args.name, label_names=names,
+                            masks=sim / "masks" if args.masks == "true" else None, config=config)
     result.seconds = result.seconds or time.perf_counter() - t0
-    text = report(score(sim, out / "track", result, reg), result, args)
-    (out / "track_report.md").write_text(text + "\n")
+    text = report(score(sim, out / args.name, result, reg), result, args)
+    (out / f"{args.name}_report.md").write_text(text + "\n")
     print(text)
-    shutil.copy(out / "track" / "kinematics.png", out / "kinematics.png")
+    shutil.copy(out / args.name / "kinematics.png", out / f"{args.name}_kinematics.png")
     (out / "settings.json").write_text(json.dumps(vars(args), indent=1))
 
 

@@ -45,6 +45,28 @@ class TrackConfig:
     checks: TrackChecks = field(default_factory=TrackChecks)
     recover: bool = True
 
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "tracking config") -> "TrackConfig":
+        """From nested dicts (a YAML file): ``cold`` and ``refine`` as registration configs merged over
+        their defaults, ``checks`` (TrackChecks fields), ``recover``; unknown keys fail in one line."""
+        import dataclasses
+
+        d = d or {}
+        if not isinstance(d, dict):
+            raise FluoroRegError(f"{where} must be a mapping with cold, refine, checks, recover; got {d!r}")
+        unknown = sorted(set(d) - {"cold", "refine", "checks", "recover"})
+        if unknown:
+            raise FluoroRegError(f"{where}: unknown key(s) {', '.join(unknown)}; use cold, refine, checks, recover")
+        checks = d.get("checks") or {}
+        names = {f.name for f in dataclasses.fields(TrackChecks)}
+        if not isinstance(checks, dict) or set(checks) - names:
+            raise FluoroRegError(f"{where}: checks takes {', '.join(sorted(names))}; got {checks!r}")
+        if not isinstance(d.get("recover", True), bool):
+            raise FluoroRegError(f"{where}: recover must be true or false, got {d['recover']!r}")
+        return cls(RegistrationConfig().merged(d.get("cold"), f"{where}, cold"),
+                   TRACK_REFINE.merged(d.get("refine"), f"{where}, refine"), TrackChecks(**checks),
+                   d.get("recover", True))
+
 
 def frame_path(out: Path, index: int) -> Path:
     return Path(out) / "frames" / f"{index:05d}.json"
