@@ -550,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--side", choices=["right", "left"], default="right")
     p.add_argument("--fps", type=float, help="frame rate when the sequence does not say (default: DICOM frame "
                    "time, the video's, else 30)")
-    p.add_argument("--lowpass", type=float, help="smooth the kinematics: Butterworth cut-off in Hz (default none)")
+    p.add_argument("--lowpass", type=float, help="low-pass the tracked poses (zero-lag Butterworth, cut-off in Hz, e.g. 6): "
+                   "poses_smoothed.csv, and the kinematics from them (default: none)")
     p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
     p.add_argument("--workers", type=int, help="track on a local Dask cluster of this many workers (default: serially)")
     p.add_argument("--scheduler", help="address of a Dask scheduler (a cluster) instead of local workers")

@@ -288,3 +288,29 @@ def test_track_config_from_yaml_and_cli_errors(tmp_path, capsys):
     code = main(["track", "--ct", "ct.nii.gz", "--labels", "l.nii.gz", "--frames", str(frames), "--calib", "c.json",
                  "--init", "i.json", "--mask", "auto", "--out", str(tmp_path / "o")])
     assert code == 2 and "--mask auto needs --model" in capsys.readouterr().err
+
+
+def test_smoothing_a_noisy_trajectory_brings_it_closer():
+    from FluoroRegistrationLib.track.smoothing import smooth_trajectory
+
+    rng = np.random.default_rng(0)
+    c = np.array([0.0, 10.0, 20.0])
+    t = np.arange(90) * 1000 / 30.0
+    truth = [_pose([0.4 * math.sin(k / 15), 0.1, 0.0], [20 * math.sin(k / 20), 5.0, 700 + 10 * math.cos(k / 25)], c)
+             for k in range(90)]
+    noisy = []
+    for p in truth:
+        q = p.copy()
+        q[:3, 3] += rng.normal(0, [0.1, 0.1, 1.5])  # depth is the noisy one
+        noisy.append(q)
+    noisy[40] = None  # a failed frame stays without a pose
+    smooth = smooth_trajectory(noisy, t, c, 3.0)
+    assert smooth[40] is None
+
+    def depth_error(poses):
+        return np.sqrt(np.mean([((p[:3, :3] @ c + p[:3, 3]) - (g[:3, :3] @ c + g[:3, 3]))[2] ** 2
+                                for p, g in zip(poses[5:-5], truth[5:-5]) if p is not None]))
+    assert depth_error(smooth) < 0.5 * depth_error(noisy)
+    # a smooth, noise-free trajectory passes unchanged (within the filter's small error)
+    clean = smooth_trajectory(truth, t, c, 3.0)
+    assert max(np.abs(a - b).max() for a, b in zip(clean[5:-5], truth[5:-5])) < 0.1

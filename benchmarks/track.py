@@ -49,8 +49,8 @@ def starts(sim: Path, reg: Registration) -> Path:
     return sim / "init.json"
 
 
-def score(sim: Path, out: Path, result, reg: Registration) -> dict:
-    records = [r for r in result.records if r is not None]
+def score(sim: Path, out: Path, result, reg: Registration, records=None) -> dict:
+    records = [r for r in (records or result.records) if r is not None]
     truth = {r["frame"]: read_poses(sim / "poses" / f"{r['frame']:04d}.json") for r in records}
     errors = {b: [] for b in reg.volumes}
     flagged = {b: [] for b in reg.volumes}
@@ -65,27 +65,26 @@ def score(sim: Path, out: Path, result, reg: Registration) -> dict:
     Fa, Ta = femur_frame(marks["femur"], "right"), tibia_frame(marks["tibia"], "right")
     true_k = np.array([grood_suntay(truth[r["frame"]]["femur"].numpy() @ Fa, truth[r["frame"]]["tibia"].numpy() @ Ta,
                                     "right").as_tuple() for r in records])
-    got_k = np.array([row["values"][:6] for row in result.kinematics])
+    from FluoroRegistrationLib.track.outputs import knee_kinematics
+
+    rows = knee_kinematics(records, marks, "right", reg.volumes["femur"].surface.numpy())
+    got_k = np.array([row["values"][:6] for row in rows])
     return {"errors": errors, "flagged": flagged, "kinematic_rms": np.sqrt(np.nanmean((got_k - true_k) ** 2, axis=0)),
             "records": records}
 
 
-def report(s: dict, result, args) -> str:
+def report(s: dict, result, args, smoothed: dict | None = None) -> str:
     lines = [f"{args.frames} frames, {args.sequence}, {args.size} px, realism {args.realism}, clutter {args.clutter}, "
-             f"masks {args.masks}, calibration {args.calibration}", "",
-             "| bone | within 1 mm | within 2 mm | median mTRE (mm) | p95 mTRE (mm) | flag recall (> 2 mm) | false alarms |",
-             "|---|---|---|---|---|---|---|"]
-    for b, e in s["errors"].items():
-        e = np.array(e)
-        f = np.array(s["flagged"][b])
-        bad = e > 2.0
-        recall = f"{(f & bad).sum()}/{bad.sum()}" if bad.any() else "no frame > 2 mm"
-        lines.append(f"| {b} | {100 * np.mean(e < 1):.1f} % | {100 * np.mean(e < 2):.1f} % | {np.median(e):.2f} | "
-                     f"{np.percentile(e, 95):.2f} | {recall} | {100 * (f & ~bad).sum() / max((~bad).sum(), 1):.1f} % |")
+             f"masks {args.masks}, calibration {args.calibration}, settings {args.config or 'default'}"
+             + (f", poses low-passed at {args.lowpass} Hz" if args.lowpass else ""), ""]
+    lines += _bone_table(s, "per-frame poses")
+    if smoothed is not None:
+        lines += [""] + _bone_table(smoothed, f"low-passed poses ({args.lowpass} Hz)")
+    kin = smoothed or s
     names = ["flexion", "adduction", "internal rotation", "lateral", "anterior", "distraction"]
     units = ["deg"] * 3 + ["mm"] * 3
     lines += ["", "| kinematics RMS error | " + " | ".join(names) + " |", "|---" * 7 + "|",
-              "| | " + " | ".join(f"{v:.2f} {u}" for v, u in zip(s["kinematic_rms"], units)) + " |"]
+              "| | " + " | ".join(f"{v:.2f} {u}" for v, u in zip(kin["kinematic_rms"], units)) + " |"]
     recs = s["records"]
     key = [r["seconds"] for r in recs if r.get("keyframe")]
     tracked = [r["seconds"] for r in recs if not r.get("keyframe")]
@@ -94,6 +93,19 @@ def report(s: dict, result, args) -> str:
                   f"(both bones); {recovered} frames recovered cold; "
                   f"{len(recs) / result.seconds:.2f} frames/s overall ({result.seconds:.0f} s)"]
     return "\n".join(lines)
+
+
+def _bone_table(s: dict, title: str) -> list[str]:
+    lines = [f"| {title}: bone | within 1 mm | within 2 mm | median mTRE (mm) | p95 mTRE (mm) | flag recall (> 2 mm) | false alarms |",
+             "|---|---|---|---|---|---|---|"]
+    for b, e in s["errors"].items():
+        e = np.array(e)
+        f = np.array(s["flagged"][b])
+        bad = e > 2.0
+        recall = f"{(f & bad).sum()}/{bad.sum()}" if bad.any() else "no frame > 2 mm"
+        lines.append(f"| {b} | {100 * np.mean(e < 1):.1f} % | {100 * np.mean(e < 2):.1f} % | {np.median(e):.2f} | "
+                     f"{np.percentile(e, 95):.2f} | {recall} | {100 * (f & ~bad).sum() / max((~bad).sum(), 1):.1f} % |")
+    return lines
 
 
 def main() -> None:
@@ -109,6 +121,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--config", help="tracking settings YAML (as fluororeg track --config)")
     parser.add_argument("--name", default="track", help="output subfolder of this tracking run")
+    parser.add_argument("--lowpass", type=float, help="also score the low-passed poses (cut-off in Hz)")
     args = parser.parse_args()
     out = Path(args.out)
     sim = simulate(out, args)
@@ -123,9 +136,12 @@ def main() -> None:
 
         config = TrackConfig.from_dict(yaml.safe_load(Path(args.config).read_text()), args.config)
     result = track_sequence(sim / "frames", ct, labels, calib, init, out / args.name, label_names=names,
-                            masks=sim / "masks" if args.masks == "true" else None, config=config)
+                            masks=sim / "masks" if args.masks == "true" else None, config=config,
+                            lowpass_hz=args.lowpass)
     result.seconds = result.seconds or time.perf_counter() - t0
-    text = report(score(sim, out / args.name, result, reg), result, args)
+    raw = score(sim, out / args.name, result, reg)
+    smoothed = score(sim, out / args.name, result, reg, result.smoothed) if result.smoothed else None
+    text = report(raw, result, args, smoothed)
     (out / f"{args.name}_report.md").write_text(text + "\n")
     print(text)
     shutil.copy(out / args.name / "kinematics.png", out / f"{args.name}_kinematics.png")

@@ -32,6 +32,7 @@ class TrackResult:
     kinematics: list
     paths: dict = field(default_factory=dict)
     seconds: float = 0.0
+    smoothed: list | None = None  # the records with low-passed poses (with lowpass_hz)
 
     @property
     def flags(self) -> dict[str, int]:
@@ -96,10 +97,16 @@ def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side,
     from ..volume import load_ct, load_labels, read_label_names
     from .outputs import knee_kinematics, overlay_gif, plot_kinematics, write_kinematics_csv, write_poses_csv
 
+    from .smoothing import smooth_records
+
     out = Path(job.out)
     write_poses_csv(out / "poses.csv", result.records)
     result.paths["poses"] = out / "poses.csv"
     volumes = tracker.cold.volumes
+    if lowpass_hz:
+        result.smoothed = smooth_records(result.records, tracker.centres, lowpass_hz)
+        write_poses_csv(out / "poses_smoothed.csv", result.smoothed)
+        result.paths["poses_smoothed"] = out / "poses_smoothed.csv"
     if "femur" in volumes and "tibia" in volumes:
         if landmarks is not None:
             marks = read_landmarks(landmarks)
@@ -108,7 +115,8 @@ def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side,
             marks = landmarks_from_labels(labels, read_label_names(job.label_names), side)
             (out / "landmarks.json").write_text(json.dumps(marks, indent=1))
             result.paths["landmarks"] = out / "landmarks.json"
-        result.kinematics = knee_kinematics(result.records, marks, side, volumes["femur"].surface.numpy(), lowpass_hz)
+        result.kinematics = knee_kinematics(result.smoothed or result.records, marks, side,
+                                            volumes["femur"].surface.numpy())
         write_kinematics_csv(out / "kinematics.csv", result.kinematics)
         plot_kinematics(out / "kinematics.png", result.kinematics, f"{side} knee, {len(result.kinematics)} frames")
         result.paths.update(kinematics=out / "kinematics.csv", curves=out / "kinematics.png")

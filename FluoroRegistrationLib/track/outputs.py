@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ..kinematics import KneeAngles, condyle_lowest_points, femur_frame, grood_suntay, lowpass, tibia_frame
+from ..kinematics import KneeAngles, condyle_lowest_points, femur_frame, grood_suntay, tibia_frame
 
 POSE_COLUMNS = ["frame", "time_ms", "bone", *[f"m{r}{c}" for r in range(3) for c in range(4)], "similarity",
                 "flag", "reason", "recovered"]
@@ -33,10 +33,9 @@ def write_poses_csv(path, records: list[dict | None]) -> None:
                             f"{b['similarity']:.5f}", b["flag"], "; ".join(b.get("reasons", [])), int(b["recovered"])])
 
 
-def knee_kinematics(records: list[dict | None], landmarks: dict, side: str, femur_points: np.ndarray,
-                    lowpass_hz: float | None = None) -> list[dict]:
+def knee_kinematics(records: list[dict | None], landmarks: dict, side: str, femur_points: np.ndarray) -> list[dict]:
     """Per frame the Grood-Suntay angles and translations and the condyles' lowest points (NaN where
-    the femur or tibia has no trusted pose); ``lowpass_hz``: zero-lag Butterworth (4th order) cut-off."""
+    the femur or tibia has no trusted pose). Smoothing is done on the poses (:mod:`.smoothing`)."""
     Fa, Ta = femur_frame(landmarks["femur"], side), tibia_frame(landmarks["tibia"], side)
     rows = []
     for r in (r for r in records if r is not None):
@@ -50,12 +49,6 @@ def knee_kinematics(records: list[dict | None], landmarks: dict, side: str, femu
         else:
             values, flag = [math.nan] * 8, "failed"
         rows.append({"frame": r["frame"], "time_ms": r["time_ms"], "values": values, "flag": flag})
-    if lowpass_hz and len(rows) > 1:
-        times = np.array([row["time_ms"] for row in rows])
-        fps = 1000.0 / float(np.median(np.diff(times)))
-        smooth = lowpass(np.array([row["values"] for row in rows]), fps, lowpass_hz)
-        for row, v in zip(rows, smooth):
-            row["values"] = v.tolist()
     return rows
 
 
