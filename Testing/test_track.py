@@ -314,3 +314,24 @@ def test_smoothing_a_noisy_trajectory_brings_it_closer():
     # a smooth, noise-free trajectory passes unchanged (within the filter's small error)
     clean = smooth_trajectory(truth, t, c, 3.0)
     assert max(np.abs(a - b).max() for a, b in zip(clean[5:-5], truth[5:-5])) < 0.1
+
+
+def test_depth_scans_can_be_kept_to_the_coarse_levels(femur_lateral):
+    """DepthScan.min_pixel_mm: no scan before a level finer than it (tracking's refinement)."""
+    from FluoroRegistrationLib.register import GlobalSearch, Pyramid, RegistrationConfig, register
+    from FluoroRegistrationLib.register.config import DepthScan
+    from FluoroRegistrationLib.render import render
+
+    ph, ct, bones, camera, truth = femur_lateral
+    with torch.no_grad():
+        frame = render(bones["femur"], camera, truth.float())
+    start = truth.clone()
+    start[:3, 3] += torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64)
+    names = {}
+    for min_pixel in (0.0, 2.0):
+        config = RegistrationConfig(search=GlobalSearch(enabled=False), pyramid=Pyramid(pixel_mm=(2.8, 1.4),
+                                    iterations=(5, 5)), depth_scan=DepthScan(min_pixel_mm=min_pixel))
+        result = register(bones, frame, camera, {"femur": start}, config=config)
+        names[min_pixel] = [s.name for s in result.bones["femur"].stages]
+    assert any(n.startswith("depth scan") for n in names[0.0])
+    assert not any(n.startswith("depth scan") for n in names[2.0]) and len(names[2.0]) == 2

@@ -146,11 +146,13 @@ class DepthScan:
     enabled: bool = True
     half_width_mm: float = 6.0
     points: int = 25
+    min_pixel_mm: float = 0.0  # scan only before levels whose pixel at the bone is at least this (0: all)
 
     def __post_init__(self):
         _flag("DepthScan", "enabled", self.enabled)
         _number("DepthScan", "half_width_mm", self.half_width_mm, 0, 200, low_open=True)
         _number("DepthScan", "points", self.points, 3, 1000, integer=True)
+        _number("DepthScan", "min_pixel_mm", self.min_pixel_mm, 0, 50)
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,9 @@ def expected_reports(config: RegistrationConfig, camera: Camera, depth_mm: float
             total += config.ranking.starts * per_start + tilt
             first = rank
     for index in range(first, len(levels)):
-        total += adam[index] + (scan if index > first and config.depth_scan.enabled else 0)
+        scans = index > first and config.depth_scan.enabled and \
+            levels[index].pixel_mm >= config.depth_scan.min_pixel_mm * 0.999
+        total += adam[index] + (scan if scans else 0)
         if index == first == rank and index > 0:
             total += tilt + axial + adam[index]  # the probes and one refinement after them
     return max(1, round(total))
@@ -336,7 +338,8 @@ class _BoneRegistration:
 
     def refine(self, x, index: int, label: str = "", scan: bool = True):
         """Adam at pyramid level ``index`` (after a depth scan when ``scan`` and enabled)."""
-        if scan and index > 0 and self.config.depth_scan.enabled:
+        scan_here = self.levels[index].pixel_mm >= self.config.depth_scan.min_pixel_mm * 0.999
+        if scan and index > 0 and self.config.depth_scan.enabled and scan_here:
             x, _ = self.depth_scan(x, index, label)
         return self.log(adam_refine(self.level_objective(index), x, self.scales,
                                     iterations=self.levels[index].iterations,
