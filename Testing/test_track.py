@@ -53,7 +53,7 @@ def test_confidence_flags_a_similarity_drop_and_a_jump():
     fine = {"camera_from_volume": _pose([0, 0, 0.01], [1.0, 0, 700], c).tolist(), "similarity": 0.88, "status": "ok",
             "reason": ""}
     assert judge_frame(fine, history, 0.0333, c, checks) == ("ok", [])
-    dropped = {**fine, "similarity": 0.7}
+    dropped = {**fine, "similarity": 0.65}
     flag, reasons = judge_frame(dropped, history, 0.0333, c, checks)
     assert flag == "check" and "fell below" in reasons[0]
     jumped = {**fine, "camera_from_volume": _pose([0, 0, 0], [80.0, 0, 700], c).tolist()}
@@ -61,6 +61,11 @@ def test_confidence_flags_a_similarity_drop_and_a_jump():
     assert flag == "check" and "moved 80.0 mm" in reasons[0]
     turned = {**fine, "camera_from_volume": _pose([0, 0, math.radians(40)], [0, 0, 700], c).tolist()}
     assert "turned 40.0 deg" in judge_frame(turned, history, 0.0333, c, checks)[1][0]
+    deep = {**fine, "predicted": _pose([0, 0, 0.01], [1.0, 0, 700], c).tolist(),
+            "camera_from_volume": _pose([0, 0, 0.01], [1.0, 0, 704.5], c).tolist()}
+    flag, reasons = judge_frame(deep, history, 0.0333, c, checks)
+    assert flag == "check" and "4.5 mm along the beam" in reasons[0]
+    assert judge_frame({**deep, "predicted": deep["camera_from_volume"]}, history, 0.0333, c, checks)[0] == "ok"
     failed = {**fine, "status": "failed", "reason": "similarity 0.01 is below 0.08"}
     assert judge_frame(failed, history, 0.0333, c, checks)[0] == "failed"
     with pytest.raises(FluoroRegError, match="similarity_drop"):

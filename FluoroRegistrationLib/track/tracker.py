@@ -26,13 +26,15 @@ import torch
 
 from ..errors import FluoroRegError
 from ..geometry import Camera, rotation_from_rotvec, rotvec_from_rotation
-from ..register import GlobalSearch, Pyramid, Registration, RegistrationConfig
+from ..register import DepthScan, GlobalSearch, Pyramid, Registration, RegistrationConfig
 from .confidence import RANK, TrackChecks, judge_frame, worst
 from .sequence import FrameSequence
 
-# from a prediction a frame away: no global search, the pyramid with fewer iterations
+# from a prediction a frame away: no global search, the pyramid with fewer iterations, depth scanned
+# only before the coarse levels (at the fine ones a scan costs as much as the refinement there)
 TRACK_REFINE = RegistrationConfig(search=GlobalSearch(enabled=False),
-                                  pyramid=Pyramid(iterations=(30, 30, 25, 20)))
+                                  pyramid=Pyramid(iterations=(30, 30, 25, 20)),
+                                  depth_scan=DepthScan(min_pixel_mm=1.4))
 
 
 @dataclass(frozen=True)
