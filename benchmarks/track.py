@@ -80,11 +80,12 @@ def report(s: dict, result, args, smoothed: dict | None = None) -> str:
     lines += _bone_table(s, "per-frame poses")
     if smoothed is not None:
         lines += [""] + _bone_table(smoothed, f"low-passed poses ({args.lowpass} Hz)")
-    kin = smoothed or s
     names = ["flexion", "adduction", "internal rotation", "lateral", "anterior", "distraction"]
     units = ["deg"] * 3 + ["mm"] * 3
-    lines += ["", "| kinematics RMS error | " + " | ".join(names) + " |", "|---" * 7 + "|",
-              "| | " + " | ".join(f"{v:.2f} {u}" for v, u in zip(kin["kinematic_rms"], units)) + " |"]
+    lines += ["", "| kinematics RMS error | " + " | ".join(names) + " |", "|---" * 7 + "|"]
+    for title, scored in (("per-frame poses", s), (f"low-passed poses ({args.lowpass} Hz)", smoothed)):
+        if scored is not None:
+            lines.append(f"| {title} | " + " | ".join(f"{v:.2f} {u}" for v, u in zip(scored["kinematic_rms"], units)) + " |")
     recs = s["records"]
     key = [r["seconds"] for r in recs if r.get("keyframe")]
     tracked = [r["seconds"] for r in recs if not r.get("keyframe")]
