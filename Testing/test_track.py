@@ -265,7 +265,7 @@ def test_track_refuses_bad_starts_in_one_line(small_sequence, tmp_path):
                        tmp_path / "k.json", tmp_path / "out", progress=False)
     assert list(read_starts(tmp_path / "k.json")) == [9]
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(FluoroRegError, match="not valid JSON"):
+    with pytest.raises(FluoroRegError, match="bad.json is not valid YAML"):
         read_starts(tmp_path / "bad.json")
     with pytest.raises(FluoroRegError, match="needs a segmentation model"):
         track_sequence(root / "sim" / "frames", paths["ct"], paths["labels"], root / "sim" / "calib_true.json",
