@@ -245,8 +245,9 @@ def test_tracking_results_in_the_page(browser, simulated_case, tmp_path):
         page.wait_for_function("() => document.querySelector('#track-summary').innerText.includes('1 tracked')",
                                timeout=30000)
         assert "0 ok, 1 check" in page.locator("#track-summary").inner_text()
-        page.wait_for_selector("#kinematics[src^='data:image/png']", state="visible")
-        page.screenshot(path=str(ARTIFACTS / "gui_tracking.png"), full_page=True)
+        page.wait_for_selector("img#kinematics[src^='data:image/png']", state="visible")
+        page.locator("img#kinematics").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "gui_tracking.png"))
         page.close()
     finally:
         server.stop()

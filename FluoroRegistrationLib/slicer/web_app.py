@@ -302,6 +302,9 @@ def build_ui(server) -> None:
                     v.VBtn("Show tracking", id="load-track", click=server.controller.load_track, block=True,
                            classes="mt-1")
                     html.Div("{{ track_summary }}", id="track-summary", classes="text-caption")
+                    with html.A(href=("kinematics",), target="_blank", v_show=("kinematics",),
+                                title="the curves full size"):
+                        html.Img(src=("kinematics",), id="kinematics", style="width: 100%; display: block;")
         with layout.content:
             with v.VContainer(fluid=True):
                 v.VAlert(text=("error",), id="error", type="error", v_show=("error",), density="compact",
@@ -311,8 +314,6 @@ def build_ui(server) -> None:
                          " border: 1px solid #888;")
                 html.Div("frame (grey), DRR at the start pose (orange), masks (cyan), registered or tracked bones "
                          "(green)", classes="text-caption")
-                html.Img(src=("kinematics",), id="kinematics", v_show=("kinematics",),
-                         style="width: min(100%, 1100px); display: block; margin-top: 8px;")
 
 
 def serve(data: str | None = None, host: str = "127.0.0.1", port: int = 8080, open_browser: bool = False) -> None:
