@@ -172,10 +172,9 @@ class WebSession:
                                  "load the case it tracked first")
         self.track_records = records
         self.show_frame(self.frame_index)
-        counts = {"ok": 0, "check": 0, "failed": 0}
-        for r in records.values():
-            counts[r["flag"]] += 1
-        return counts
+        from ..track.tracker import flag_counts
+
+        return flag_counts(list(records.values()))
 
     def _show_tracked(self, record: dict) -> None:
         bones = {b: r for b, r in record["bones"].items() if b in self.label_ids}

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ..kinematics import KneeAngles, condyle_lowest_points, femur_frame, grood_suntay, tibia_frame
+from .confidence import worst
 
 POSE_COLUMNS = ["frame", "time_ms", "bone", *[f"m{r}{c}" for r in range(3) for c in range(4)], "similarity",
                 "flag", "reason", "recovered"]
@@ -45,7 +46,7 @@ def knee_kinematics(records: list[dict | None], landmarks: dict, side: str, femu
             pf, pt = (np.asarray(bones[b]["camera_from_volume"]) for b in ("femur", "tibia"))
             values = list(grood_suntay(pf @ Fa, pt @ Ta, side).as_tuple())
             values += list(condyle_lowest_points(femur_points, pf, pt, Ta, side))
-            flag = max((bones[b]["flag"] for b in ("femur", "tibia")), key=("ok", "check", "failed").index)
+            flag = worst(bones["femur"]["flag"], bones["tibia"]["flag"])
         else:
             values, flag = [math.nan] * 8, "failed"
         rows.append({"frame": r["frame"], "time_ms": r["time_ms"], "values": values, "flag": flag})

@@ -75,8 +75,7 @@ def _mask_source(masks, sequence: FrameSequence):
         raise FluoroRegError(f"mask folder {folder} not found; give a folder of <frame>_labels.png label maps or 'auto'")
 
     def mask(index: int):
-        stem = Path(sequence.name(index)).stem if not sequence.stack else f"{index:04d}"
-        found = sorted(folder.glob(f"{stem}_labels.*"))
+        found = sorted(folder.glob(f"{sequence.stem(index)}_labels.*"))
         return found[0] if found else None
     return mask
 

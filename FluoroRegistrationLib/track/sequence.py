@@ -76,6 +76,10 @@ class FrameSequence:
     def name(self, index: int) -> str:
         return self.files[index].name if not self.stack else f"{self.source.name}[{index}]"
 
+    def stem(self, index: int) -> str:
+        """How files belonging to frame ``index`` are named: its file's stem, or NNNN in a stack."""
+        return self.files[index].stem if not self.stack else f"{index:04d}"
+
 
 def _times(count: int, fps: float | None) -> np.ndarray:
     return np.arange(count, dtype=np.float64) * 1000.0 / (fps or DEFAULT_FPS)

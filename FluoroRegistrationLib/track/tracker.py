@@ -234,7 +234,7 @@ def as_camera_for(calib, sequence: FrameSequence):
         cameras = {}
 
         def camera(index: int) -> Camera:
-            stem = Path(sequence.name(index)).stem if not sequence.stack else f"{index:04d}"
+            stem = sequence.stem(index)
             candidates = [path / f"{stem}.json", path / f"{index:04d}.json", path / f"{index:05d}.json"]
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
