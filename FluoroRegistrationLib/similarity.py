@@ -28,7 +28,7 @@ from .errors import FluoroRegError
 
 __all__ = ["ncc", "gradient_correlation", "patch_ncc", "multiscale_ncc", "patch_gradient_ncc",
            "ncc_loss", "gcc_loss", "patch_ncc_loss", "multiscale_ncc_loss",
-           "patch_gradient_ncc_loss", "SIMILARITIES", "get_similarity", "Similarity"]
+           "patch_gradient_ncc_loss", "SIMILARITIES", "get_similarity", "Similarity", "FrameLoss"]
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -156,8 +156,13 @@ def _centre(x: Tensor, w: Tensor):
 
 
 def _ncc(a: Tensor, b: Tensor, w: Tensor, eps: float) -> Tensor:
+    return _ncc_against(a, w, _centre(b, w), eps)
+
+
+def _ncc_against(a: Tensor, w: Tensor, b_terms, eps: float) -> Tensor:
+    """NCC of ``a`` with the image whose ``_centre(b, w)`` is ``b_terms``."""
+    bc, vb = b_terms
     ac, va = _centre(a, w)
-    bc, vb = _centre(b, w)
     cov = _wsum(w * ac * bc) / _wsum(w)
     return cov / torch.sqrt(va * vb + eps ** 2)
 
@@ -168,12 +173,24 @@ def _standardise(x: Tensor, w: Tensor) -> Tensor:
 
 
 def _patch_ncc(a: Tensor, b: Tensor, w: Tensor, patch: int, eps: float) -> Tensor:
-    a, b = _standardise(a, w), _standardise(b, w)
-    # box-filtered moments (zero-padded: outside the image counts as weight 0); those of b and w alone
-    # are filtered once, not once per batch item of a (a batch of renders against one frame)
+    return _patch_ncc_against(a, w, _patch_ncc_terms(b, w, patch), patch, eps)
+
+
+def _patch_ncc_terms(b: Tensor, w: Tensor, patch: int):
+    """The terms of ``_patch_ncc`` that depend on ``b`` and ``w`` alone: ``b`` standardised and its
+    box-filtered moments (zero-padded: outside the image counts as weight 0), filtered once, not once
+    per batch item of ``a`` (a batch of renders against one frame)."""
+    b = _standardise(b, w)
     wb = w * b
     w_, wb = torch.broadcast_tensors(w, wb)
     mass, sb, sbb = _box(torch.cat([w_, wb, wb * b], dim=1), patch).split(1, dim=1)
+    return b, mass, sb, sbb
+
+
+def _patch_ncc_against(a: Tensor, w: Tensor, b_terms, patch: int, eps: float) -> Tensor:
+    """``_patch_ncc(a, b, w)`` given ``b_terms = _patch_ncc_terms(b, w, patch)``."""
+    b, mass, sb, sbb = b_terms
+    a = _standardise(a, w)
     wa = w * a
     sa, saa, sab = _box(torch.cat(torch.broadcast_tensors(wa, wa * a, wa * b), dim=1), patch).split(1, dim=1)
     mass, sb, sbb, sa, saa, sab = torch.broadcast_tensors(mass, sb, sbb, sa, saa, sab)
@@ -275,6 +292,78 @@ def patch_gradient_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patch: 
     patch = _check_patch(patch)
     (ax, ay), (bx, by) = _sobel(a), _sobel(b)
     return 0.5 * (_patch_ncc(ax, bx, w, patch, eps) + _patch_ncc(ay, by, w, patch, eps))
+
+
+# ------------------------------------------------------- one frame, many renders (registration)
+def _gcc_terms(b, w, o):
+    return tuple(_centre(g, w) for g in _sobel(b))
+
+
+def _gcc_against(a, w, terms, o):
+    (ax, ay), (tx, ty) = _sobel(a), terms
+    return 0.5 * (_ncc_against(ax, w, tx, o["eps"]) + _ncc_against(ay, w, ty, o["eps"]))
+
+
+def _multiscale_terms(b, w, o):
+    return _centre(b, w), [_patch_ncc_terms(b, w, _check_patch(p)) for p in o["patches"]]
+
+
+def _multiscale_against(a, w, terms, o):
+    total = _ncc_against(a, w, terms[0], 1e-8)
+    for p, t in zip(o["patches"], terms[1]):
+        total = total + _patch_ncc_against(a, w, t, p, o["eps"])
+    return total / (1 + len(o["patches"]))
+
+
+def _patch_gncc_terms(b, w, o):
+    return tuple(_patch_ncc_terms(g, w, o["patch"]) for g in _sobel(b))
+
+
+def _patch_gncc_against(a, w, terms, o):
+    (ax, ay), (tx, ty) = _sobel(a), terms
+    return 0.5 * (_patch_ncc_against(ax, w, tx, o["patch"], o["eps"]) + _patch_ncc_against(ay, w, ty, o["patch"], o["eps"]))
+
+
+# name -> (Sobel stencil?, the frame's terms (b, w, options), the similarity of a render given them)
+_SPLIT = {
+    "ncc": (False, lambda b, w, o: _centre(b, w), lambda a, w, t, o: _ncc_against(a, w, t, o["eps"])),
+    "gcc": (True, _gcc_terms, _gcc_against),
+    "patch-ncc": (False, lambda b, w, o: _patch_ncc_terms(b, w, o["patch"]),
+                  lambda a, w, t, o: _patch_ncc_against(a, w, t, o["patch"], o["eps"])),
+    "multiscale-ncc": (False, _multiscale_terms, _multiscale_against),
+    "patch-gncc": (True, _patch_gncc_terms, _patch_gncc_against),
+}
+
+
+class FrameLoss:
+    """``FrameLoss(name, frame, mask, **options)(a)`` equals ``get_similarity(name)(a, frame, mask,
+    **options)``, ``(B,)`` losses, for many renders ``a`` against one frame: what depends on the frame
+    and the mask alone (the shrunk mask, the frame's gradients, its standardisation and box-filtered
+    moments) is computed and checked once, and a call makes no host synchronisation.
+
+    Shapes: frame (1, 1, H, W); mask (1, 1, H, W) or None; a (B, 1, H, W) renders (not checked for
+    NaN per call: they come from the renderer, and a NaN loss shows in the optimiser's value).
+    """
+
+    def __init__(self, name: str, frame: Tensor, mask: Tensor | None = None, **options):
+        fn = get_similarity(name)
+        self.name = str(name).strip().lower().replace("_", "-")
+        params = inspect.signature(fn).parameters
+        unknown = sorted(set(options) - (set(params) - {"a", "b", "mask"}))
+        if unknown:
+            raise FluoroRegError(f"similarity '{self.name}' has no option(s) {unknown}")
+        self.options = {k: p.default for k, p in params.items() if k not in ("a", "b", "mask")} | options
+        if "patch" in self.options:
+            self.options["patch"] = _check_patch(self.options["patch"])
+        stencil, terms, self._against = _SPLIT[self.name]
+        _, b, self.w = _prepare(frame, frame, mask, stencil=stencil)
+        self.size = tuple(frame.shape[-2:])
+        self.terms = terms(b, self.w, self.options)
+
+    def __call__(self, a: Tensor) -> Tensor:
+        if tuple(a.shape[-2:]) != self.size or a.dim() != 4:
+            raise FluoroRegError(f"render of shape {tuple(a.shape)} against a frame of {self.size}; render at the frame's size")
+        return 1 - self._against(a, self.w, self.terms, self.options)
 
 
 # ------------------------------------------------------------------------------------ losses

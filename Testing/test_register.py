@@ -42,6 +42,24 @@ def test_adam_converges_and_stops_on_plateau():
     assert "plateau" in log.stop_reason or log.iterations == 400
 
 
+def test_adam_refines_a_batch_of_starts_each_exactly_as_alone():
+    # rows stop on their plateaus at different iterations (a quantised bowl: flat steps), and the box binds one
+    def stepped(x):
+        return torch.floor(bowl(x) * 4) / 4 + 0.001 * bowl(x)
+
+    starts = torch.tensor([[0.0] * 6, [0.5, 0.5, 0.5, 8.0, 1.0, 20.0], [0.1, -0.2, 0.05, 3.0, -4.0, 5.0]], dtype=F64)
+    scales = torch.tensor([0.1] * 3 + [1.0] * 3, dtype=F64)
+    bounds = (-torch.full((6,), 9.0, dtype=F64), torch.full((6,), 9.0, dtype=F64))
+    xs, losses, log = adam_refine(stepped, starts, scales, iterations=150, patience=5, bounds=bounds)
+    alone = [adam_refine(stepped, x, scales, iterations=150, patience=5, bounds=bounds) for x in starts]
+    assert xs.shape == (3, 6) and losses.shape == (3,)
+    assert len({a[2].iterations for a in alone}) > 1  # the starts did stop at different iterations
+    assert log.iterations == max(a[2].iterations for a in alone)
+    for k, (x, loss, _) in enumerate(alone):
+        assert torch.allclose(xs[k], x, rtol=0, atol=1e-12) and float(losses[k]) == pytest.approx(loss, abs=1e-12)
+    assert float(xs[1, 5]) <= 9.0  # inside the box
+
+
 @pytest.fixture(scope="module")
 def scene(femur_lateral):
     _, ct, bones, camera, truth = femur_lateral

@@ -34,6 +34,12 @@ def test_small_benchmark_recovers_the_femur(small_run):
     assert s["bone"] == "femur" and s["n"] == 2 and s["success_2mm"] >= 0.5
     text = register_benchmark.table(summary, "small")
     assert "| femur | mask | 2 |" in text
+    for r in rows:  # the phases in order, time growing, and the last one's pose is the result
+        labels = [p[0] for p in r["trajectory"]]
+        assert labels[:2] == ["search", "starts"] and labels[-1] in ("level 3", "level 4"), labels
+        assert all(a[1] <= b[1] for a, b in zip(r["trajectory"], r["trajectory"][1:]))
+        assert r["trajectory"][-1][2] == pytest.approx(r["mtre_mm"], abs=1e-9)
+    assert "| femur | mask | starts | 2 |" in register_benchmark.trajectory_table(rows)
 
 
 def test_the_summary_carries_the_calibration_floor():

@@ -108,3 +108,22 @@ def test_small_blob_projects_to_projection_of_its_centroid(method):
     centroid = (weights[..., None] * uv).sum((0, 1))
     # perspective shifts an intensity centroid by ~ sigma^2 / depth terms: far below 0.1 px here
     assert (centroid - expected).norm() < 0.1, f"{(centroid - expected).tolist()}"
+
+
+def test_a_region_of_the_detector_is_that_crop_of_the_whole_image_with_its_gradient(box):
+    from FluoroRegistrationLib import FluoroRegError
+
+    volume, camera = box[0], BOX_CAM
+    poses = torch.stack([pose([0.1, -0.2, 0.05]), pose([0.3, 0.2, -0.1], (10.0, 5.0, 680.0))]).requires_grad_()
+    whole = render(volume, camera, poses, "fast")
+    (grad_whole,) = torch.autograd.grad(whole[..., 20:40, 5:30].sum(), poses)
+    part = render(volume, camera, poses, "fast", region=(20, 40, 5, 30))
+    (grad_part,) = torch.autograd.grad(part.sum(), poses)
+    assert part.shape == (2, 1, 20, 25)
+    assert torch.allclose(part, whole[..., 20:40, 5:30], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grad_part, grad_whole, rtol=1e-4, atol=1e-6)
+    assert float(whole[..., 20:40, 5:30].amax()) > 0 and float(whole[..., 40:, 30:].amax()) > 0  # the region cuts the box
+    corner = render(volume, camera, poses.detach(), "fast", region=(0, 3, 0, 3))  # off the box: zeros
+    assert corner.shape == (2, 1, 3, 3) and float(corner.abs().max()) == 0.0
+    with pytest.raises(FluoroRegError, match="not inside"):
+        render(volume, camera, poses.detach(), "fast", region=(0, camera.rows + 1, 0, 5))

@@ -265,3 +265,25 @@ def test_cuda_matches_cpu():
         cpu = fn(a, b, mask)
         gpu = fn(a.cuda(), b.cuda(), mask.cuda())
         assert torch.allclose(gpu.cpu(), cpu, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_frame_loss_equals_the_similarity_with_its_gradient(dtype):
+    from FluoroRegistrationLib.similarity import SIMILARITIES, FrameLoss, get_similarity
+
+    g = torch.Generator().manual_seed(0)
+    frame = torch.rand(1, 1, 40, 50, generator=g, dtype=dtype)
+    renders = (frame + 0.3 * torch.rand(4, 1, 40, 50, generator=g, dtype=dtype)).requires_grad_()
+    mask = torch.zeros(1, 1, 40, 50, dtype=dtype)
+    mask[..., 5:30, 8:40] = 1
+    for name in SIMILARITIES:
+        for options in ({}, {"patch": 7} if "patch" in name and "multi" not in name else {"eps": 1e-4}):
+            reference = get_similarity(name)(renders, frame, mask, **options)
+            prepared = FrameLoss(name, frame, mask, **options)(renders)
+            (g_ref,) = torch.autograd.grad(reference.sum(), renders)
+            (g_pre,) = torch.autograd.grad(prepared.sum(), renders)
+            assert torch.equal(prepared, reference) and torch.equal(g_pre, g_ref), (name, options)
+    with pytest.raises(FluoroRegError, match="no option"):
+        FrameLoss("gcc", frame, mask, patch=5)
+    with pytest.raises(FluoroRegError, match="frame of"):
+        FrameLoss("gcc", frame, mask)(renders[..., :30, :])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..geometry import rotation_from_rotvec, rotvec_from_rotation
+from . import timing
 
 
 class Cancelled(Exception):
@@ -31,6 +32,19 @@ class StageLog:
     seconds: float = 0.0
     stop_reason: str = ""
     candidates: tuple | None = None  # (x (N, 6), loss (N,)) every pose evaluated, when a stage keeps them
+    parts: dict = field(default_factory=dict)  # seconds in render, similarity, backward (timing.PARTS)
+    pose: object = None  # (4, 4) camera_from_volume the stage ended at (set by the registration pipeline)
+    level: int | None = None  # the pyramid level it ran at, 0 = coarsest (None: the global search)
+
+    def start(self) -> float:
+        """Start the stage's clock (and its parts'); returns the start time."""
+        timing.take()
+        return time.perf_counter()
+
+    def finish(self, t0: float) -> None:
+        """Stop the clock: the stage's seconds and their parts since :meth:`start`."""
+        self.seconds = time.perf_counter() - t0
+        self.parts = timing.take()
 
 
 def simulated_annealing(objective, x0: torch.Tensor, ranges: torch.Tensor, generator: torch.Generator,
@@ -52,7 +66,7 @@ def simulated_annealing(objective, x0: torch.Tensor, ranges: torch.Tensor, gener
         (best x (6,), best loss, log).
     """
     log = StageLog(name)
-    t0 = time.perf_counter()
+    t0 = log.start()
     with torch.no_grad():
         current = x0.clone()
         current_loss = float(objective(current[None])[0])
@@ -87,7 +101,7 @@ def simulated_annealing(objective, x0: torch.Tensor, ranges: torch.Tensor, gener
             log.iterations = step + 1
             if report is not None:
                 report(name, step + 1, best_loss, best)
-    log.seconds = time.perf_counter() - t0
+    log.finish(t0)
     log.stop_reason = f"completed {steps} annealing steps"
     log.candidates = (torch.cat(seen_x), torch.cat(seen_loss))
     return best, best_loss, log
@@ -169,7 +183,7 @@ def best_of(objective, xs: torch.Tensor, batch: int, report, name: str,
             stop_reason: str) -> tuple[torch.Tensor, float, StageLog]:
     """The lowest-loss row of ``xs`` (N, 6), evaluated in batches without gradient, with its log."""
     log = StageLog(name)
-    t0 = time.perf_counter()
+    t0 = log.start()
     losses = evaluate_in_batches(objective, xs, batch)
     i = int(losses.argmin())
     log.losses = losses.tolist()
@@ -177,7 +191,7 @@ def best_of(objective, xs: torch.Tensor, batch: int, report, name: str,
     if report is not None:
         for k, value in enumerate(log.losses):
             report(name, k + 1, value, xs[k])
-    log.seconds = time.perf_counter() - t0
+    log.finish(t0)
     log.stop_reason = stop_reason
     return xs[i].clone(), float(losses[i]), log
 
@@ -206,7 +220,7 @@ def line_search(objective, x0: torch.Tensor, axis: int, half_width: float, point
         (best x (6,), its loss, log).
     """
     log = StageLog(name)
-    t0 = time.perf_counter()
+    t0 = log.start()
     offsets = torch.linspace(-half_width, half_width, points, dtype=x0.dtype)
     xs = x0.repeat(points, 1)
     xs[:, axis] += offsets
@@ -227,61 +241,79 @@ def line_search(objective, x0: torch.Tensor, axis: int, half_width: float, point
     if report is not None:
         for k, value in enumerate(log.losses):
             report(name, k + 1, value, best if k == i else xs[k])
-    log.seconds = time.perf_counter() - t0
+    log.finish(t0)
     log.stop_reason = f"scanned {points} values of parameter {axis} within +-{half_width:g}"
     return best, best_loss, log
 
 
 def adam_refine(objective, x0: torch.Tensor, scales: torch.Tensor, iterations: int = 80, lr: float = 0.6,
                 lr_end: float = 0.05, patience: int = 12, tolerance: float = 1e-5, betas=(0.9, 0.999),
-                bounds: tuple | None = None, report=None, name: str = "refine") -> tuple[torch.Tensor, float, StageLog]:
+                bounds: tuple | None = None, report=None, name: str = "refine"):
     """Adam on ``x / scales`` with one second moment shared by all six parameters, a cosine
-    learning-rate schedule and an early stop on plateau.
+    learning-rate schedule and an early stop on plateau; one start (6,) or K starts (K, 6) at once.
 
     Plain Adam divides each coordinate by its own gradient RMS, so a parameter the image barely
     constrains (depth along the beam, in single-plane fluoroscopy) moves as fast as a well-constrained
     one and drifts. Sharing the second moment (the squared gradient norm) keeps Adam's momentum and
     step-size normalisation but preserves the relative gradient magnitudes, so steps follow how much
     the similarity actually depends on each parameter. The loss must improve by ``tolerance`` within
-    ``patience`` iterations or the stage stops; the best pose seen is returned (not the last).
+    ``patience`` iterations or the start stops; the best pose seen is returned (not the last).
+
+    K starts run as one batch: one objective call and one backward pass per iteration, each start with
+    its own moments, best pose and plateau (a stopped start is no longer evaluated), so each start
+    follows exactly the path it would alone.
 
     Args:
-        objective: (1, 6) -> (1,) differentiable loss.
-        x0: (6,) start; scales: (6,) units of one optimiser step (e.g. 1 deg in rad, 1 mm).
+        objective: (B, 6) -> (B,) differentiable losses, each row's loss depending on that row only.
+        x0: (6,) or (K, 6) starts; scales: (6,) units of one optimiser step (e.g. 1 deg in rad, 1 mm).
         bounds: optional (low (6,), high (6,)) box in x that every step is projected back into.
+    Returns:
+        for x0 (6,): (best x (6,), best loss, log); for (K, 6): (best x (K, 6), best losses (K,), log).
     """
     log = StageLog(name)
-    t0 = time.perf_counter()
-    z = (x0 / scales).clone().requires_grad_()
+    t0 = log.start()
+    single = x0.dim() == 1
+    z = (x0.reshape(-1, 6) / scales).clone()
+    K = len(z)
     lo, hi = (None, None) if bounds is None else (bounds[0] / scales, bounds[1] / scales)
     m = torch.zeros_like(z)
-    v = torch.zeros((), dtype=z.dtype)
+    v = torch.zeros(K, dtype=z.dtype)
     b1, b2 = betas
-    best_z, best_loss, since_best = z.detach().clone(), math.inf, 0
+    best_z, best_loss = z.clone(), torch.full((K,), math.inf, dtype=z.dtype)
+    since_best = torch.zeros(K, dtype=torch.long)
+    active = torch.arange(K)
     log.stop_reason = f"reached {iterations} iterations"
     for it in range(iterations):
         step_lr = lr_end + 0.5 * (lr - lr_end) * (1 + math.cos(math.pi * it / max(iterations - 1, 1)))
-        loss = objective((z * scales)[None])[0]
-        (grad,) = torch.autograd.grad(loss, z)
-        value = float(loss.detach())
-        log.losses.append(value)
+        za = z[active].requires_grad_()
+        loss = objective(za * scales)
+        with timing.part("backward"):
+            (grad,) = torch.autograd.grad(loss.sum(), za)
+        values = loss.detach().to(z.dtype)
+        lowest = int(values.argmin())
+        log.losses.append(float(values[lowest]))
         log.iterations = it + 1
-        if value < best_loss - tolerance:
-            best_z, best_loss, since_best = z.detach().clone(), value, 0
-        else:
-            since_best += 1
+        improved = values < best_loss[active] - tolerance
+        best_z[active[improved]] = za.detach()[improved]
+        best_loss[active[improved]] = values[improved]
+        since_best[active] = torch.where(improved, 0, since_best[active] + 1)
         if report is not None:
-            report(name, it + 1, value, (z * scales).detach())
-        if since_best >= patience:
+            report(name, it + 1, log.losses[-1], (za[lowest] * scales).detach())
+        going = since_best[active] < patience
+        if not bool(going.any()):
             log.stop_reason = f"plateau: no improvement over {patience} iterations"
             break
         with torch.no_grad():
-            m.mul_(b1).add_(grad, alpha=1 - b1)
-            v.mul_(b2).add_((grad * grad).sum() / grad.numel(), alpha=1 - b2)
-            m_hat = m / (1 - b1 ** (it + 1))
-            v_hat = v / (1 - b2 ** (it + 1))
-            z -= step_lr * m_hat / (v_hat.sqrt() + 1e-12)
-            if lo is not None:
-                z.copy_(torch.maximum(torch.minimum(z, hi), lo))
-    log.seconds = time.perf_counter() - t0
-    return (best_z * scales).detach(), best_loss, log
+            rows, g = active[going], grad[going]
+            m[rows] = m[rows] * b1 + g * (1 - b1)
+            v[rows] = v[rows] * b2 + (g * g).sum(-1) / g.shape[-1] * (1 - b2)
+            m_hat = m[rows] / (1 - b1 ** (it + 1))
+            v_hat = v[rows] / (1 - b2 ** (it + 1))
+            step = z[rows] - step_lr * m_hat / (v_hat.sqrt() + 1e-12)[:, None]
+            z[rows] = step if lo is None else torch.maximum(torch.minimum(step, hi), lo)
+        active = rows
+    log.finish(t0)
+    best_x = best_z * scales
+    if single:
+        return best_x[0], float(best_loss[0]), log
+    return best_x, best_loss, log

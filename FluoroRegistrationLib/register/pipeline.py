@@ -25,6 +25,7 @@ from ..errors import FluoroRegError
 from ..geometry import Camera, CentredParameterization, transform_points
 from ..render import render
 from ..volume import RenderVolume
+from . import timing
 from .config import RegistrationConfig, Ranking
 from .status import Status, evidence, judge, overall
 from .optimize import (Cancelled, StageLog, adam_refine, differs, distinct_minima, grid_search, line_search,
@@ -51,7 +52,8 @@ class BoneResult:
                 "reason": self.status.reason, "similarity": self.similarity,
                 "iterations": self.iterations, "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason,
                 "stages": [{"name": s.name, "iterations": s.iterations, "seconds": round(s.seconds, 3),
-                            "stop_reason": s.stop_reason, "final_loss": s.losses[-1] if s.losses else None}
+                            "stop_reason": s.stop_reason, "final_loss": s.losses[-1] if s.losses else None,
+                            "parts": s.parts}
                            for s in self.stages]}
 
 
@@ -148,8 +150,9 @@ def expected_reports(config: RegistrationConfig, camera: Camera, depth_mm: float
     if config.search.enabled:
         total += config.search.steps
         if rank > 0:
-            per_start = sum(adam[:rank]) + scan * rank  # depth scans before levels 1..rank-1 and the rank scan
-            total += config.ranking.starts * per_start + tilt
+            # the starts refine as one batch (one report per iteration); each has its depth scans
+            # before levels 1..rank-1 and the rank scan
+            total += sum(adam[:rank]) + config.ranking.starts * scan * rank + tilt
             first = rank
     for index in range(first, len(levels)):
         scans = index > first and config.depth_scan.enabled and \
@@ -185,23 +188,32 @@ class _Objective:
     The similarity is evaluated on the bounding box of the weights' support plus ``_CROP_MARGIN``
     pixels: every similarity weights each pixel's terms by the mask, and the patch similarities also
     count pixels whose window (up to 23 pixels wide) reaches into it, after a Sobel stencil (1 pixel),
-    so pixels further out cannot change the value, and a bone's box is a fraction of the frame.
+    so pixels further out cannot change the value, and a bone's box is a fraction of the frame. Only
+    that box is rendered, and the frame's side of the similarity is computed once
+    (:class:`~FluoroRegistrationLib.similarity.FrameLoss`).
     """
 
-    def __init__(self, bone, camera, par, frame, weights, loss_fn):
-        self.bone, self.camera, self.par, self.loss_fn = bone, camera, par, loss_fn
+    def __init__(self, bone, camera, par, frame, weights, similarity: str):
+        from ..similarity import FrameLoss
+
+        self.bone, self.camera, self.par = bone, camera, par
         rows, cols = torch.nonzero(weights[0, 0] > 0, as_tuple=True)
         H, W = weights.shape[-2:]
         self.crop = (slice(max(0, int(rows.min()) - _CROP_MARGIN), min(H, int(rows.max()) + _CROP_MARGIN + 1)),
                      slice(max(0, int(cols.min()) - _CROP_MARGIN), min(W, int(cols.max()) + _CROP_MARGIN + 1)))
+        self.region = (self.crop[0].start, self.crop[0].stop, self.crop[1].start, self.crop[1].stop)
         device = bone.mu.device  # render and compare where the bone lives; the optimiser stays on the CPU
         self.frame = frame[..., self.crop[0], self.crop[1]].to(device)
         self.weights = weights[..., self.crop[0], self.crop[1]].to(device)
+        self.loss = FrameLoss(similarity, self.frame, self.weights)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        poses = self.par.pose(x).to(device=self.bone.mu.device, dtype=self.bone.mu.dtype)
-        drr = render(self.bone, self.camera, poses, "fast")[..., self.crop[0], self.crop[1]]
-        return self.loss_fn(drr, self.frame, self.weights).cpu()
+        device = self.bone.mu.device
+        with timing.part("render", device):
+            poses = self.par.pose(x).to(device=device, dtype=self.bone.mu.dtype)
+            drr = render(self.bone, self.camera, poses, "fast", region=self.region)
+        with timing.part("similarity", device):
+            return self.loss(drr).cpu()
 
 
 def _weights(mask, field, size, dilation_px: int):
@@ -210,8 +222,10 @@ def _weights(mask, field, size, dilation_px: int):
     w = torch.ones(1, 1, *size) if field is None else (_pool(field.float(), size) > 0.999).float()
     if mask is not None:
         m = (_pool(mask.float(), size) > 0.25).float()
-        if dilation_px > 0:
-            m = F.max_pool2d(m, 2 * dilation_px + 1, stride=1, padding=dilation_px)
+        if dilation_px > 0:  # a square's dilation is a row's then a column's (separable: 2k, not k^2, per pixel)
+            k = 2 * dilation_px + 1
+            m = F.max_pool2d(m, (1, k), stride=1, padding=(0, dilation_px))
+            m = F.max_pool2d(m, (k, 1), stride=1, padding=(dilation_px, 0))
         w = w * m
     if w.sum() == 0:
         raise FluoroRegError("the mask is empty inside the collimated field at this level; check the mask image")
@@ -219,7 +233,7 @@ def _weights(mask, field, size, dilation_px: int):
 
 
 def _level_objective(bone, frame, camera, par, mask, field, level: Level, dilation_mm: float, coarsen: bool,
-                     loss_fn) -> _Objective:
+                     similarity: str) -> _Objective:
     """The loss at ``level`` (undistorted inputs), the mask dilated by ``dilation_mm`` at the bone."""
     level_camera = camera.resized(*level.size)
     # a level whose pixels, seen at the bone, span k voxels draws the bone on a k-times coarser grid
@@ -227,7 +241,7 @@ def _level_objective(bone, frame, camera, par, mask, field, level: Level, dilati
     drawn = bone.coarsened(max(1, int(level.pixel_mm / voxel))) if coarsen else bone
     dilation_px = round(dilation_mm / level.pixel_mm)
     return _Objective(drawn, level_camera, par, _pool(frame, level.size),
-                      _weights(mask, field, level.size, dilation_px), loss_fn)
+                      _weights(mask, field, level.size, dilation_px), similarity)
 
 
 def _fine_mask(index: int, n_levels: int, ranking_level: int) -> bool:
@@ -256,8 +270,6 @@ def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera
     its finest level), exactly as :func:`register_bone` evaluates it. Shapes: frame, mask, field
     (1, 1, H, W) on the camera's grid; reference (4, 4).
     """
-    from ..similarity import get_similarity
-
     config = config or RegistrationConfig()
     camera, frame, mask, field = _undistort(camera, _as_image(frame, "frame"),
                                             None if mask is None else _as_image(mask, "mask"), field)
@@ -270,7 +282,7 @@ def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera
     level = level_for(camera, depth, pixel_mm or config.pyramid.pixel_mm[-1])
     dilation = config.masks.fine_dilation_mm if fine else config.masks.dilation_mm
     return _level_objective(bone, frame, camera, par, mask, field, level, dilation, config.pyramid.coarsen,
-                            get_similarity(config.similarity))
+                            config.similarity)
 
 
 class _BoneRegistration:
@@ -278,11 +290,8 @@ class _BoneRegistration:
     the parameterisation about the initial pose, the objectives per level, the stage logs."""
 
     def __init__(self, bone, frame, camera, initial, mask, field, config: RegistrationConfig, report):
-        from ..similarity import get_similarity
-
         self.bone, self.frame, self.camera, self.mask, self.field = bone, frame, camera, mask, field
         self.config, self.report = config, report
-        self.loss_fn = get_similarity(config.similarity)
         self.par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), initial, depth_along_ray=True)
         depth = bone_depth_mm(bone, initial)
         self.levels = pyramid_levels(camera, depth, config)
@@ -307,15 +316,19 @@ class _BoneRegistration:
         if key not in self._objectives:
             self._objectives[key] = _level_objective(self.bone, self.frame, self.camera, self.par, self.mask,
                                                      self.field, level, dilation, self.config.pyramid.coarsen,
-                                                     self.loss_fn)
+                                                     self.config.similarity)
         return self._objectives[key]
 
     def level_objective(self, index: int) -> _Objective:
         """The loss at pyramid level ``index``: levels finer than the ranking level use the fine mask."""
         return self.objective(self.levels[index], fine=_fine_mask(index, len(self.levels), self.rank_level))
 
-    def log(self, result):
+    def log(self, result, level: int | None = None):
+        """Keep a stage's log, with the pose it ended at (the best start's, for a batch) and the
+        pyramid level it ran at (None: the global search)."""
         x, loss, log = result
+        best = x if x.dim() == 1 else x[int(torch.as_tensor(loss).argmin())]
+        log.pose, log.level = self.par.pose(best.detach()), level
         self.stages.append(log)
         return x, loss
 
@@ -334,23 +347,27 @@ class _BoneRegistration:
     def depth_scan(self, x, index: int, label: str = "", name: str = "depth scan"):
         scan = self.config.depth_scan
         return self.log(line_search(self.level_objective(index), x, 5, scan.half_width_mm, points=scan.points,
-                                    report=self.report, name=f"{label}{name} {self.levels[index].size[1]}px"))
+                                    report=self.report, name=f"{label}{name} {self.levels[index].size[1]}px"), index)
 
     def refine(self, x, index: int, label: str = "", scan: bool = True):
-        """Adam at pyramid level ``index`` (after a depth scan when ``scan`` and enabled)."""
+        """Adam at pyramid level ``index`` (after a depth scan when ``scan`` and enabled), from one
+        start x (6,), or from K starts (K, 6) refined as one batch (then losses are (K,))."""
         scan_here = self.levels[index].pixel_mm >= self.config.depth_scan.min_pixel_mm * 0.999
         if scan and index > 0 and self.config.depth_scan.enabled and scan_here:
-            x, _ = self.depth_scan(x, index, label)
+            if x.dim() == 1:
+                x, _ = self.depth_scan(x, index, label)
+            else:
+                x = torch.stack([self.depth_scan(row, index, label)[0] for row in x])
         return self.log(adam_refine(self.level_objective(index), x, self.scales,
                                     iterations=self.levels[index].iterations,
                                     lr=self.config.pyramid.learning_rate, bounds=(-self.box, self.box),
-                                    report=self.report, name=f"{label}refine {self.levels[index].size[1]}px"))
+                                    report=self.report, name=f"{label}refine {self.levels[index].size[1]}px"), index)
 
     def tilt_probe(self, x, name: str):
         """Best pose on a grid over both out-of-plane rotations at the ranking level."""
         offsets = _probe_offsets(self.config.tilt_probe)
         return self.log(grid_search(self.level_objective(self.rank_level), x, (0, 1), offsets, report=self.report,
-                                    name=f"{name} {self.levels[self.rank_level].size[1]}px"))
+                                    name=f"{name} {self.levels[self.rank_level].size[1]}px"), self.rank_level)
 
     def axial_probe(self, x):
         """Best turn about the bone's long axis at the ranking level."""
@@ -360,7 +377,7 @@ class _BoneRegistration:
         axis = self.par.pose(x)[:3, :3] @ long_axis
         return self.log(rotation_scan(self.level_objective(self.rank_level), x, axis,
                                       _probe_offsets(self.config.axial_probe), report=self.report,
-                                      name=f"axial probe {self.levels[self.rank_level].size[1]}px"))
+                                      name=f"axial probe {self.levels[self.rank_level].size[1]}px"), self.rank_level)
 
     def probes(self, x):
         """The best of the enabled probes about ``x``: (x, loss), or None when none is enabled."""
@@ -373,14 +390,16 @@ class _BoneRegistration:
         return min(found, key=lambda f: f[1]) if found else None
 
     def rank(self, starts: list[torch.Tensor]) -> torch.Tensor:
-        """Each start refined through the levels before the ranking level, then ranked there after a
-        depth scan: a coarse level can prefer a wrong out-of-plane rotation that a finer one rejects."""
+        """The starts refined together (one batch) through the levels before the ranking level, then
+        each ranked there after a depth scan: a coarse level can prefer a wrong out-of-plane rotation
+        that a finer one rejects."""
+        label = f"{len(starts)} starts: "
+        xs = torch.stack(starts)
+        for index in range(self.rank_level):
+            xs, _ = self.refine(xs, index, label)
         ranked = []
-        for k, x in enumerate(starts):
-            label = f"start {k + 1}/{len(starts)}: "
-            for index in range(self.rank_level):
-                x, _ = self.refine(x, index, label)
-            x, loss = self.depth_scan(x, self.rank_level, label, name="rank")
+        for k, x in enumerate(xs):
+            x, loss = self.depth_scan(x, self.rank_level, f"start {k + 1}/{len(starts)}: ", name="rank")
             ranked.append((loss, k, x))
         x = min(ranked, key=lambda r: (r[0], r[1]))[2]
         if self.config.tilt_probe.enabled:

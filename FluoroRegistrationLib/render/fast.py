@@ -169,7 +169,8 @@ def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samp
 
 
 def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.Tensor,
-                max_samples: int = 16_000_000, piece_samples: int = 1_000_000) -> torch.Tensor:
+                max_samples: int = 16_000_000, piece_samples: int = 1_000_000,
+                region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """Fast DRR of one render volume at B poses (trilinear samples, one per slice).
 
     Args:
@@ -181,8 +182,10 @@ def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.
             detector size and batch.
         piece_samples: samples computed at once (pieces of poses and detector rows), sized so
             that one piece's temporaries stay in cache.
+        region: (r0, r1, c0, c1), end-exclusive: draw only these detector rows and columns (the
+            pixels a similarity looks at); None: the whole detector.
     Returns:
-        (B, 1, rows, cols) line integrals in the volume's dtype.
+        (B, 1, rows, cols) line integrals in the volume's dtype; (B, 1, r1 - r0, c1 - c0) with a region.
     """
     poses = check_poses(camera_from_volume)
     if volume.mu.dim() != 3:
@@ -191,9 +194,12 @@ def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.
     corners = check_in_front(volume, camera, poses)
     B = poses.shape[0]
     dtype, device = volume.mu.dtype, volume.mu.device
+    R0, R1, C0, C1 = _check_region(region, camera)
     window = _detector_window(corners, camera)
-    if window is None:
-        return torch.zeros(B, 1, camera.rows, camera.cols, dtype=dtype, device=device) + 0 * poses.sum()
+    if window is not None:
+        window = (max(window[0], R0), min(window[1], R1), max(window[2], C0), min(window[3], C1))
+    if window is None or window[0] >= window[1] or window[2] >= window[3]:
+        return torch.zeros(B, 1, R1 - R0, C1 - C0, dtype=dtype, device=device) + 0 * poses.sum()
     r0, r1, c0, c1 = window
     camera_from_index = poses.to(torch.float64) @ volume.volume_from_index.to(device)
     axes = _slice_axis(camera_from_index.detach(), volume)
@@ -208,5 +214,16 @@ def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.
             part = _render_axis_group(volume, camera, camera_from_index[sel], axis, window, max_samples,
                                       piece_samples)
             crop = crop.index_put((sel,), part)
-    image = F.pad(crop, (c0, camera.cols - c1, r0, camera.rows - r1))
+    image = F.pad(crop, (c0 - C0, C1 - c1, r0 - R0, R1 - r1))
     return image[:, None]
+
+
+def _check_region(region, camera: Camera) -> tuple[int, int, int, int]:
+    """(r0, r1, c0, c1) of the detector to draw: the whole detector for None."""
+    if region is None:
+        return 0, camera.rows, 0, camera.cols
+    r0, r1, c0, c1 = (int(x) for x in region)
+    if not (0 <= r0 < r1 <= camera.rows and 0 <= c0 < c1 <= camera.cols):
+        raise FluoroRegError(f"render region {tuple(region)} (r0, r1, c0, c1) is not inside the "
+                             f"{camera.rows}x{camera.cols} detector; give rows and columns within it")
+    return r0, r1, c0, c1
