@@ -74,10 +74,11 @@ def read_image(path, what: str = "volume") -> ImageVolume:
         raise FluoroRegError(f"{what} not found: {path}; check the path")
     image = read_sitk(path, what)
     check_spacing(image.GetSpacing(), f"{what} {path}")
-    array = sitk.GetArrayFromImage(image)
+    spacing, origin = image.GetSpacing(), image.GetOrigin()
     direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    return check_not_empty(ImageVolume.from_spacing(array, image.GetSpacing(), image.GetOrigin(), direction,
-                                                    str(path)), what)
+    array = sitk.GetArrayFromImage(image)
+    del image  # a large CT is held once, not twice, from here on
+    return check_not_empty(ImageVolume.from_spacing(array, spacing, origin, direction, str(path)), what)
 
 
 def check_not_empty(vol: ImageVolume, what: str = "volume") -> ImageVolume:
@@ -118,7 +119,7 @@ def load_labels(path, ct: ImageVolume) -> ImageVolume:
 
 def labels_on_ct(labels: ImageVolume, ct: ImageVolume, name: str, how: str = "") -> ImageVolume:
     """A labelmap checked against its CT: on ``ct``'s grid, integer ids, some non-zero
-    (:func:`check_label_values`); returns a new ImageVolume of int32 ids. ``name`` (a file or node)
+    (:func:`check_label_values`); returns a new ImageVolume of int16 (or int32) ids. ``name`` (a file or node)
     names it in the error, ``how`` says how to resample (optional)."""
     if not labels.same_grid(ct):
         raise FluoroRegError(
@@ -129,7 +130,8 @@ def labels_on_ct(labels: ImageVolume, ct: ImageVolume, name: str, how: str = "")
 
 
 def check_label_values(arr: np.ndarray, source: str = "<memory>") -> np.ndarray:
-    """A labelmap's (Z, Y, X) array as int32; raises if it holds non-integer values or no label."""
+    """A labelmap's (Z, Y, X) array as int16 when its ids fit (a 512 x 512 x 400 labelmap is then
+    210 MB, not 420), else int32; raises if it holds non-integer values or no label."""
     if np.issubdtype(arr.dtype, np.floating):
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
@@ -137,7 +139,8 @@ def check_label_values(arr: np.ndarray, source: str = "<memory>") -> np.ndarray:
                                  "pass integer label ids")
     if not arr.any():
         raise FluoroRegError(f"labelmap {source} holds no labels (every voxel is 0); pass the bones' segmentation")
-    return arr.astype(np.int32, copy=False)
+    small = arr.dtype in (np.int8, np.uint8, np.int16) or (arr.min() >= -32768 and arr.max() <= 32767)
+    return arr.astype(np.int16 if small else np.int32, copy=False)
 
 
 def default_label_names(labels_path) -> Path:

@@ -173,3 +173,16 @@ def test_bad_label_names(tmp_path):
         read_label_names({"femur": "one"})
     with pytest.raises(FluoroRegError, match="label names file not found"):
         read_label_names(tmp_path / "missing.json")
+
+
+def test_label_ids_are_held_in_int16_when_they_fit_else_int32():
+    from FluoroRegistrationLib.volume import check_label_values
+
+    small = np.zeros((4, 4, 4), np.int64)
+    small[1, 1, 1] = 300
+    assert check_label_values(small).dtype == np.int16
+    assert check_label_values(small.astype(np.float32)).dtype == np.int16
+    big = small.copy()
+    big[2, 2, 2] = 40000
+    out = check_label_values(big)
+    assert out.dtype == np.int32 and int(out[2, 2, 2]) == 40000

@@ -71,7 +71,7 @@ def profile_rows(result) -> list[dict]:
             row["evals"] += s.iterations
             row["seconds"] += s.seconds
             for p in PARTS:
-                row[p] += s.parts.get(p, 0.0)
+                row[p] += getattr(s, "parts", {}).get(p, 0.0)
     return list(rows.values())
 
 

@@ -104,6 +104,7 @@ class Pyramid:
     iterations: tuple = (60, 50, 40, 30)  # Adam iterations (at most; a plateau stops earlier)
     learning_rate: float = 0.6  # in optimiser steps (see Steps)
     coarsen: bool = True  # coarse levels draw the bone from a grid coarsened to their pixel size
+    patience: int = 12  # a level ends when the loss has not improved (by 1e-5) for this many iterations
 
     def __post_init__(self):
         o = "Pyramid"
@@ -122,6 +123,7 @@ class Pyramid:
             _number(o, "iterations", n, 1, 100000, integer=True)
         _number(o, "learning_rate", self.learning_rate, 0, 100, low_open=True)
         _flag(o, "coarsen", self.coarsen)
+        _number(o, "patience", self.patience, 1, 100000, integer=True)
 
 
 @dataclass(frozen=True)

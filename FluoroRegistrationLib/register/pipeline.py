@@ -360,7 +360,8 @@ class _BoneRegistration:
                 x = torch.stack([self.depth_scan(row, index, label)[0] for row in x])
         return self.log(adam_refine(self.level_objective(index), x, self.scales,
                                     iterations=self.levels[index].iterations,
-                                    lr=self.config.pyramid.learning_rate, bounds=(-self.box, self.box),
+                                    lr=self.config.pyramid.learning_rate, patience=self.config.pyramid.patience,
+                                    bounds=(-self.box, self.box),
                                     report=self.report, name=f"{label}refine {self.levels[index].size[1]}px"), index)
 
     def tilt_probe(self, x, name: str):

@@ -32,8 +32,10 @@ from .sequence import FrameSequence
 
 # from a prediction a frame away: no global search, the pyramid with fewer iterations, depth scanned
 # only before the coarse levels (at the fine ones a scan costs as much as the refinement there)
+# From a constant-velocity prediction (median 0.9-1.4 mm off, nearly all of it along the beam) the
+# 0.35 mm level bought nothing measurable and cost 60 % of the time (benchmarks/track_step.py)
 TRACK_REFINE = RegistrationConfig(search=GlobalSearch(enabled=False),
-                                  pyramid=Pyramid(iterations=(30, 30, 25, 20)),
+                                  pyramid=Pyramid(pixel_mm=(2.8, 1.4, 0.7), iterations=(15, 20, 20)),
                                   depth_scan=DepthScan(min_pixel_mm=1.4))
 
 
