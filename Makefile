@@ -31,10 +31,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow"
 	HYPOTHESIS_PROFILE=slow $(PY) -m pytest -q Testing/test_bad_inputs.py -k fuzz
 
-# The peer renderer for the side-by-side benchmark; never a dependency of the project.
+# The peer renderers for the side-by-side benchmark (DiffDRR and nanodrr); never dependencies of the project.
 bench-peer-deps: $(STAMP)
-	$(PY) -m pip install -q --no-deps diffdrr==0.6.1
-	$(PY) -m pip install -q nibabel torchio pandas roma kornia einops fastcore timm imageio seaborn
+	$(PY) -m pip install -q --no-deps diffdrr==0.6.1 nanodrr==0.1.7
+	$(PY) -m pip install -q nibabel torchio pandas roma kornia einops fastcore timm imageio seaborn jaxtyping platformdirs
 
 bench: $(STAMP)
 	$(PY) benchmarks/render.py

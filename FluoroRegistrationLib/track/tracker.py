@@ -32,10 +32,12 @@ from .sequence import FrameSequence
 
 # from a prediction a frame away: no global search, the pyramid with fewer iterations, depth scanned
 # only before the coarse levels (at the fine ones a scan costs as much as the refinement there)
-# From a constant-velocity prediction (median 0.9-1.4 mm off, nearly all of it along the beam) the
-# 0.35 mm level bought nothing measurable and cost 60 % of the time (benchmarks/track_step.py)
+# The 0.35 mm level stays: without it (2.8-0.7 mm, (15, 20, 20)) a tracked frame took 1.4 s instead of
+# about 3 s, and single frames from the tracker's predictions scored the same (benchmarks/track_step.py),
+# but over a sequence the errors carried into the next predictions: within 1 mm fell from 69 to 47 %
+# (benchmarks/track.py, 120 frames)
 TRACK_REFINE = RegistrationConfig(search=GlobalSearch(enabled=False),
-                                  pyramid=Pyramid(pixel_mm=(2.8, 1.4, 0.7), iterations=(15, 20, 20)),
+                                  pyramid=Pyramid(iterations=(30, 30, 25, 20)),
                                   depth_scan=DepthScan(min_pixel_mm=1.4))
 
 
