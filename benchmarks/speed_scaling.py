@@ -112,6 +112,7 @@ def plot(reg_rows: list[dict], batch_rows: list[dict], path: Path) -> None:
         ax.set(xscale="log", xticks=list(pixels.values()), xticklabels=[str(v) for v in pixels.values()],
                xlabel="detector (px a side)", ylabel="s per bone (femur)", title=f"{mode} registration (labels: mTRE)")
         ax.set_ylim(bottom=0)
+        ax.minorticks_off()
         ax.legend()
     ax = axes[2]
     for level in dict.fromkeys(r["level"] for r in batch_rows):
