@@ -155,10 +155,6 @@ def _centre(x: Tensor, w: Tensor):
     return xc * live.view(-1, 1, 1, 1), var * live
 
 
-def _ncc(a: Tensor, b: Tensor, w: Tensor, eps: float) -> Tensor:
-    return _ncc_against(a, w, _centre(b, w), eps)
-
-
 def _ncc_against(a: Tensor, w: Tensor, b_terms, eps: float) -> Tensor:
     """NCC of ``a`` with the image whose ``_centre(b, w)`` is ``b_terms``."""
     bc, vb = b_terms
@@ -172,12 +168,8 @@ def _standardise(x: Tensor, w: Tensor) -> Tensor:
     return xc * torch.rsqrt(torch.where(var > 0, var, torch.ones_like(var))).view(-1, 1, 1, 1)
 
 
-def _patch_ncc(a: Tensor, b: Tensor, w: Tensor, patch: int, eps: float) -> Tensor:
-    return _patch_ncc_against(a, w, _patch_ncc_terms(b, w, patch), patch, eps)
-
-
 def _patch_ncc_terms(b: Tensor, w: Tensor, patch: int):
-    """The terms of ``_patch_ncc`` that depend on ``b`` and ``w`` alone: ``b`` standardised and its
+    """The terms of the patch NCC that depend on ``b`` and ``w`` alone: ``b`` standardised and its
     box-filtered moments (zero-padded: outside the image counts as weight 0), filtered once, not once
     per batch item of ``a`` (a batch of renders against one frame)."""
     b = _standardise(b, w)
@@ -188,7 +180,7 @@ def _patch_ncc_terms(b: Tensor, w: Tensor, patch: int):
 
 
 def _patch_ncc_against(a: Tensor, w: Tensor, b_terms, patch: int, eps: float) -> Tensor:
-    """``_patch_ncc(a, b, w)`` given ``b_terms = _patch_ncc_terms(b, w, patch)``."""
+    """The patch NCC of ``a`` with ``b`` under ``w``, given ``b_terms = _patch_ncc_terms(b, w, patch)``."""
     b, mass, sb, sbb = b_terms
     a = _standardise(a, w)
     wa = w * a
@@ -215,6 +207,76 @@ def _patch_ncc_against(a: Tensor, w: Tensor, b_terms, patch: int, eps: float) ->
     return _wsum(weight * local) / _wsum(weight).clamp_min(torch.finfo(a.dtype).tiny)
 
 
+# ------------------------------------------- each similarity: the frame's terms, then a render's side
+# ``o`` holds the options (eps, patch, patches); the frame's side checks the patch sizes, after _prepare
+def _ncc_terms(b, w, o):
+    return _centre(b, w)
+
+
+def _ncc_side(a, w, terms, o):
+    return _ncc_against(a, w, terms, o["eps"])
+
+
+def _gcc_terms(b, w, o):
+    return tuple(_centre(g, w) for g in _sobel(b))
+
+
+def _gcc_side(a, w, terms, o):
+    (ax, ay), (tx, ty) = _sobel(a), terms
+    return 0.5 * (_ncc_against(ax, w, tx, o["eps"]) + _ncc_against(ay, w, ty, o["eps"]))
+
+
+def _patch_terms(b, w, o):
+    return _patch_ncc_terms(b, w, _check_patch(o["patch"]))
+
+
+def _patch_side(a, w, terms, o):
+    return _patch_ncc_against(a, w, terms, o["patch"], o["eps"])
+
+
+def _multiscale_terms(b, w, o):
+    patches = o["patches"]
+    if isinstance(patches, int) or len(patches) == 0:
+        raise FluoroRegError(f"patches={patches!r} is not a non-empty sequence of odd sizes; "
+                             "use e.g. (5, 11, 23)")
+    return _centre(b, w), [_patch_ncc_terms(b, w, _check_patch(p)) for p in patches]
+
+
+def _multiscale_side(a, w, terms, o):
+    total = _ncc_against(a, w, terms[0], 1e-8)
+    for p, t in zip(o["patches"], terms[1]):
+        total = total + _patch_ncc_against(a, w, t, p, o["eps"])
+    return total / (1 + len(o["patches"]))
+
+
+def _patch_gncc_terms(b, w, o):
+    patch = _check_patch(o["patch"])
+    return tuple(_patch_ncc_terms(g, w, patch) for g in _sobel(b))
+
+
+def _patch_gncc_side(a, w, terms, o):
+    (ax, ay), (tx, ty) = _sobel(a), terms
+    return 0.5 * (_patch_ncc_against(ax, w, tx, o["patch"], o["eps"])
+                  + _patch_ncc_against(ay, w, ty, o["patch"], o["eps"]))
+
+
+# name -> (Sobel stencil?, the frame's terms (b, w, options), the similarity of a render given them)
+_SPLIT = {
+    "ncc": (False, _ncc_terms, _ncc_side),
+    "gcc": (True, _gcc_terms, _gcc_side),
+    "patch-ncc": (False, _patch_terms, _patch_side),
+    "multiscale-ncc": (False, _multiscale_terms, _multiscale_side),
+    "patch-gncc": (True, _patch_gncc_terms, _patch_gncc_side),
+}
+
+
+def _similarity(key: str, a: Tensor, b: Tensor, mask, options: dict) -> Tensor:
+    """Similarity ``key`` of ``a`` with ``b``: the inputs checked, then the frame's terms and the render's side."""
+    stencil, terms, side = _SPLIT[key]
+    a, b, w = _prepare(a, b, mask, stencil=stencil)
+    return side(a, w, terms(b, w, options), options)
+
+
 # ------------------------------------------------------------------------------ similarities
 def ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
     """Weighted Pearson correlation ``Cov_w(a, b) / sqrt(Var_w(a) Var_w(b) + eps^2)``.
@@ -222,8 +284,7 @@ def ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> 
     Args: a, b: ``(B, 1, H, W)`` (batch 1 broadcasts); mask: ``(B|1, 1, H, W)``, weights in [0, 1].
     Returns: ``(B,)`` in [-1, 1]; 1 for ``b = alpha a + beta`` (alpha > 0), -1 for alpha < 0.
     """
-    a, b, w = _prepare(a, b, mask)
-    return _ncc(a, b, w, eps)
+    return _similarity("ncc", a, b, mask, {"eps": eps})
 
 
 def gradient_correlation(a: Tensor, b: Tensor, mask: Tensor | None = None,
@@ -237,9 +298,7 @@ def gradient_correlation(a: Tensor, b: Tensor, mask: Tensor | None = None,
 
     Args / Returns: as ``ncc``. Needs H, W >= 3 and a non-empty shrunk mask.
     """
-    a, b, w = _prepare(a, b, mask, stencil=True)
-    (ax, ay), (bx, by) = _sobel(a), _sobel(b)
-    return 0.5 * (_ncc(ax, bx, w, eps) + _ncc(ay, by, w, eps))
+    return _similarity("gcc", a, b, mask, {"eps": eps})
 
 
 def patch_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patch: int = 11,
@@ -260,8 +319,7 @@ def patch_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patch: int = 11,
 
     Args: as ``ncc``; patch: odd window side >= 3 (pixels). Returns: ``(B,)``.
     """
-    a, b, w = _prepare(a, b, mask)
-    return _patch_ncc(a, b, w, _check_patch(patch), eps)
+    return _similarity("patch-ncc", a, b, mask, {"patch": patch, "eps": eps})
 
 
 def multiscale_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patches=(5, 11, 23),
@@ -270,14 +328,7 @@ def multiscale_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patches=(5,
 
     Args: as ``ncc``; patches: odd window sides >= 3. Returns: ``(B,)``.
     """
-    a, b, w = _prepare(a, b, mask)
-    if isinstance(patches, int) or len(patches) == 0:
-        raise FluoroRegError(f"patches={patches!r} is not a non-empty sequence of odd sizes; "
-                             "use e.g. (5, 11, 23)")
-    total = _ncc(a, b, w, 1e-8)
-    for p in patches:
-        total = total + _patch_ncc(a, b, w, _check_patch(p), eps)
-    return total / (1 + len(patches))
+    return _similarity("multiscale-ncc", a, b, mask, {"patches": patches, "eps": eps})
 
 
 def patch_gradient_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patch: int = 11,
@@ -288,51 +339,7 @@ def patch_gradient_ncc(a: Tensor, b: Tensor, mask: Tensor | None = None, patch: 
 
     Args: as ``patch_ncc``. Returns: ``(B,)``.
     """
-    a, b, w = _prepare(a, b, mask, stencil=True)
-    patch = _check_patch(patch)
-    (ax, ay), (bx, by) = _sobel(a), _sobel(b)
-    return 0.5 * (_patch_ncc(ax, bx, w, patch, eps) + _patch_ncc(ay, by, w, patch, eps))
-
-
-# ------------------------------------------------------- one frame, many renders (registration)
-def _gcc_terms(b, w, o):
-    return tuple(_centre(g, w) for g in _sobel(b))
-
-
-def _gcc_against(a, w, terms, o):
-    (ax, ay), (tx, ty) = _sobel(a), terms
-    return 0.5 * (_ncc_against(ax, w, tx, o["eps"]) + _ncc_against(ay, w, ty, o["eps"]))
-
-
-def _multiscale_terms(b, w, o):
-    return _centre(b, w), [_patch_ncc_terms(b, w, _check_patch(p)) for p in o["patches"]]
-
-
-def _multiscale_against(a, w, terms, o):
-    total = _ncc_against(a, w, terms[0], 1e-8)
-    for p, t in zip(o["patches"], terms[1]):
-        total = total + _patch_ncc_against(a, w, t, p, o["eps"])
-    return total / (1 + len(o["patches"]))
-
-
-def _patch_gncc_terms(b, w, o):
-    return tuple(_patch_ncc_terms(g, w, o["patch"]) for g in _sobel(b))
-
-
-def _patch_gncc_against(a, w, terms, o):
-    (ax, ay), (tx, ty) = _sobel(a), terms
-    return 0.5 * (_patch_ncc_against(ax, w, tx, o["patch"], o["eps"]) + _patch_ncc_against(ay, w, ty, o["patch"], o["eps"]))
-
-
-# name -> (Sobel stencil?, the frame's terms (b, w, options), the similarity of a render given them)
-_SPLIT = {
-    "ncc": (False, lambda b, w, o: _centre(b, w), lambda a, w, t, o: _ncc_against(a, w, t, o["eps"])),
-    "gcc": (True, _gcc_terms, _gcc_against),
-    "patch-ncc": (False, lambda b, w, o: _patch_ncc_terms(b, w, o["patch"]),
-                  lambda a, w, t, o: _patch_ncc_against(a, w, t, o["patch"], o["eps"])),
-    "multiscale-ncc": (False, _multiscale_terms, _multiscale_against),
-    "patch-gncc": (True, _patch_gncc_terms, _patch_gncc_against),
-}
+    return _similarity("patch-gncc", a, b, mask, {"patch": patch, "eps": eps})
 
 
 class FrameLoss:
@@ -346,16 +353,9 @@ class FrameLoss:
     """
 
     def __init__(self, name: str, frame: Tensor, mask: Tensor | None = None, **options):
-        fn = get_similarity(name)
-        self.name = str(name).strip().lower().replace("_", "-")
-        params = inspect.signature(fn).parameters
-        unknown = sorted(set(options) - (set(params) - {"a", "b", "mask"}))
-        if unknown:
-            raise FluoroRegError(f"similarity '{self.name}' has no option(s) {unknown}")
-        self.options = {k: p.default for k, p in params.items() if k not in ("a", "b", "mask")} | options
-        if "patch" in self.options:
-            self.options["patch"] = _check_patch(self.options["patch"])
-        stencil, terms, self._against = _SPLIT[self.name]
+        self.name = _key(name)
+        self.options = _options(get_similarity(name), self.name, options)
+        stencil, terms, self._side = _SPLIT[self.name]
         _, b, self.w = _prepare(frame, frame, mask, stencil=stencil)
         self.size = tuple(frame.shape[-2:])
         self.terms = terms(b, self.w, self.options)
@@ -363,7 +363,7 @@ class FrameLoss:
     def __call__(self, a: Tensor) -> Tensor:
         if tuple(a.shape[-2:]) != self.size or a.dim() != 4:
             raise FluoroRegError(f"render of shape {tuple(a.shape)} against a frame of {self.size}; render at the frame's size")
-        return 1 - self._against(a, self.w, self.terms, self.options)
+        return 1 - self._side(a, self.w, self.terms, self.options)
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -387,9 +387,23 @@ SIMILARITIES = {"gcc": gcc_loss, "ncc": ncc_loss, "patch-ncc": patch_ncc_loss,
                 "multiscale-ncc": multiscale_ncc_loss, "patch-gncc": patch_gradient_ncc_loss}
 
 
+def _key(name) -> str:
+    """A similarity's name as SIMILARITIES keys it (case and ``_`` / ``-`` do not matter)."""
+    return str(name).strip().lower().replace("_", "-")
+
+
+def _options(fn, key: str, given: dict) -> dict:
+    """The similarity ``fn``'s options: its defaults, overridden by ``given``; an unknown one is an error."""
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k not in ("a", "b", "mask")}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise FluoroRegError(f"similarity '{key}' has no option(s) {unknown}; its options are {list(defaults)}")
+    return defaults | given
+
+
 def get_similarity(name: str):
     """The loss registered as ``name`` (case and ``_`` / ``-`` do not matter)."""
-    key = str(name).strip().lower().replace("_", "-")
+    key = _key(name)
     if key not in SIMILARITIES:
         close = difflib.get_close_matches(key, SIMILARITIES, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -407,12 +421,8 @@ class Similarity(torch.nn.Module):
     def __init__(self, name: str = "gcc", **kwargs):
         super().__init__()
         self.fn = get_similarity(name)
-        self.name = str(name).strip().lower().replace("_", "-")
-        options = [p for p in inspect.signature(self.fn).parameters if p not in ("a", "b", "mask")]
-        unknown = sorted(set(kwargs) - set(options))
-        if unknown:
-            raise FluoroRegError(f"similarity '{self.name}' has no option(s) {unknown}; "
-                                 f"its options are {options}")
+        self.name = _key(name)
+        _options(self.fn, self.name, kwargs)
         self.kwargs = kwargs
 
     def forward(self, rendered: Tensor, frame: Tensor, mask: Tensor | None = None) -> Tensor:
