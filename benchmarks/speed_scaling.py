@@ -17,7 +17,7 @@ from tqdm import tqdm
 from FluoroRegistrationLib.evaluate.zoo import GEOMETRIES, ZooMember, make_member
 from FluoroRegistrationLib.files import read_poses
 from FluoroRegistrationLib.register import Registration
-from FluoroRegistrationLib.register.pipeline import bone_depth_mm, level_for
+from FluoroRegistrationLib.register.pipeline import bone_depth_mm, level_for, level_volume
 from FluoroRegistrationLib.render import render
 from speed import perturbed_starts, registered
 
@@ -75,8 +75,7 @@ def batch_scaling(base: Path) -> list[dict]:
     for pixel_mm in (2.8, 0.35):
         level = level_for(camera, depth, pixel_mm)
         cam = camera.resized(*level.size)
-        voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
-        drawn = bone.coarsened(max(1, int(level.pixel_mm / voxel)))
+        drawn = level_volume(bone, level)  # as registration draws it there
         for batch in BATCHES:
             poses = pose.to(torch.float32).repeat(batch, 1, 1)
             poses[:, :3, 3] += torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch)) * 2

@@ -199,12 +199,12 @@ class _Objective:
         self.bone, self.camera, self.par = bone, camera, par
         rows, cols = torch.nonzero(weights[0, 0] > 0, as_tuple=True)
         H, W = weights.shape[-2:]
-        self.crop = (slice(max(0, int(rows.min()) - _CROP_MARGIN), min(H, int(rows.max()) + _CROP_MARGIN + 1)),
-                     slice(max(0, int(cols.min()) - _CROP_MARGIN), min(W, int(cols.max()) + _CROP_MARGIN + 1)))
-        self.region = (self.crop[0].start, self.crop[0].stop, self.crop[1].start, self.crop[1].stop)
+        r0, r1 = max(0, int(rows.min()) - _CROP_MARGIN), min(H, int(rows.max()) + _CROP_MARGIN + 1)
+        c0, c1 = max(0, int(cols.min()) - _CROP_MARGIN), min(W, int(cols.max()) + _CROP_MARGIN + 1)
+        self.region = (r0, r1, c0, c1)  # the detector rows and columns rendered and compared
         device = bone.mu.device  # render and compare where the bone lives; the optimiser stays on the CPU
-        self.frame = frame[..., self.crop[0], self.crop[1]].to(device)
-        self.weights = weights[..., self.crop[0], self.crop[1]].to(device)
+        self.frame = frame[..., r0:r1, c0:c1].to(device)
+        self.weights = weights[..., r0:r1, c0:c1].to(device)
         self.loss = FrameLoss(similarity, self.frame, self.weights)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,13 +232,18 @@ def _weights(mask, field, size, dilation_px: int):
     return w
 
 
+def level_volume(bone: RenderVolume, level: Level) -> RenderVolume:
+    """The bone as ``level`` draws it: a level whose pixels, seen at the bone, span k voxels draws it
+    on a k-times coarser grid (``Pyramid.coarsen``)."""
+    voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
+    return bone.coarsened(max(1, int(level.pixel_mm / voxel)))
+
+
 def _level_objective(bone, frame, camera, par, mask, field, level: Level, dilation_mm: float, coarsen: bool,
                      similarity: str) -> _Objective:
     """The loss at ``level`` (undistorted inputs), the mask dilated by ``dilation_mm`` at the bone."""
     level_camera = camera.resized(*level.size)
-    # a level whose pixels, seen at the bone, span k voxels draws the bone on a k-times coarser grid
-    voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
-    drawn = bone.coarsened(max(1, int(level.pixel_mm / voxel))) if coarsen else bone
+    drawn = level_volume(bone, level) if coarsen else bone
     dilation_px = round(dilation_mm / level.pixel_mm)
     return _Objective(drawn, level_camera, par, _pool(frame, level.size),
                       _weights(mask, field, level.size, dilation_px), similarity)
