@@ -6,12 +6,12 @@ masks, prints a table of errors (docs/CONVENTIONS.md definitions) and writes the
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import torch
 
+from .evaluate.starts import random_offset
 from .files import read_poses
 from .frame import read_frame_array
 from .geometry import Camera, CentredParameterization
@@ -37,9 +37,7 @@ def run_register_demo(out, seed: int = 3, realism: str = "medium") -> list[dict]
     g = torch.Generator().manual_seed(seed)
     start = {}
     for b in BONES:
-        direction = torch.randn(6, generator=g, dtype=torch.float64)
-        x = torch.cat([direction[:3] / direction[:3].norm() * math.radians(8), direction[3:] / direction[3:].norm() * 10])
-        start[b] = CentredParameterization(bones[b].centroid, truth[b]).pose(x)
+        start[b] = CentredParameterization(bones[b].centroid, truth[b]).pose(random_offset(g, 10.0, 8.0))
     masks = {b: sim / "masks" / f"0000_{b}.png" for b in BONES}
     rows = []
     raw = read_frame_array(sim / "frames" / "0000.png")

@@ -24,7 +24,6 @@ worse shows at once.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 import tempfile
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from FluoroRegistrationLib.evaluate.starts import random_offset  # noqa: E402
 from FluoroRegistrationLib.files import read_poses  # noqa: E402
 from FluoroRegistrationLib.geometry import Camera, CentredParameterization  # noqa: E402
 from FluoroRegistrationLib.register import Registration, pose_errors  # noqa: E402
@@ -47,12 +47,8 @@ BONES = ("femur", "tibia")
 def perturbed_starts(volumes, truth: dict, mm: float, deg: float, seed: int) -> dict:
     """{bone: pose} ``mm`` / ``deg`` off the truth in a random direction (about the bone's centroid)."""
     g = torch.Generator().manual_seed(seed)
-    out = {}
-    for b, pose in truth.items():
-        d = torch.randn(6, generator=g, dtype=torch.float64)
-        x = torch.cat([d[:3] / d[:3].norm() * math.radians(deg), d[3:] / d[3:].norm() * mm])
-        out[b] = CentredParameterization(volumes[b].centroid, pose).pose(x)
-    return out
+    return {b: CentredParameterization(volumes[b].centroid, pose).pose(random_offset(g, mm, deg))
+            for b, pose in truth.items()}
 
 
 def stage_kind(name: str) -> str:

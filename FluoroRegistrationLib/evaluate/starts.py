@@ -16,6 +16,12 @@ from ..geometry import CentredParameterization, transform_points
 AXES = ("rx", "ry", "rz", "tx", "ty", "tz")
 
 
+def random_offset(generator: torch.Generator, mm: float, deg: float) -> torch.Tensor:
+    """An offset (6,) of ``deg`` degrees about a random axis and ``mm`` along a random direction."""
+    d = torch.randn(6, generator=generator, dtype=torch.float64)
+    return torch.cat([d[:3] / d[:3].norm() * math.radians(deg), d[3:] / d[3:].norm() * mm])
+
+
 def mtre_of_offset(par: CentredParameterization, points: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """mTRE (mm) of the poses ``par.pose(x)`` against ``par.pose(0)``: x (B, 6) -> (B,)."""
     ref = transform_points(par.reference, points)
