@@ -220,28 +220,33 @@ def evaluate(name, renderer_name, img, truth, interior, proj_centre=None):
 RENDERERS = [("siddon", {}), ("trilinear", {"n_points": 500}), ("trilinear", {"n_points": 1000})]
 
 
+def check_render(name, label, f, T, det, truth, interior, proj_centre=None):
+    """Render ``f`` at pose ``T``, score the image against the analytic ``truth`` and check that a
+    gradient reaches the pose; returns (failures, the image as float64 numpy)."""
+    pose = torch.as_tensor(T, dtype=torch.float64)[None].clone().requires_grad_(True)
+    out = f(pose)
+    assert out.shape == (1, 1, det.rows, det.cols), out.shape
+    img = out[0, 0].detach().double().numpy()
+    fails = evaluate(name, label, img, truth, interior, proj_centre)
+    (out[0, 0] * torch.as_tensor(truth, dtype=out.dtype)).sum().backward()  # gradient w.r.t. the input pose
+    g = pose.grad
+    if g is None or not torch.isfinite(g).all() or g[0, :3, 3].abs().max() == 0:
+        fails.append(f"{name}/{label}: no usable gradient w.r.t. the pose")
+    return fails, img
+
+
 def run_case(name, mu_zyx, spacing, origin, det, T, truth, interior, proj_centre=None):
     fails = []
-    Tt = torch.as_tensor(T, dtype=torch.float64)
     for rname, extra in RENDERERS:
         label = rname if not extra else f"{rname}({extra['n_points']})"
         f = make_diffdrr_renderer(mu_zyx, spacing, origin, renderer=rname, **extra, **det.kwargs())
-        pose = Tt.clone()[None].requires_grad_(True)
-        out = f(pose)
-        assert out.shape == (1, 1, det.rows, det.cols), out.shape
-        img = out[0, 0].detach().double().numpy()
-        fails += evaluate(name, label, img, truth, interior, proj_centre)
-        # gradient w.r.t. the input pose tensor
-        loss = (out[0, 0] * torch.as_tensor(truth, dtype=out.dtype)).sum()
-        loss.backward()
-        g = pose.grad
-        if g is None or not torch.isfinite(g).all() or g[0, :3, 3].abs().max() == 0:
-            fails.append(f"{name}/{label}: no usable gradient w.r.t. the pose")
+        fails += check_render(name, label, f, T, det, truth, interior, proj_centre)[0]
     return fails
 
 
-def fd_gradient_check():
-    """Autograd vs central finite differences of L = sum(drr * w) w.r.t. the translation (trilinear)."""
+def translation_gradient_check(make_renderer, label: str) -> list[str]:
+    """Autograd vs central finite differences of L = sum(drr * w) w.r.t. the translation, for the
+    renderer ``make_renderer(mu_zyx, spacing, origin, det)`` of a ball."""
     shape = (80, 80, 80)
     origin = np.array([-120.0, 35.0, 210.0])
     centre = origin + np.array([44.0, 37.0, 41.0])
@@ -250,9 +255,8 @@ def fd_gradient_check():
     T = pose_placing(rot("y", 20) @ rot("x", 10), centre, [5.0, -3.0, 700.0])
     ramp = torch.linspace(-1, 1, 64, dtype=torch.float64)
     w = (ramp[None, :] + 0.5 * ramp[:, None]).float()
-    print("finite-difference check, trilinear(1000), L = sum(drr * ramp), d/dt (per mm):")
-    f = make_diffdrr_renderer(mu, (1, 1, 1), origin, renderer="trilinear", n_points=1000,
-                              **det.kwargs())
+    print(f"finite-difference check, {label}, L = sum(drr * ramp), d/dt (per mm):")
+    f = make_renderer(mu, (1, 1, 1), origin, det)
     pose = torch.as_tensor(T)[None].clone().requires_grad_(True)
     (f(pose)[0, 0] * w).sum().backward()
     ag = pose.grad[0, :3, 3].numpy()
@@ -271,7 +275,15 @@ def fd_gradient_check():
           f"{np.array2string(fd, precision=4)}")
     rel = np.abs(ag - fd).max() / np.abs(fd).max()
     print(f"  max |autograd - fd| / max |fd| = {rel:.3f}")
-    return [] if rel < 0.1 else [f"trilinear gradient disagrees with finite differences ({rel:.3f})"]
+    return [] if rel < 0.1 else [f"{label} gradient disagrees with finite differences ({rel:.3f})"]
+
+
+def fd_gradient_check():
+    """The finite-difference check of DiffDRR's trilinear renderer at 1000 points."""
+    return translation_gradient_check(
+        lambda mu, spacing, origin, det: make_diffdrr_renderer(mu, spacing, origin, renderer="trilinear",
+                                                               n_points=1000, **det.kwargs()),
+        "trilinear(1000)")
 
 
 def validate() -> list[str]:

@@ -46,10 +46,12 @@ from check_peer_diffdrr import (  # noqa: E402  (analytic phantoms and metrics, 
     ball_volume,
     box_truth,
     box_volume,
-    evaluate,
+    check_render,
     pose_placing,
     rot,
+    translation_gradient_check,
 )
+from peer_diffdrr import _lps_affine  # noqa: E402
 from peer_nanodrr import BENCH_N_SAMPLES, DEFAULT_N_SAMPLES, make_nanodrr_renderer, nanodrr_available  # noqa: E402
 
 REL_L2_TOL = 0.01  # every renderer in the benchmark table: within 1 % of the exact integral
@@ -73,66 +75,27 @@ def exact_image(mu_zyx, volume_from_index, det: Detector, T: np.ndarray) -> np.n
         return render(vol, cam, torch.as_tensor(T, dtype=torch.float64), "exact", interpolation="linear")[0, 0].numpy()
 
 
-def affine(spacing, origin) -> np.ndarray:
-    a = np.eye(4)
-    a[:3, :3] = np.diag(np.asarray(spacing, float))
-    a[:3, 3] = origin
-    return a
-
-
 def run_case(name, mu_zyx, spacing, origin, det, T, truth, interior, proj_centre=None):
     fails = []
-    exact = exact_image(mu_zyx, affine(spacing, origin), det, T)
+    exact = exact_image(mu_zyx, _lps_affine(spacing, origin), det, T)
     for n in sorted({BENCH_N_SAMPLES, DEFAULT_N_SAMPLES}):
         label = f"nanodrr n={n}"
         f = make_nanodrr_renderer(mu_zyx, spacing, origin, n_samples=n, **det.kwargs())
-        pose = torch.as_tensor(T, dtype=torch.float64)[None].clone().requires_grad_(True)
-        out = f(pose)
-        assert out.shape == (1, 1, det.rows, det.cols), out.shape
-        img = out[0, 0].detach().double().numpy()
-        fails += evaluate(name, label, img, truth, interior, proj_centre)
+        case_fails, img = check_render(name, label, f, T, det, truth, interior, proj_centre)
+        fails += case_fails
         err = rel_l2(img, exact)
         print(f"{'':34s} {label:<15s} vs our exact renderer (same voxels, trilinear): rel L2 {100 * err:.3f}%")
         if err >= REL_L2_TOL:
             fails.append(f"{name}/{label}: {100 * err:.2f}% from the exact integral")
-        (out[0, 0] * torch.as_tensor(truth, dtype=out.dtype)).sum().backward()
-        g = pose.grad
-        if g is None or not torch.isfinite(g).all() or g[0, :3, 3].abs().max() == 0:
-            fails.append(f"{name}/{label}: no usable gradient w.r.t. the pose")
     return fails
 
 
 def fd_gradient_check():
-    """Autograd vs central finite differences of L = sum(drr * w) w.r.t. the translation."""
-    shape = (80, 80, 80)
-    origin = np.array([-120.0, 35.0, 210.0])
-    centre = origin + np.array([44.0, 37.0, 41.0])
-    mu = ball_volume(shape, (1, 1, 1), origin, centre, 30.0, MU)
-    det = Detector(1000, 64, 64, 2.0, 2.0)
-    T = pose_placing(rot("y", 20) @ rot("x", 10), centre, [5.0, -3.0, 700.0])
-    ramp = torch.linspace(-1, 1, 64, dtype=torch.float64)
-    w = (ramp[None, :] + 0.5 * ramp[:, None]).float()
+    """The finite-difference check of nanodrr at its default sample count."""
     n = DEFAULT_N_SAMPLES
-    print(f"finite-difference check, nanodrr n={n}, L = sum(drr * ramp), d/dt (per mm):")
-    f = make_nanodrr_renderer(mu, (1, 1, 1), origin, n_samples=n, **det.kwargs())
-    pose = torch.as_tensor(T)[None].clone().requires_grad_(True)
-    (f(pose)[0, 0] * w).sum().backward()
-    ag = pose.grad[0, :3, 3].numpy()
-    fd = []
-    for a in range(3):
-        h = 0.25
-        Tp, Tm = T.copy(), T.copy()
-        Tp[a, 3] += h
-        Tm[a, 3] -= h
-        with torch.no_grad():
-            lp = (f(torch.as_tensor(Tp)[None])[0, 0] * w).sum().item()
-            lm = (f(torch.as_tensor(Tm)[None])[0, 0] * w).sum().item()
-        fd.append((lp - lm) / (2 * h))
-    fd = np.array(fd)
-    print(f"  autograd = {np.array2string(ag, precision=4)}   finite diff = {np.array2string(fd, precision=4)}")
-    rel = np.abs(ag - fd).max() / np.abs(fd).max()
-    print(f"  max |autograd - fd| / max |fd| = {rel:.3f}")
-    return [] if rel < 0.1 else [f"nanodrr gradient disagrees with finite differences ({rel:.3f})"]
+    return translation_gradient_check(
+        lambda mu, spacing, origin, det: make_nanodrr_renderer(mu, spacing, origin, n_samples=n, **det.kwargs()),
+        f"nanodrr n={n}")
 
 
 def analytic() -> list[str]:

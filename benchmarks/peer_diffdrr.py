@@ -88,6 +88,24 @@ def _lps_affine(spacing_xyz_mm, origin_lps_mm) -> np.ndarray:
     return a
 
 
+def volume_from_camera(camera_from_volume, device) -> torch.Tensor:
+    """The rigid inverse of (B, 4, 4) or (4, 4) ``camera_from_volume`` poses, in closed form so that
+    gradients reach them: (B, 4, 4) float64 on ``device``."""
+    T = torch.as_tensor(camera_from_volume, device=device)
+    if T.ndim == 2:
+        T = T.unsqueeze(0)
+    if T.shape[-2:] != (4, 4):
+        raise ValueError(f"camera_from_volume must be (B, 4, 4), got {tuple(T.shape)}")
+    T64 = T.to(torch.float64)
+    R = T64[:, :3, :3]
+    t = T64[:, :3, 3:]
+    inv = torch.zeros_like(T64)
+    inv[:, :3, :3] = R.transpose(-1, -2)
+    inv[:, :3, 3:] = -R.transpose(-1, -2) @ t
+    inv[:, 3, 3] = 1.0
+    return inv
+
+
 def make_diffdrr_renderer(
     mu_zyx,
     spacing_xyz_mm,
@@ -182,20 +200,7 @@ def make_diffdrr_renderer(
     kwargs = {"n_points": int(n_points)} if renderer == "trilinear" else {}
 
     def render(camera_from_volume: torch.Tensor) -> torch.Tensor:
-        T = torch.as_tensor(camera_from_volume, device=device)
-        if T.ndim == 2:
-            T = T.unsqueeze(0)
-        if T.shape[-2:] != (4, 4):
-            raise ValueError(f"camera_from_volume must be (B, 4, 4), got {tuple(T.shape)}")
-        T64 = T.to(torch.float64)
-        # closed-form rigid inverse (differentiable): volume_from_camera
-        R = T64[:, :3, :3]
-        t = T64[:, :3, 3:]
-        inv = torch.zeros_like(T64)
-        inv[:, :3, :3] = R.transpose(-1, -2)
-        inv[:, :3, 3:] = -R.transpose(-1, -2) @ t
-        inv[:, 3, 3] = 1.0
-        P = left_t @ inv @ right_t
+        P = left_t @ volume_from_camera(camera_from_volume, device) @ right_t
         img = drr(RigidTransform(P.to(torch.float32)), **kwargs)
         if SCALE != 1.0:
             img = img * SCALE

@@ -53,7 +53,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from peer_diffdrr import _lps_affine  # index (i, j, k) -> LPS mm, shared with the DiffDRR adapter
+from peer_diffdrr import _lps_affine, volume_from_camera  # shared with the DiffDRR adapter
 
 #: Factor applied to nanodrr's output to get ``sum mu dl`` (mm * 1/mm); its step is in mm already.
 SCALE = 1.0
@@ -143,19 +143,7 @@ def make_nanodrr_renderer(
     n_samples = int(n_samples)
 
     def render(camera_from_volume: torch.Tensor) -> torch.Tensor:
-        T = torch.as_tensor(camera_from_volume, device=device)
-        if T.ndim == 2:
-            T = T.unsqueeze(0)
-        if T.shape[-2:] != (4, 4):
-            raise ValueError(f"camera_from_volume must be (B, 4, 4), got {tuple(T.shape)}")
-        T64 = T.to(torch.float64)
-        # closed-form rigid inverse (differentiable): volume_from_camera = its camera -> world
-        R = T64[:, :3, :3]
-        t = T64[:, :3, 3:]
-        inv = torch.zeros_like(T64)
-        inv[:, :3, :3] = R.transpose(-1, -2)
-        inv[:, :3, 3:] = -R.transpose(-1, -2) @ t
-        inv[:, 3, 3] = 1.0
+        inv = volume_from_camera(camera_from_volume, device)  # its camera -> world
         img = drr(subject, inv.to(torch.float32), n_samples=n_samples, backend=backend)
         if SCALE != 1.0:
             img = img * SCALE
