@@ -5,8 +5,9 @@ The objective adds the seconds of each render and similarity call, the optimiser
 backward pass; a stage reads the totals it accumulated (:func:`take`) so every stage log carries
 ``parts = {"render": s, "similarity": s, "backward": s}`` and the rest of its seconds is Python and
 bookkeeping. Always on: a ``perf_counter`` pair costs well under a microsecond. On a GPU, work is
-queued asynchronously, so these are launch times unless ``FLUOROREG_SYNC_TIMING=1`` makes each
-part wait for the device (``benchmarks/speed.py`` sets it).
+queued asynchronously, so these are launch times unless ``FLUOROREG_SYNC_TIMING=1`` in the
+environment (read once, at import) makes each part wait for the device: set it when profiling on a
+GPU (it slows the run).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 import torch
 
 PARTS = ("render", "similarity", "backward")
+_SYNC_CUDA = os.environ.get("FLUOROREG_SYNC_TIMING") == "1"
 _local = threading.local()
 
 
@@ -31,7 +33,7 @@ def _totals() -> dict:
 @contextmanager
 def part(name: str, device=None):
     """Add the seconds spent in the block to ``name`` (one of :data:`PARTS`) on this thread."""
-    sync = device is not None and torch.device(device).type == "cuda" and os.environ.get("FLUOROREG_SYNC_TIMING") == "1"
+    sync = _SYNC_CUDA and device is not None and torch.device(device).type == "cuda"
     t0 = time.perf_counter()
     try:
         yield
