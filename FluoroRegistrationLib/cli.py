@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import warnings as _warnings
+from pathlib import Path
 
 from .errors import FluoroRegError
 
@@ -110,9 +111,10 @@ def cmd_simulate(args) -> None:
     simulate_folder(args.out, args.ct, args.labels, names, frames=args.frames,
                     sequence=None if args.sequence == "none" else args.sequence, seed=args.seed,
                     realism=args.realism, camera=camera, flexion_range=flex, interpolation=args.interpolation,
-                    clutter=None if args.clutter == "none" else args.clutter)
+                    clutter=None if args.clutter == "none" else args.clutter, view_angles_deg=tuple(args.view_angle))
     print(f"{args.frames} simulated frame(s) ({args.realism} realism, clutter {args.clutter}) -> {args.out}/frames, masks, poses.json, "
-          "calib.json (nominal), calib_true.json (simulated)")
+          "calib.json (nominal), calib_true.json (simulated)"
+          + (f"; {len(args.view_angle)} more view(s) in {args.out}/views, the rig in rig.json" if args.view_angle else ""))
 
 
 def _registration_config(args):
@@ -167,18 +169,45 @@ def _masks_argument(items):
     return masks
 
 
+def _rig_masks_argument(items, names: list[str]):
+    """--mask values for a rig of views ``names``: None, "auto", or one spec per view (see
+    :func:`_masks_argument`), each item prefixed by its view's name (``B:femur=mask.png``)."""
+    items = list(items or [])
+    if len(names) == 1 or not items or items == ["auto"]:
+        return _masks_argument(items)
+    per_view = {n: [] for n in names}
+    for item in items:
+        view, _, spec = item.partition(":")
+        if view not in per_view or not spec:
+            raise FluoroRegError(f"--mask {item}: with a rig of views {', '.join(names)}, prefix each mask with its "
+                                 f"view, e.g. --mask {names[1]}:femur=mask.png (or give --mask auto)")
+        per_view[view].append(spec)
+    return [_masks_argument(per_view[n]) for n in names]
+
+
+def _overlay_paths(path: str, names: list[str]) -> list[Path]:
+    """One overlay file per view: ``path`` for the first, ``<stem>_<view><suffix>`` for the others."""
+    p = Path(path)
+    return [p] + [p.with_name(f"{p.stem}_{n}{p.suffix}") for n in names[1:]]
+
+
 def cmd_register(args) -> None:
     import json
 
     from tqdm import tqdm
 
+    from .geometry import as_rig
     from .register import Registration
     from .register.overlay import draw_overlay
 
     config = _registration_config(args)
     wanted = [b.strip() for b in args.bone.split(",") if b.strip()]
+    rig = as_rig(args.calib)
+    if len(args.frame) != len(rig):
+        raise FluoroRegError(f"{len(args.frame)} --frame given but --calib {args.calib} has {len(rig)} view(s) "
+                             f"({', '.join(rig.names)}); give one --frame per view, in the views' order")
     reg = Registration.from_ct(args.ct, args.labels, wanted, args.label_names, config)
-    masks = _masks_argument(args.mask)
+    masks = _rig_masks_argument(args.mask, rig.names)
     if args.model and masks != "auto":
         raise FluoroRegError("--model is used with --mask auto; add --mask auto (or drop --model)")
     if masks == "auto" and not args.model:
@@ -196,8 +225,9 @@ def cmd_register(args) -> None:
         bars[0].set_postfix_str(f"{stage} it {iteration} similarity {similarity:.4f}")
         bars[0].update()
 
+    frames = args.frame if len(rig) > 1 else args.frame[0]
     try:
-        result = reg.register(args.frame, args.calib, args.init, masks=masks, model=args.model,
+        result = reg.register(frames, rig, args.init, masks=masks, model=args.model,
                               polarity=args.polarity, index=args.index, progress=progress)
     finally:
         for bar in bars:
@@ -206,17 +236,19 @@ def cmd_register(args) -> None:
             lines.close()
     result.save(args.out)
     for b, r in result.bones.items():
-        print(f"{b}: {r.status.flag}, similarity {r.similarity:.4f}, {r.iterations} iterations, {r.seconds:.1f} s"
+        views = "".join(f", {v} {s:.4f}" for v, s in r.view_similarity.items())
+        print(f"{b}: {r.status.flag}, similarity {r.similarity:.4f}{views}, {r.iterations} iterations, {r.seconds:.1f} s"
               + (f" ({r.status.reason})" if r.status.reasons else ""))
     print(f"wrote {args.out}")
     if args.overlay:
         from .frame import read_frame_array
-        from .geometry import as_camera
 
         initial = {b: r.initial for b, r in result.bones.items()}
-        draw_overlay(args.overlay, read_frame_array(args.frame, args.index), as_camera(args.calib), reg.volumes,
-                     result.poses(), initial)
-        print(f"wrote {args.overlay}")
+        for path, frame, view in zip(_overlay_paths(args.overlay, rig.names), args.frame, rig.views):
+            seen = {b: view.camera_from_reference @ T for b, T in result.poses().items()}
+            start = {b: view.camera_from_reference @ T for b, T in initial.items()}
+            draw_overlay(path, read_frame_array(frame, args.index), view.camera, reg.volumes, seen, start)
+            print(f"wrote {path}")
     if all(r.status.flag == "failed" for r in result.bones.values()):
         raise RegistrationFailed(f"every bone failed ({'; '.join(f'{b}: {r.status.reason}' for b, r in result.bones.items())}); "
                                  f"the poses are in {args.out}, but check the frame, calibration and initial pose")
@@ -429,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="resample the detector to size x size pixels")
     p.add_argument("--interpolation", choices=["nearest", "linear"], default="nearest",
                    help="voxel model of the exact renderer used to simulate (default nearest: Siddon)")
+    p.add_argument("--view-angle", type=float, action="append", default=[],
+                   help="add a view: a second C-arm turned by this many degrees about the vertical through the knee "
+                   "(repeatable; biplane: one, e.g. 60); writes views/<name>/ and rig.json")
     p.add_argument("--clutter", choices=["none", "mixed", "heavy"], default="none",
                    help="what else the beam crosses: the other leg, metal (screws, plates, wires), a table edge; "
                         "mixed: in some frames, heavy: all in every frame; drawn anew per frame (default none)")
@@ -440,11 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True)
     p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
     p.add_argument("--bone", required=True, help="bone(s) to register, e.g. femur or femur,tibia")
-    p.add_argument("--frame", required=True, help="fluoroscopy frame (PNG, TIFF, .npy, DICOM)")
-    p.add_argument("--calib", required=True, help="calibration JSON of the frame")
-    p.add_argument("--init", required=True, help="initial poses JSON (one camera_from_volume per bone)")
+    p.add_argument("--frame", required=True, action="append",
+                   help="fluoroscopy frame (PNG, TIFF, .npy, DICOM); with a rig (biplane), one --frame per view in "
+                   "the rig's order")
+    p.add_argument("--calib", required=True, help="calibration JSON of the frame, or a rig's JSON ({\"views\": [...]}: "
+                   "one calibration and camera_from_reference per view; docs/CONVENTIONS.md)")
+    p.add_argument("--init", required=True, help="initial poses JSON (one camera_from_volume per bone; with a rig, "
+                   "in the first view's camera frame)")
     p.add_argument("--mask", action="append", help="bone=mask.png: the bone's 2D region (repeatable); "
-                   "LABELMAP.png: one image holding each bone's label id; auto: every bone's mask predicted by --model")
+                   "LABELMAP.png: one image holding each bone's label id; auto: every bone's mask predicted by --model; "
+                   "with a rig, prefix each with its view: B:femur=mask.png")
     p.add_argument("--model", help="segmentation model folder (from `fluororeg segment train`) for --mask auto")
     p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto")
     p.add_argument("--index", type=int, default=0, help="which frame of a multi-frame file (default 0)")

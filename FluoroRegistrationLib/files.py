@@ -55,20 +55,21 @@ def poses_from_mapping(data, where: str) -> dict[str, torch.Tensor]:
     return poses
 
 
-def check_rigid(matrix, what: str) -> torch.Tensor:
-    """A (4, 4) float64 tensor from nested lists; raise unless it is a finite rigid transform."""
+def check_rigid(matrix, what: str, name: str = "camera_from_volume") -> torch.Tensor:
+    """A (4, 4) float64 tensor from nested lists; raise unless it is a finite rigid transform (the
+    messages call the matrix ``name``)."""
     try:
         T = torch.as_tensor(np.asarray(matrix, dtype=np.float64))
     except (TypeError, ValueError):
-        raise FluoroRegError(f"{what}: camera_from_volume must be a 4x4 array of numbers") from None
+        raise FluoroRegError(f"{what}: {name} must be a 4x4 array of numbers") from None
     if T.shape != (4, 4):
-        raise FluoroRegError(f"{what}: camera_from_volume must be 4x4, got shape {tuple(T.shape)}")
+        raise FluoroRegError(f"{what}: {name} must be 4x4, got shape {tuple(T.shape)}")
     if not torch.isfinite(T).all():
-        raise FluoroRegError(f"{what}: camera_from_volume contains NaN or infinite values")
+        raise FluoroRegError(f"{what}: {name} contains NaN or infinite values")
     R = T[:3, :3]
     if not torch.allclose(R @ R.T, torch.eye(3, dtype=T.dtype), atol=1e-4) or torch.det(R) < 0 or \
             not torch.allclose(T[3], torch.tensor([0, 0, 0, 1.0], dtype=T.dtype)):
-        raise FluoroRegError(f"{what}: camera_from_volume is not a rigid transform (rotation must be orthonormal, "
+        raise FluoroRegError(f"{what}: {name} is not a rigid transform (rotation must be orthonormal, "
                              "det +1, last row 0 0 0 1)")
     return T
 

@@ -13,7 +13,7 @@ from FluoroRegistrationLib.geometry import (
 from FluoroRegistrationLib.register import (
     Ranking, RegistrationConfig, calibration_floor, distinct_minima, grid_search, line_search, rotation_scan)
 from FluoroRegistrationLib.register.optimize import parabola_vertex
-from FluoroRegistrationLib.register.pipeline import _BoneRegistration, _long_axis, _Objective, _search_starts, _weights
+from FluoroRegistrationLib.register.pipeline import _BoneRegistration, _BoneView, _long_axis, _Objective, _search_starts, _weights
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.similarity import get_similarity
 from FluoroRegistrationLib.volume import (
@@ -154,11 +154,12 @@ def test_the_dilation_is_in_millimetres_at_the_bone_and_wider_after_the_ranking_
     frame = torch.zeros(1, 1, 512, 512)
     mask = torch.zeros(1, 1, 512, 512, dtype=torch.bool)
     mask[..., 200:300, 240:280] = True
-    job = _BoneRegistration(box_volume, frame, camera, truth, mask, None, RegistrationConfig(), None)
+    view = _BoneView("A", camera, frame, mask, None, None)
+    job = _BoneRegistration(box_volume, [view], truth, RegistrationConfig(), None)
     # 0.5 mm pixels seen 700 mm from the source over 1000 mm: 0.35 mm at the bone; levels 2.8 .. 0.35 mm
-    assert [lv.size for lv in job.levels] == [(64, 64), (128, 128), (256, 256), (512, 512)]
-    for index, (level, dilation_mm) in enumerate(zip(job.levels, (3.6, 3.6, 10.8, 10.8))):
-        w = job.level_objective(index).weights[0, 0]
+    assert [lv.size for (lv,) in job.levels] == [(64, 64), (128, 128), (256, 256), (512, 512)]
+    for index, ((level,), dilation_mm) in enumerate(zip(job.levels, (3.6, 3.6, 10.8, 10.8))):
+        w = job.level_objective(index).objectives[0].weights[0, 0]
         rows = torch.nonzero(w.sum(1) > 0).flatten()
         grown = (len(rows) - 100 * level.size[0] / 512) / 2  # pixels added on each side
         assert abs(grown - round(dilation_mm / level.pixel_mm)) <= 1, (index, grown)

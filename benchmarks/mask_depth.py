@@ -52,7 +52,8 @@ def main() -> None:
     torch.set_num_threads(1)
     bones = ("femur", "tibia")
     folder = str(Path(args.frames))
-    volumes, camera = _scene(folder, bones, "true")
+    volumes, rig = _scene(folder, bones, "true")
+    camera = rig.cameras[0]  # the first view: these read single-plane frames
     keys = sorted(p.stem for p in (Path(folder) / "frames").glob("*.png"))
     dilations = [float(v) for v in args.dilations.split(",")]
     levels = [float(v) for v in args.levels.split(",")]

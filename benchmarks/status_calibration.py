@@ -41,7 +41,8 @@ def judged_rows(folder: Path):
     config = RegistrationConfig()
     with open(folder / "runs" / "runs.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("complete") == "1"]
-    volumes, camera = _scene(str(folder), BONES, "true")
+    volumes, rig = _scene(str(folder), BONES, "true")
+    camera = rig.cameras[0]  # the first view: these read single-plane frames
     for row in rows:
         frame, truth, masks = _frame(str(folder), row["frame"], "true", BONES)
         pose = torch.tensor(json.loads(row["camera_from_volume"]), dtype=torch.float64).reshape(4, 4)

@@ -8,6 +8,7 @@ frames:                      # either a folder written by `fluororeg simulate` .
   # ... or what to simulate (into OUT/frames_sim/): count, realism, flexion_range, camera, clutter
   # (clutter: none, mixed or heavy: the other leg, metal, a table edge; simulate/clutter.py)
   # simulate: {count: 6, realism: medium, flexion_range: [0, 90]}
+  # (view_angles: [60] adds a second view, a biplane rig; see `fluororeg simulate --view-angle`)
 calibration: true            # true: the C-arm that took the frames; nominal: the folder's calib.json
 bones: [femur, tibia]
 starts:
@@ -22,6 +23,8 @@ conditions:                  # one line each; options: RegistrationConfig's stag
   # - {name: gcc, mask: truth, options: {similarity: gcc}}
   # - {name: wide, mask: truth, options: {search: {range_mm: 40}, masks: {fine_dilation_mm: 15}}}
   # - {name: predicted, mask: predicted, model: seg_model/}   # masks from `fluororeg segment train`
+  # - {name: 2 views, mask: truth, views: 2}   # the first two views of a rig's frames (default 1)
+  # - {name: 2 views, rig off, mask: truth, views: 2, rig_error: {rotation_deg: 0.3, translation_mm: 1.0}}
 options: {}                  # RegistrationConfig overrides for every condition (a condition's own win)
 landscape:                   # optional loss landscapes
   frames: [0]
@@ -43,7 +46,7 @@ from ..phantom import FLEXION_RANGE_DEG
 from .schema import Anything, AnyMapping, Integer, List, Mapping, Number, Optional, Text
 
 MASK_SOURCES = ("truth", "none", "predicted")
-SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter")
+SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter", "view_angles")
 LANDSCAPE_KEYS = ("frames", "bones", "half_range", "points", "pairs", "pixel_mm")
 # the config's plain sections, checked for type and range before anything else (schema.py); the
 # registration options are RegistrationConfig's and the camera the calibration's own checks
@@ -53,12 +56,16 @@ SCHEMA = Mapping({
     "frames": Mapping({
         "folder": Text(), "use": List(Integer(0)),
         "simulate": Mapping(dict(zip(SIMULATE_KEYS, (
-            Integer(1, 100000), Text(), List(Number(*FLEXION_RANGE_DEG), 2, 2), Anything, Optional(Text())))))}),
+            Integer(1, 100000), Text(), List(Number(*FLEXION_RANGE_DEG), 2, 2), Anything, Optional(Text()),
+            List(Number(10, 170), 0, 7)))))}),
     "starts": Mapping({"mtre_bins_mm": List(Number(0, 1000), 2), "per_bin": Integer(1, 1000),
                        "per_axis": Mapping({"translation_mm": List(Number(0, 500)),
                                             "rotation_deg": List(Number(0, 180))})}),
     "conditions": List(Mapping({"name": Text(), "mask": Text(MASK_SOURCES), "options": Optional(AnyMapping()),
-                                "model": Optional(Text())}, required=("name",))),
+                                "model": Optional(Text()), "views": Integer(1, 8),
+                                "rig_error": Optional(Mapping({"rotation_deg": Number(0, 10),
+                                                               "translation_mm": Number(0, 50)}))},
+                               required=("name",))),
     "landscape": Optional(Mapping(dict(zip(LANDSCAPE_KEYS, (
         List(Integer(0)), List(Text()),
         Mapping({"translation_mm": Number(0.001, 500), "rotation_deg": Number(0.001, 180)}),
@@ -74,6 +81,8 @@ class Condition:
     mask: str = "truth"
     options: dict = field(default_factory=dict)
     model: str | None = None  # the segmentation model folder, for mask: predicted
+    views: int = 1  # how many of the rig's views to register against (the first ``views``)
+    rig_error: dict | None = None  # {rotation_deg, translation_mm}: the rig's relative poses perturbed by these
 
 
 @dataclass
@@ -131,7 +140,11 @@ def experiment_from_dict(d: dict, base: Path | None = None) -> Experiment:
     d["frames"] = frames
     conditions = []
     for c in d.get("conditions") or [{"name": "mask", "mask": "truth"}, {"name": "no mask", "mask": "none"}]:
-        cond = Condition(c["name"], c.get("mask", "truth"), dict(c.get("options") or {}), c.get("model"))
+        cond = Condition(c["name"], c.get("mask", "truth"), dict(c.get("options") or {}), c.get("model"),
+                         int(c.get("views", 1)), None if c.get("rig_error") is None else dict(c["rig_error"]))
+        if cond.rig_error is not None and cond.views < 2:
+            raise FluoroRegError(f"condition {cond.name}: rig_error perturbs the views' relative poses; it needs views: 2 "
+                                 "or more")
         if cond.mask == "predicted" and not (cond.model and (Path(cond.model) / "model.json").is_file()):
             raise FluoroRegError(f"condition {cond.name}: mask predicted needs model: FOLDER holding a model.json "
                                  f"(from `fluororeg segment train`), got {cond.model!r}")

@@ -18,7 +18,8 @@ def compute_landscapes(exp: Experiment, folder: Path) -> list[dict]:
     from .runner import _frame, _scene
 
     spec = exp.landscape or {}
-    volumes, camera = _scene(str(folder), tuple(exp.bones), exp.calibration)
+    volumes, rig = _scene(str(folder), tuple(exp.bones), exp.calibration)
+    camera = rig.cameras[0]  # the first view: these read single-plane frames
     half = spec.get("half_range", {"translation_mm": 20.0, "rotation_deg": 15.0})
     points = int(spec.get("points", 41))
     out = []

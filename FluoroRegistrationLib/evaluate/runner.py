@@ -39,29 +39,40 @@ class Task:
 
 @lru_cache(maxsize=4)
 def _scene(folder: str, bones: tuple, calibration: str):
-    """What every task on a worker shares, loaded once per process: bones' volumes and the camera."""
-    from ..geometry import Camera
+    """What every task on a worker shares, loaded once per process: bones' volumes and the rig (a
+    one-view rig for a single-plane folder; ``rig_true.json`` or ``rig.json`` for a folder of several
+    views)."""
+    from ..geometry import Rig
     from ..volume import load_ct, load_labels, read_label_names, registration_volumes
 
     root = Path(folder)
     ct = load_ct(root / "phantom" / "ct.nii.gz")
     labels = load_labels(root / "phantom" / "labels.nii.gz", ct)
     volumes = registration_volumes(ct, labels, read_label_names(root / "phantom" / "labels.json"), list(bones))
-    camera = Camera.from_json(root / ("calib_true.json" if calibration == "true" else "calib.json"))
-    return volumes, camera
+    suffix = "_true" if calibration == "true" else ""
+    if (root / f"rig{suffix}.json").is_file():
+        return volumes, Rig.from_json(root / f"rig{suffix}.json")
+    return volumes, Rig.from_json(root / f"calib{suffix}.json")
 
 
-@lru_cache(maxsize=8)
-def _frame(folder: str, key: str, calibration: str, bones: tuple):
+def _view_folder(folder: str, index: int, name: str) -> Path:
+    """Where view ``index`` (named ``name``) of a simulated folder keeps its frames and masks."""
+    return Path(folder) if index == 0 else Path(folder) / "views" / name
+
+
+@lru_cache(maxsize=16)
+def _frame(folder: str, key: str, calibration: str, bones: tuple, view: int = 0):
+    """View ``view``'s frame ``key`` read by the one path, the true poses (reference frame) and the
+    view's true masks {bone: (H, W) bool}."""
     from ..files import read_poses
     from ..register import prepare_frame
     from ..simulate.writer import read_truth_mask
 
-    _, camera = _scene(folder, bones, calibration)
-    root = Path(folder)
-    frame = prepare_frame(root / "frames" / f"{key}.png", camera)
-    truth = read_poses(root / "poses" / f"{key}.json")
-    masks = {b: read_truth_mask(root, key, b) for b in bones}
+    _, rig = _scene(folder, bones, calibration)
+    where = _view_folder(folder, view, rig.names[view])
+    frame = prepare_frame(where / "frames" / f"{key}.png", rig.cameras[view])
+    truth = read_poses(Path(folder) / "poses" / f"{key}.json")
+    masks = {b: read_truth_mask(where, key, b) for b in bones}
     return frame, truth, masks
 
 
@@ -73,49 +84,75 @@ def _model(path: str):
 
 
 @lru_cache(maxsize=16)
-def _predicted(folder: str, key: str, model: str, bones: tuple) -> dict:
-    """The masks a segmentation model predicts for a frame, {bone: (H, W) bool tensor}, the frame read
-    as the one path reads it (cached: every start and condition of a frame shares them)."""
+def _predicted(folder: str, key: str, model: str, bones: tuple, view: int = 0, view_name: str = "A") -> dict:
+    """The masks a segmentation model predicts for a view's frame, {bone: (H, W) bool tensor}, the
+    frame read as the one path reads it (cached: every start and condition of a frame shares them)."""
     from ..register import prepare_frame
     from ..register.api import predicted_masks
 
-    frame = prepare_frame(Path(folder) / "frames" / f"{key}.png", None)
+    frame = prepare_frame(_view_folder(folder, view, view_name) / "frames" / f"{key}.png", None)
     return predicted_masks(_model(model), frame, list(bones))
 
 
-def _mask(task: Task, folder: str, bones: tuple, truth_masks: dict):
-    """The condition's mask of the task's bone, (H, W) bool, or None (a predicted mask that found
-    nothing: that bone registers without one)."""
+def _mask(task: Task, folder: str, bones: tuple, truth_masks: dict, view: int = 0, view_name: str = "A"):
+    """The condition's mask of the task's bone in one view, (H, W) bool, or None (a predicted mask
+    that found nothing: that bone registers without one)."""
     source = task.condition.mask
     if source == "truth":
         return truth_masks[task.bone]
     if source == "predicted":
-        mask = _predicted(folder, task.frame, task.condition.model, bones)[task.bone]
+        mask = _predicted(folder, task.frame, task.condition.model, bones, view, view_name)[task.bone]
         return mask if bool(mask.any()) else None
     return None
 
 
+def task_rig(task: Task, rig, seed: int = 0):
+    """The rig a task registers against: the first ``condition.views`` views of the folder's rig,
+    their relative poses perturbed by ``condition.rig_error`` (drawn per task, reproducibly)."""
+    import zlib
+
+    import torch
+
+    from ..geometry import Rig, perturbed_rig
+
+    n = task.condition.views
+    if n > len(rig):
+        raise FluoroRegError(f"condition {task.condition.name} asks for {n} views but the frames have {len(rig)}; "
+                             "simulate more (frames: simulate: view_angles) or lower views")
+    used = Rig(rig.views[:n])
+    error = task.condition.rig_error
+    if not error:
+        return used
+    g = torch.Generator().manual_seed(seed + zlib.crc32(task.task_id.encode()))
+    return perturbed_rig(used, float(error.get("rotation_deg", 0.0)), float(error.get("translation_mm", 0.0)), g)
+
+
 def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: dict, threads: int = 1) -> dict:
     """One registration through the one path (:class:`Registration`): the task's start, its
-    condition; returns the CSV row, with the similarity of the true pose beside the result's (a
-    failure whose truth scores better is a search failure, else the similarity's)."""
+    condition (masks, options, how many views and how well their rig is known); returns the CSV row,
+    with the similarity of the true pose beside the result's (a failure whose truth scores better is
+    a search failure, else the similarity's). Errors are in the first view's camera frame."""
     import torch
 
     from ..geometry import CentredParameterization
     from ..register import Registration, RegistrationConfig, pose_errors
 
     torch.set_num_threads(threads)
-    volumes, camera = _scene(folder, bones, calibration)
-    frame, truth, masks = _frame(folder, task.frame, calibration, bones)
+    volumes, folder_rig = _scene(folder, bones, calibration)
+    rig = task_rig(task, folder_rig)
+    seen = [_frame(folder, task.frame, calibration, bones, k) for k in range(len(rig))]
+    truth = seen[0][1]
     vol, T_gt = volumes[task.bone], truth[task.bone]
     start = CentredParameterization(vol.centroid, T_gt).pose(torch.tensor(task.start["x"], dtype=torch.float64))
     config = RegistrationConfig.from_dict(options).merged(task.condition.options)
-    mask = _mask(task, folder, bones, masks)
+    masks = [_mask(task, folder, bones, m, k, rig.names[k]) for k, (_, _, m) in enumerate(seen)]
+    camera = rig.cameras[0]
     before = pose_errors(start, T_gt, vol.centroid, vol.points, camera)
     reg = Registration({task.bone: vol}, config)
-    res = reg.register(frame, camera, {task.bone: start},
-                       masks=None if mask is None else {task.bone: mask}).bones[task.bone]
-    truth_similarity = _similarity_at(vol, frame, camera, T_gt, mask, config, start)
+    spec = [None if m is None else {task.bone: m} for m in masks]
+    res = reg.register([f for f, _, _ in seen], rig, {task.bone: start},
+                       masks=spec if len(rig) > 1 else spec[0]).bones[task.bone]
+    truth_similarity = _similarity_at(vol, [f for f, _, _ in seen], rig, T_gt, masks, config, start)
     err = pose_errors(res.camera_from_volume, T_gt, vol.centroid, vol.points, camera)
     return {"task_id": task.task_id, "frame": task.frame, "bone": task.bone, "condition": task.condition.name,
             "kind": task.start["kind"], "bin_lo": task.start["bin_lo"], "bin_hi": task.start["bin_hi"],
@@ -129,18 +166,23 @@ def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: d
             "status_reason": res.status.reason, "camera_from_volume": json.dumps(res.camera_from_volume.flatten().tolist()), "complete": 1}
 
 
-def _similarity_at(vol, frame, camera, pose, mask, config, start) -> float:
+def _similarity_at(vol, frames, rig, pose, masks, config, start) -> float:
     """The similarity the registration started at ``start`` gives ``pose`` at its finest level (the
-    level its result's similarity is measured at)."""
+    level its result's similarity is measured at): the mean over the rig's views, each seeing
+    ``pose`` through its ``camera_from_reference``."""
     import torch
 
     from ..register import similarity_objective
     from ..register.pipeline import bone_depth_mm
 
-    objective = similarity_objective(vol, frame.image, camera, pose, None if mask is None else mask[None, None],
-                                     frame.field, config, depth_mm=bone_depth_mm(vol, start))
-    with torch.no_grad():
-        return 1.0 - float(objective(torch.zeros(1, 6, dtype=torch.float64))[0])
+    values = []
+    for frame, view, mask in zip(frames, rig.views, masks):
+        seen, seen_start = view.camera_from_reference @ pose, view.camera_from_reference @ start
+        objective = similarity_objective(vol, frame.image, view.camera, seen, None if mask is None else mask[None, None],
+                                         frame.field, config, depth_mm=bone_depth_mm(vol, seen_start))
+        with torch.no_grad():
+            values.append(1.0 - float(objective(torch.zeros(1, 6, dtype=torch.float64))[0]))
+    return sum(values) / len(values)
 
 
 def frames_folder(exp: Experiment, out: Path) -> Path:
@@ -159,7 +201,8 @@ def frames_folder(exp: Experiment, out: Path) -> Path:
         camera = sim.pop("camera", None)
         simulate_folder(folder, frames=int(sim.pop("count", 6)), seed=exp.seed, realism=sim.pop("realism", "medium"),
                         flexion_range=tuple(sim.pop("flexion_range", (0.0, 90.0))),
-                        camera=None if camera is None else Camera.from_dict(camera), clutter=sim.pop("clutter", None))
+                        camera=None if camera is None else Camera.from_dict(camera), clutter=sim.pop("clutter", None),
+                        view_angles_deg=tuple(sim.pop("view_angles", ())))
     return folder
 
 

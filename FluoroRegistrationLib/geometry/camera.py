@@ -188,16 +188,7 @@ class Camera:
     @classmethod
     def from_json(cls, path) -> "Camera":
         """Read a calibration JSON file (docs/CONVENTIONS.md format)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FluoroRegError(f"calibration file not found: {path}; pass an existing JSON file")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise FluoroRegError(f"calibration {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(data, dict):
-            raise FluoroRegError(f"calibration {path} must hold a JSON object")
-        return cls.from_dict(data, source=f"calibration {path}")
+        return cls.from_dict(read_calibration_json(path), source=f"calibration {path}")
 
     def to_json(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -209,6 +200,21 @@ class Camera:
                 f"{what} is {rows}x{cols} pixels but the calibration says {self.rows}x{self.cols}; "
                 "use the calibration of this frame (or resize the calibration with the frame)"
             )
+
+
+def read_calibration_json(path) -> dict:
+    """The JSON object of a calibration (or rig) file; a missing file, bad JSON or a non-object is
+    one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FluoroRegError(f"calibration file not found: {path}; pass an existing JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise FluoroRegError(f"calibration {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise FluoroRegError(f"calibration {path} must hold a JSON object")
+    return data
 
 
 # physical ranges of a calibration: (low, high, fix)

@@ -12,6 +12,7 @@ label map over the frame, or ``"auto"`` from a segmentation model) by one rule; 
                             masks={"femur": "femur_mask.png"})
     reg = Registration.from_ct("ct.nii.gz", "labels.nii.gz", bones=["femur", "tibia"])  # many frames
     result = reg.register("0001.png", "calib.json", "init.json", masks="auto", model="seg_model/")
+    result = reg.register(["A/0001.png", "B/0001.png"], "biplane.json", "init.json")  # two views, one pose
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import torch
 
 from ..errors import FluoroRegError
 from ..frame import Frame, frame_from_array, load_frame
-from ..geometry import Camera, as_camera
+from ..geometry import Camera, Rig, as_rig
 from ..volume import ImageVolume, RenderVolume
 from .config import RegistrationConfig
-from .pipeline import RegistrationResult, register
+from .pipeline import RegistrationResult, ViewImage, register_views
 
 
 def as_config(config) -> RegistrationConfig:
@@ -170,15 +171,38 @@ class Registration:
 
     def register(self, frame, calibration, initial_poses, masks=None, model=None, polarity: str = "auto",
                  index: int = 0, progress=None, cancel=None) -> RegistrationResult:
-        """Register every bone to one frame. ``frame``: path, raw (H, W) array or Frame;
-        ``calibration``: Camera, dict or JSON path; ``initial_poses``: poses JSON path or {bone: 4x4};
-        ``masks``: see :meth:`masks`; ``progress``, ``cancel``: see :func:`register`."""
-        camera = as_camera(calibration)
-        prepared = prepare_frame(frame, camera, polarity, index)
+        """Register every bone to one frame, or to the frames of several views of a rig at once.
+
+        ``frame``: path, raw (H, W) array or Frame (a list of them, one per view, with a rig);
+        ``calibration``: Camera, Rig, dict or JSON path (a rig's JSON has ``views``: docs/CONVENTIONS.md);
+        ``initial_poses``: poses JSON path or {bone: 4x4} (a rig's first view's camera frame);
+        ``masks``: see :meth:`masks` (with a rig: "auto", or a list of such, one per view);
+        ``progress``, ``cancel``: see :func:`register`. Poses come back in the first view's frame."""
+        rig = as_rig(calibration)
+        frames = _per_view(frame, rig, "frame", "frames")
+        mask_specs = masks if isinstance(masks, str) or masks is None else _per_view(masks, rig, "mask", "masks")
         initial = as_initial_poses(initial_poses, list(self.volumes))
-        bone_masks = self.masks(masks, prepared, camera, model)
-        return register(self.volumes, prepared.image, camera, initial, masks=bone_masks, field=prepared.field,
-                        config=self.config, progress=progress, cancel=cancel)
+        views = []
+        for k, v in enumerate(rig.views):
+            prepared = prepare_frame(frames[k], v.camera, polarity, index)
+            spec = mask_specs if isinstance(mask_specs, str) or mask_specs is None else mask_specs[k]
+            views.append(ViewImage(v.camera, prepared.image, self.masks(spec, prepared, v.camera, model),
+                                   prepared.field, v.camera_from_reference, v.name))
+        return register_views(self.volumes, views, initial, config=self.config, progress=progress, cancel=cancel)
+
+
+def _per_view(values, rig: Rig, what: str, plural: str) -> list:
+    """``values`` as one entry per view of ``rig``: a single value for a one-view rig, else a list or
+    tuple of as many entries as views."""
+    if len(rig) == 1:
+        if isinstance(values, (list, tuple)) and len(values) == 1:
+            return list(values)
+        return [values]
+    if not isinstance(values, (list, tuple)) or len(values) != len(rig):
+        got = f"{len(values)}" if isinstance(values, (list, tuple)) else "one"
+        raise FluoroRegError(f"the calibration is a rig of {len(rig)} views ({', '.join(rig.names)}) but {got} {what} "
+                             f"given; give {plural} in the views' order, one per view")
+    return list(values)
 
 
 def label_map_masks(label_map, label_ids: dict[str, int], camera: Camera) -> dict[str, torch.Tensor]:
@@ -247,12 +271,15 @@ def register_frame(ct, labels, frame, calibration, initial_poses, bones=None, ma
     Args:
         ct, labels: CT (Hounsfield units) and labelmap on its grid: file paths or ImageVolumes.
         frame: the frame file (PNG, TIFF, DICOM, .npy; ``index`` picks one of a stack), or its raw
-            (H, W) values, or a prepared :class:`~FluoroRegistrationLib.frame.Frame`.
-        calibration: Camera, calibration dict or JSON path (docs/CONVENTIONS.md).
-        initial_poses: poses JSON path or {bone: (4, 4) camera_from_volume}.
+            (H, W) values, or a prepared :class:`~FluoroRegistrationLib.frame.Frame`; with a rig, a
+            list of them, one per view.
+        calibration: Camera, Rig, calibration or rig dict, or JSON path (docs/CONVENTIONS.md).
+        initial_poses: poses JSON path or {bone: (4, 4) camera_from_volume} (with a rig: in the
+            first view's camera frame).
         bones: names to register (default: the bones of ``initial_poses`` when it is a dict, else
             every named label).
-        masks: None, "auto" (with ``model``), a label map over the frame, or {bone: path or array}.
+        masks: None, "auto" (with ``model``), a label map over the frame, or {bone: path or array};
+            with a rig, "auto" or a list of such, one per view.
         label_names: JSON path, dict or "femur=1,tibia=2" (default: the JSON beside the labels file).
         config: :class:`RegistrationConfig` or nested dict.
         polarity: "auto", "bone-dark" or "bone-bright".

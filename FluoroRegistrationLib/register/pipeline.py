@@ -1,11 +1,14 @@
-"""The registration job: each bone's pose from one frame, by global search then coarse-to-fine Adam.
+"""The registration job: each bone's pose from one frame (or from the frames of several views of a
+rig at once), by global search then coarse-to-fine Adam.
 
 Swappable parts: the renderer (``render_fast``), the similarity (``config.similarity``, a name in
 :data:`~FluoroRegistrationLib.similarity.SIMILARITIES`), the pose parameterisation
 (:class:`~FluoroRegistrationLib.geometry.CentredParameterization` about the bone's centroid) and the
 optimisers (:func:`simulated_annealing`, :func:`adam_refine`). Only the bone's own labels are
 rendered; a 2D mask per bone (ground truth, a file, or a segmentation network's output) restricts
-the similarity to the bone's region.
+the similarity to the bone's region. With several views (:class:`ViewImage`, a
+:class:`~FluoroRegistrationLib.geometry.Rig`) every stage optimises the bone's one pose against the
+mean of the views' losses (:class:`~.objective.JointObjective`).
 
 Settings: :class:`~FluoroRegistrationLib.register.config.RegistrationConfig` (physical units). Users
 call :func:`~FluoroRegistrationLib.register.register_frame` (files in, one path for every face);
@@ -19,17 +22,52 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import FluoroRegError
 from ..geometry import Camera, CentredParameterization, transform_points
-from ..render import render
 from ..volume import RenderVolume
-from . import timing
 from .config import RegistrationConfig, Ranking
 from .status import Status, evidence, judge, overall
+from .objective import (_CROP_MARGIN, JointObjective, Level, _level_objective, _Objective, _pool, _weights,  # noqa: F401
+                        level_for, level_volume, pixel_at_bone_mm)
 from .optimize import (Cancelled, StageLog, adam_refine, differs, distinct_minima, grid_search, line_search,
                        rotation_scan, simulated_annealing)
+
+
+@dataclass
+class ViewImage:
+    """One view's prepared inputs to :func:`register_views`.
+
+    camera: its calibration; frame: (1, 1, H, W) or (H, W) attenuation-like (bone bright);
+    masks: {bone: (1, 1, H, W) or (H, W)} (a bone may have none); field: (1, 1, H, W) bool or None;
+    camera_from_reference: (4, 4) the view's pose relative to the first view (None: the identity);
+    name: for messages."""
+
+    camera: Camera
+    frame: torch.Tensor
+    masks: dict = field(default_factory=dict)
+    field: torch.Tensor | None = None
+    camera_from_reference: torch.Tensor | None = None
+    name: str = "A"
+
+
+@dataclass
+class _BoneView:
+    """One view as one bone's registration uses it: undistorted camera, frame, mask and field (1, 1, H,
+    W), and ``view_from_reference`` (4, 4) or None for the reference view."""
+
+    name: str
+    camera: Camera
+    frame: torch.Tensor
+    mask: torch.Tensor | None
+    field: torch.Tensor | None
+    view_from_reference: torch.Tensor | None
+
+    def pose(self, camera_from_volume: torch.Tensor) -> torch.Tensor:
+        """A reference-frame pose (4, 4) as this view sees it."""
+        if self.view_from_reference is None:
+            return camera_from_volume
+        return self.view_from_reference.to(camera_from_volume) @ camera_from_volume
 
 
 @dataclass
@@ -46,11 +84,13 @@ class BoneResult:
     loss_history: list
     stages: list
     status: Status = field(default_factory=Status)  # ok | check | failed, with the reasons
+    view_similarity: dict = field(default_factory=dict)  # {view: similarity} with several views
 
     def to_dict(self) -> dict:
         return {"camera_from_volume": self.camera_from_volume.tolist(), "status": self.status.flag,
                 "reason": self.status.reason, "similarity": self.similarity,
                 "iterations": self.iterations, "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason,
+                **({"view_similarity": self.view_similarity} if self.view_similarity else {}),
                 "stages": [{"name": s.name, "iterations": s.iterations, "seconds": round(s.seconds, 3),
                             "stop_reason": s.stop_reason, "final_loss": s.losses[-1] if s.losses else None,
                             "parts": s.parts}
@@ -86,36 +126,6 @@ class RegistrationResult:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def _pool(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return image if tuple(image.shape[-2:]) == size else F.adaptive_avg_pool2d(image, size)
-
-
-@dataclass(frozen=True)
-class Level:
-    """One image size the registration works at. size: (rows, cols) of the resized detector;
-    pixel_mm: its pixel seen at the bone (mm); iterations: Adam's budget there (pyramid levels)."""
-
-    size: tuple
-    pixel_mm: float
-    iterations: int = 0
-
-
-def pixel_at_bone_mm(camera: Camera, depth_mm: float) -> float:
-    """The detector's (finer) pixel pitch seen at a depth ``depth_mm`` from the source (mm)."""
-    return min(camera.row_spacing_mm, camera.col_spacing_mm) * depth_mm / camera.sdd_mm
-
-
-def level_for(camera: Camera, depth_mm: float, pixel_mm: float, iterations: int = 0) -> Level:
-    """The detector resized so that a pixel spans ``pixel_mm`` at the bone (never finer than the
-    detector itself, never under 8 pixels a side)."""
-    native = pixel_at_bone_mm(camera, depth_mm)
-    factor = max(1.0, pixel_mm / native)
-    size = (max(8, round(camera.rows / factor)), max(8, round(camera.cols / factor)))
-    if size[0] > camera.rows or size[1] > camera.cols:
-        size = camera.shape
-    return Level(size, native * max(camera.rows / size[0], camera.cols / size[1]), iterations)
-
-
 def pyramid_levels(camera: Camera, depth_mm: float, config: RegistrationConfig) -> list[Level]:
     """The refinement pyramid for a bone at ``depth_mm`` from the source: one :class:`Level` per
     ``config.pyramid.pixel_mm``, coarse to fine; a level the detector cannot resolve (the same size
@@ -124,6 +134,19 @@ def pyramid_levels(camera: Camera, depth_mm: float, config: RegistrationConfig) 
     for pixel_mm, iterations in zip(config.pyramid.pixel_mm, config.pyramid.iterations):
         level = level_for(camera, depth_mm, pixel_mm, iterations)
         if not levels or level.size != levels[-1].size:
+            levels.append(level)
+    return levels
+
+
+def view_levels(cameras: list[Camera], depths_mm: list[float], config: RegistrationConfig) -> list[tuple]:
+    """The refinement pyramid of a bone seen by several views: per ``config.pyramid.pixel_mm`` one
+    :class:`Level` per view (each view's detector resized to that pixel at the bone, at its own
+    depth), coarse to fine; a level no view resolves better than the one before is dropped. With one
+    view: :func:`pyramid_levels`, each level in a 1-tuple."""
+    levels: list[tuple] = []
+    for pixel_mm, iterations in zip(config.pyramid.pixel_mm, config.pyramid.iterations):
+        level = tuple(level_for(c, d, pixel_mm, iterations) for c, d in zip(cameras, depths_mm))
+        if not levels or any(a.size != b.size for a, b in zip(level, levels[-1])):
             levels.append(level)
     return levels
 
@@ -168,85 +191,17 @@ def bone_depth_mm(bone: RenderVolume, pose: torch.Tensor) -> float:
     return float(transform_points(pose, bone.centroid[None].to(pose))[0, 2])
 
 
-def _check_in_view(bone: RenderVolume, camera: Camera, pose: torch.Tensor) -> None:
+def _check_in_view(bone: RenderVolume, camera: Camera, pose: torch.Tensor, view: str = "") -> None:
     c = transform_points(pose, bone.centroid[None].to(pose))[0]
+    where = f" of view {view}" if view else ""
     if c[2] <= 0:
-        raise FluoroRegError(f"initial pose puts {bone.name} behind the X-ray source (depth {float(c[2]):.0f} mm); "
-                             "check the initial pose file")
+        raise FluoroRegError(f"initial pose puts {bone.name} behind the X-ray source{where} (depth {float(c[2]):.0f} mm); "
+                             "check the initial pose file" + (" and the rig's calibration" if view else ""))
     u, v = camera.project(c).tolist()
     if not (0 <= u < camera.cols and 0 <= v < camera.rows):
-        raise FluoroRegError(f"initial pose puts {bone.name}'s centre outside the field of view (pixel {u:.0f}, {v:.0f} "
-                             f"of {camera.cols}x{camera.rows}); start from a pose that shows the bone")
-
-
-_CROP_MARGIN = 14  # >= the widest patch's half-width (23 // 2) + Sobel reach (1) + 1
-
-
-class _Objective:
-    """loss(x) at one level for one bone: x (B, 6) -> (B,).
-
-    The similarity is evaluated on the bounding box of the weights' support plus ``_CROP_MARGIN``
-    pixels: every similarity weights each pixel's terms by the mask, and the patch similarities also
-    count pixels whose window (up to 23 pixels wide) reaches into it, after a Sobel stencil (1 pixel),
-    so pixels further out cannot change the value, and a bone's box is a fraction of the frame. Only
-    that box is rendered, and the frame's side of the similarity is computed once
-    (:class:`~FluoroRegistrationLib.similarity.FrameLoss`).
-    """
-
-    def __init__(self, bone, camera, par, frame, weights, similarity: str):
-        from ..similarity import FrameLoss
-
-        self.bone, self.camera, self.par = bone, camera, par
-        rows, cols = torch.nonzero(weights[0, 0] > 0, as_tuple=True)
-        H, W = weights.shape[-2:]
-        r0, r1 = max(0, int(rows.min()) - _CROP_MARGIN), min(H, int(rows.max()) + _CROP_MARGIN + 1)
-        c0, c1 = max(0, int(cols.min()) - _CROP_MARGIN), min(W, int(cols.max()) + _CROP_MARGIN + 1)
-        self.region = (r0, r1, c0, c1)  # the detector rows and columns rendered and compared
-        device = bone.mu.device  # render and compare where the bone lives; the optimiser stays on the CPU
-        self.frame = frame[..., r0:r1, c0:c1].to(device)
-        self.weights = weights[..., r0:r1, c0:c1].to(device)
-        self.loss = FrameLoss(similarity, self.frame, self.weights)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        device = self.bone.mu.device
-        with timing.part("render", device):
-            poses = self.par.pose(x).to(device=device, dtype=self.bone.mu.dtype)
-            drr = render(self.bone, self.camera, poses, "fast", region=self.region)
-        with timing.part("similarity", device):
-            return self.loss(drr).cpu()
-
-
-def _weights(mask, field, size, dilation_px: int):
-    """Similarity weights at one level: the bone mask dilated by ``dilation_px`` pixels, inside the
-    collimated field."""
-    w = torch.ones(1, 1, *size) if field is None else (_pool(field.float(), size) > 0.999).float()
-    if mask is not None:
-        m = (_pool(mask.float(), size) > 0.25).float()
-        if dilation_px > 0:  # a square's dilation is a row's then a column's (separable: 2k, not k^2, per pixel)
-            k = 2 * dilation_px + 1
-            m = F.max_pool2d(m, (1, k), stride=1, padding=(0, dilation_px))
-            m = F.max_pool2d(m, (k, 1), stride=1, padding=(dilation_px, 0))
-        w = w * m
-    if w.sum() == 0:
-        raise FluoroRegError("the mask is empty inside the collimated field at this level; check the mask image")
-    return w
-
-
-def level_volume(bone: RenderVolume, level: Level) -> RenderVolume:
-    """The bone as ``level`` draws it: a level whose pixels, seen at the bone, span k voxels draws it
-    on a k-times coarser grid (``Pyramid.coarsen``)."""
-    voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
-    return bone.coarsened(max(1, int(level.pixel_mm / voxel)))
-
-
-def _level_objective(bone, frame, camera, par, mask, field, level: Level, dilation_mm: float, coarsen: bool,
-                     similarity: str) -> _Objective:
-    """The loss at ``level`` (undistorted inputs), the mask dilated by ``dilation_mm`` at the bone."""
-    level_camera = camera.resized(*level.size)
-    drawn = level_volume(bone, level) if coarsen else bone
-    dilation_px = round(dilation_mm / level.pixel_mm)
-    return _Objective(drawn, level_camera, par, _pool(frame, level.size),
-                      _weights(mask, field, level.size, dilation_px), similarity)
+        raise FluoroRegError(f"initial pose puts {bone.name}'s centre outside the field of view{where} (pixel {u:.0f}, "
+                             f"{v:.0f} of {camera.cols}x{camera.rows}); start from a pose that shows the bone"
+                             + (", and check the rig's calibration" if view else ""))
 
 
 def _fine_mask(index: int, n_levels: int, ranking_level: int) -> bool:
@@ -292,41 +247,56 @@ def similarity_objective(bone: RenderVolume, frame: torch.Tensor, camera: Camera
 
 class _BoneRegistration:
     """One bone's registration, stage by stage (see :func:`register_bone`); holds the shared state:
-    the parameterisation about the initial pose, the objectives per level, the stage logs."""
+    the parameterisation about the initial pose (in the reference frame: the first view's camera),
+    the views, the objectives per level, the stage logs."""
 
-    def __init__(self, bone, frame, camera, initial, mask, field, config: RegistrationConfig, report):
-        self.bone, self.frame, self.camera, self.mask, self.field = bone, frame, camera, mask, field
+    def __init__(self, bone, views: list[_BoneView], initial, config: RegistrationConfig, report):
+        self.bone, self.views = bone, list(views)
         self.config, self.report = config, report
         self.par = CentredParameterization(bone.centroid.to(torch.float64).cpu(), initial, depth_along_ray=True)
-        depth = bone_depth_mm(bone, initial)
-        self.levels = pyramid_levels(camera, depth, config)
+        cameras = [v.camera for v in self.views]
+        depths = [bone_depth_mm(bone, v.pose(initial)) for v in self.views]
+        self.levels = view_levels(cameras, depths, config)
         self.rank_level = min(config.ranking.level, len(self.levels) - 1)
-        self.search_level = level_for(camera, depth, config.search.pixel_mm)
+        self.search_level = tuple(level_for(c, d, config.search.pixel_mm) for c, d in zip(cameras, depths))
         self.stages: list[StageLog] = []
         self._objectives: dict = {}
         deg = math.pi / 180
-        st = config.steps
+        st, s = config.steps, config.search
+        # one view sees depth only through a change of size: it gets a larger step, and the search
+        # leaves it to the depth scans; with several views the others see it across their images, so
+        # it is stepped and searched like an in-plane translation
+        self.seen_across = seen_across = len(self.views) > 1
+        depth_step = st.translation_mm if seen_across else st.depth_mm
+        depth_range = max(s.range_depth_mm, s.range_mm) if seen_across else s.range_depth_mm
         self.scales = torch.tensor([st.out_of_plane_rotation_deg * deg] * 2 + [st.rotation_deg * deg]
-                                   + [st.translation_mm] * 2 + [st.depth_mm], dtype=torch.float64)
-        s = config.search
+                                   + [st.translation_mm] * 2 + [depth_step], dtype=torch.float64)
         # the refinement stays inside the search box around the initial pose (depth: the in-plane
         # range), so a weakly constrained parameter cannot run away
         self.box = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 3, dtype=torch.float64)
-        self.ranges = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 2 + [s.range_depth_mm], dtype=torch.float64)
+        self.ranges = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 2 + [depth_range], dtype=torch.float64)
 
-    def objective(self, level: Level, fine: bool = False) -> _Objective:
-        """The loss at ``level``, the mask dilated as at the fine levels when ``fine`` (cached)."""
+    def objective(self, levels: tuple, fine: bool = False) -> JointObjective:
+        """The loss at ``levels`` (one :class:`Level` per view), the mask dilated as at the fine
+        levels when ``fine`` (cached)."""
         dilation = self.config.masks.fine_dilation_mm if fine else self.config.masks.dilation_mm
-        key = (level.size, dilation)
+        key = (tuple(level.size for level in levels), dilation)
         if key not in self._objectives:
-            self._objectives[key] = _level_objective(self.bone, self.frame, self.camera, self.par, self.mask,
-                                                     self.field, level, dilation, self.config.pyramid.coarsen,
-                                                     self.config.similarity)
+            self._objectives[key] = JointObjective([
+                _level_objective(self.bone, v.frame, v.camera, self.par, v.mask, v.field, level, dilation,
+                                 self.config.pyramid.coarsen, self.config.similarity, v.view_from_reference)
+                for v, level in zip(self.views, levels)])
         return self._objectives[key]
 
-    def level_objective(self, index: int) -> _Objective:
+    def level_objective(self, index: int) -> JointObjective:
         """The loss at pyramid level ``index``: levels finer than the ranking level use the fine mask."""
         return self.objective(self.levels[index], fine=_fine_mask(index, len(self.levels), self.rank_level))
+
+    def size(self, index: int) -> str:
+        """Level ``index``'s detector width(s) for stage names: ``512px`` (``512+256px`` for views
+        of different sizes)."""
+        widths = dict.fromkeys(level.size[1] for level in self.levels[index])
+        return "+".join(map(str, widths)) + "px"
 
     def log(self, result, level: int | None = None):
         """Keep a stage's log, with the pose it ended at (the best start's, for a batch) and the
@@ -352,28 +322,30 @@ class _BoneRegistration:
     def depth_scan(self, x, index: int, label: str = "", name: str = "depth scan"):
         scan = self.config.depth_scan
         return self.log(line_search(self.level_objective(index), x, 5, scan.half_width_mm, points=scan.points,
-                                    report=self.report, name=f"{label}{name} {self.levels[index].size[1]}px"), index)
+                                    report=self.report, name=f"{label}{name} {self.size(index)}"), index)
 
     def refine(self, x, index: int, label: str = "", scan: bool = True):
         """Adam at pyramid level ``index`` (after a depth scan when ``scan`` and enabled), from one
         start x (6,), or from K starts (K, 6) refined as one batch (then losses are (K,))."""
-        scan_here = self.levels[index].pixel_mm >= self.config.depth_scan.min_pixel_mm * 0.999
-        if scan and index > 0 and self.config.depth_scan.enabled and scan_here:
+        scan_here = self.levels[index][0].pixel_mm >= self.config.depth_scan.min_pixel_mm * 0.999
+        # the scan before a level is for the depth one view barely sees; several views see it across
+        # their images (Adam moves it like any in-plane translation), so they skip it
+        if scan and index > 0 and self.config.depth_scan.enabled and scan_here and not self.seen_across:
             if x.dim() == 1:
                 x, _ = self.depth_scan(x, index, label)
             else:
                 x = torch.stack([self.depth_scan(row, index, label)[0] for row in x])
         return self.log(adam_refine(self.level_objective(index), x, self.scales,
-                                    iterations=self.levels[index].iterations,
+                                    iterations=self.levels[index][0].iterations,
                                     lr=self.config.pyramid.learning_rate, patience=self.config.pyramid.patience,
                                     bounds=(-self.box, self.box),
-                                    report=self.report, name=f"{label}refine {self.levels[index].size[1]}px"), index)
+                                    report=self.report, name=f"{label}refine {self.size(index)}"), index)
 
     def tilt_probe(self, x, name: str):
         """Best pose on a grid over both out-of-plane rotations at the ranking level."""
         offsets = _probe_offsets(self.config.tilt_probe)
         return self.log(grid_search(self.level_objective(self.rank_level), x, (0, 1), offsets, report=self.report,
-                                    name=f"{name} {self.levels[self.rank_level].size[1]}px"), self.rank_level)
+                                    name=f"{name} {self.size(self.rank_level)}"), self.rank_level)
 
     def axial_probe(self, x):
         """Best turn about the bone's long axis at the ranking level."""
@@ -383,7 +355,7 @@ class _BoneRegistration:
         axis = self.par.pose(x)[:3, :3] @ long_axis
         return self.log(rotation_scan(self.level_objective(self.rank_level), x, axis,
                                       _probe_offsets(self.config.axial_probe), report=self.report,
-                                      name=f"axial probe {self.levels[self.rank_level].size[1]}px"), self.rank_level)
+                                      name=f"axial probe {self.size(self.rank_level)}"), self.rank_level)
 
     def probes(self, x):
         """The best of the enabled probes about ``x``: (x, loss), or None when none is enabled."""
@@ -433,26 +405,62 @@ class _BoneRegistration:
         return x
 
 
-def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,
-                  mask: torch.Tensor | None = None, field: torch.Tensor | None = None,
-                  config: RegistrationConfig | None = None, progress=None, cancel=None) -> BoneResult:
-    """Register one bone. Shapes: frame, mask, field (1, 1, H, W) on the camera's grid; initial (4, 4).
+def _device_bone(bone: RenderVolume, config: RegistrationConfig) -> RenderVolume:
+    if config.device is None:
+        return bone
+    if str(config.device).startswith("cuda") and not torch.cuda.is_available():
+        raise FluoroRegError(f"device {config.device} asked for but CUDA is not available; use device='cpu'")
+    return bone.to(device=config.device)
+
+
+def _bone_view(view: ViewImage, bone: str, first: bool) -> _BoneView:
+    """One view as ``bone``'s registration uses it: checked against its camera and undistorted."""
+    frame = _as_image(view.frame, f"frame of view {view.name}").cpu()
+    mask = view.masks.get(bone)
+    mask = None if mask is None else _as_image(mask, f"mask of {bone}").cpu()
+    field = None if view.field is None else view.field.cpu()
+    view.camera.check_frame(frame.shape[-2], frame.shape[-1],
+                            "frame" if first and view.camera_from_reference is None else f"frame of view {view.name}")
+    camera, frame, mask, field = _undistort(view.camera, frame, mask, field)
+    pose = view.camera_from_reference
+    identity = pose is None or torch.equal(pose.to(torch.float64).cpu(), torch.eye(4, dtype=torch.float64))
+    return _BoneView(view.name, camera, frame, mask, field, None if identity else pose.to(torch.float64).cpu())
+
+
+def _views_status(bone: RenderVolume, views: list[_BoneView], job: _BoneRegistration, x: torch.Tensor,
+                  initial: torch.Tensor, config: RegistrationConfig) -> tuple[float, dict, Status]:
+    """The result's joint similarity, each view's ({name: similarity}) and status (each view judged
+    on its own; the worst flag, reasons named by view when there are several)."""
+    objective = job.level_objective(len(job.levels) - 1)
+    with torch.no_grad():
+        losses = [float(loss[0]) for loss in objective.per_view(x[None])]
+    joint = losses[0] if len(losses) == 1 else \
+        sum(w * loss for w, loss in zip(objective.view_weights, losses)) / sum(objective.view_weights)
+    pose = job.par.pose(x).detach()
+    statuses = {v.name: judge(evidence(bone, v.camera, v.pose(pose), 1.0 - loss, v.field, x.detach(), job.box,
+                                       v.mask, config.similarity, v.pose(initial)), config.checks)
+                for v, loss in zip(views, losses)}
+    if len(views) == 1:
+        return 1.0 - joint, {}, next(iter(statuses.values()))
+    flag = overall(statuses.values())
+    reasons = tuple(f"view {name}: {r}" for name, st in statuses.items() for r in st.reasons)
+    return 1.0 - joint, {v.name: 1.0 - loss for v, loss in zip(views, losses)}, Status(flag, reasons)
+
+
+def register_bone_views(bone: RenderVolume, views: list[ViewImage], initial: torch.Tensor,
+                        config: RegistrationConfig | None = None, progress=None, cancel=None) -> BoneResult:
+    """Register one bone against one or more views of a rig: one pose ``initial`` (4, 4) in the
+    reference frame (the first view's camera), optimised against the mean of the views' losses.
 
     ``progress(stage, iteration, similarity, pose)`` is called every iteration (pose: (4, 4));
     ``cancel()`` returning True stops with :class:`Cancelled`.
     """
     config = config or RegistrationConfig()
-    if config.device is not None:
-        if str(config.device).startswith("cuda") and not torch.cuda.is_available():
-            raise FluoroRegError(f"device {config.device} asked for but CUDA is not available; use device='cpu'")
-        bone = bone.to(device=config.device)
-    frame = frame.cpu()
-    mask = None if mask is None else mask.cpu()
-    field = None if field is None else field.cpu()
-    camera.check_frame(frame.shape[-2], frame.shape[-1])
-    camera, frame, mask, field = _undistort(camera, frame, mask, field)
+    bone = _device_bone(bone, config)
+    prepared = [_bone_view(v, bone.name, k == 0) for k, v in enumerate(views)]
     initial = initial.to(torch.float64).cpu()
-    _check_in_view(bone, camera, initial)
+    for v in prepared:
+        _check_in_view(bone, v.camera, v.pose(initial), v.name if len(prepared) > 1 else "")
     t0 = time.perf_counter()
     job = None
 
@@ -462,25 +470,31 @@ def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initi
         if progress is not None:
             progress(stage, iteration, 1.0 - loss, job.par.pose(x.detach()))
 
-    job = _BoneRegistration(bone, frame, camera, initial, mask, field, config, report)
+    job = _BoneRegistration(bone, prepared, initial, config, report)
     x = job.run()
-    with torch.no_grad():
-        final_loss = float(job.level_objective(len(job.levels) - 1)(x[None])[0])
+    similarity, per_view, status = _views_status(bone, prepared, job, x, initial, config)
     stages = job.stages
-    pose = job.par.pose(x).detach()
-    status = judge(evidence(bone, camera, pose, 1.0 - final_loss, field, x.detach(), job.box, mask, config.similarity,
-                            initial), config.checks)
-    return BoneResult(bone.name, pose, initial, 1.0 - final_loss,
+    return BoneResult(bone.name, job.par.pose(x).detach(), initial, similarity,
                       sum(s.iterations for s in stages), time.perf_counter() - t0,
                       stages[-1].stop_reason if stages else "no stage", [v for s in stages for v in s.losses], stages,
-                      status)
+                      status, per_view)
+
+
+def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,
+                  mask: torch.Tensor | None = None, field: torch.Tensor | None = None,
+                  config: RegistrationConfig | None = None, progress=None, cancel=None) -> BoneResult:
+    """Register one bone to one frame: :func:`register_bone_views` with a single view. Shapes: frame,
+    mask, field (1, 1, H, W) on the camera's grid; initial (4, 4)."""
+    view = ViewImage(camera, frame, {} if mask is None else {bone.name: mask}, field)
+    return register_bone_views(bone, [view], initial, config, progress, cancel)
 
 
 def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera,
              initial_poses: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None = None,
              field: torch.Tensor | None = None, config: RegistrationConfig | None = None, progress=None,
              cancel=None) -> RegistrationResult:
-    """Register every bone in ``bones`` (name -> render volume) to one prepared frame.
+    """Register every bone in ``bones`` (name -> render volume) to one prepared frame:
+    :func:`register_views` with a single view.
 
     The core under :func:`~FluoroRegistrationLib.register.register_frame`, which reads files, converts
     the frame, finds the field and makes the masks; call that unless the inputs are already prepared.
@@ -492,20 +506,41 @@ def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera
         initial_poses: bone -> (4, 4) ``camera_from_volume`` start.
         masks: optional bone -> (1, 1, H, W) or (H, W) weights in [0, 1] (the bone's 2D region).
         field: optional (1, 1, H, W) bool, the collimated field.
+        config, progress, cancel: see :func:`register_views`.
+    Returns:
+        :class:`RegistrationResult` with one :class:`BoneResult` per bone.
+    """
+    return register_views(bones, [ViewImage(camera, frame, dict(masks or {}), field)], initial_poses, config,
+                          progress, cancel)
+
+
+def register_views(bones: dict[str, RenderVolume], views: list[ViewImage], initial_poses: dict[str, torch.Tensor],
+                   config: RegistrationConfig | None = None, progress=None, cancel=None) -> RegistrationResult:
+    """Register every bone in ``bones`` to the prepared frames of one or more views of a rig (a
+    biplane pair, say): each bone's one pose (reference frame: the first view's camera) against all
+    views at once.
+
+    Args:
+        bones: the bones' render volumes (``registration_volumes``), each drawn alone at its own pose.
+        views: one :class:`ViewImage` per view (the first is the reference).
+        initial_poses: bone -> (4, 4) ``camera_from_volume`` start, in the first view's camera frame.
         config: :class:`RegistrationConfig`.
         progress: ``progress(stage, iteration, similarity, pose)``, stage names the bone.
         cancel: ``cancel() -> bool``; True stops with :class:`Cancelled`.
     Returns:
-        :class:`RegistrationResult` with one :class:`BoneResult` per bone.
+        :class:`RegistrationResult` with one :class:`BoneResult` per bone (poses in the first view's frame).
     """
     config = config or RegistrationConfig()
-    frame = _as_image(frame, "frame")
-    if not torch.isfinite(frame).all():
-        raise FluoroRegError("the frame contains NaN or infinite values; fix or crop the frame")
-    masks = {b: _as_image(m, f"mask of {b}") for b, m in (masks or {}).items()}
-    unknown = [b for b in masks if b not in bones]
-    if unknown:
-        raise FluoroRegError(f"mask given for {', '.join(unknown)} but no such bone is registered ({', '.join(bones)})")
+    if not views:
+        raise FluoroRegError("no view to register to; give at least one frame with its calibration")
+    for view in views:
+        frame = _as_image(view.frame, "frame")
+        if not torch.isfinite(frame).all():
+            where = f" of view {view.name}" if len(views) > 1 else ""
+            raise FluoroRegError(f"the frame{where} contains NaN or infinite values; fix or crop the frame")
+        unknown = [b for b in view.masks if b not in bones]
+        if unknown:
+            raise FluoroRegError(f"mask given for {', '.join(unknown)} but no such bone is registered ({', '.join(bones)})")
     missing = [b for b in bones if b not in initial_poses]
     if missing:
         raise FluoroRegError(f"no initial pose for {', '.join(missing)}; add it to the initial poses")
@@ -514,8 +549,7 @@ def register(bones: dict[str, RenderVolume], frame: torch.Tensor, camera: Camera
     for name, bone in bones.items():
         bone_progress = None if progress is None else (
             lambda stage, it, sim, pose, name=name: progress(f"{name}: {stage}", it, sim, pose))
-        result.bones[name] = register_bone(bone, frame, camera, initial_poses[name], masks.get(name), field,
-                                           config, bone_progress, cancel)
+        result.bones[name] = register_bone_views(bone, views, initial_poses[name], config, bone_progress, cancel)
     result.seconds = time.perf_counter() - t0
     return result
 

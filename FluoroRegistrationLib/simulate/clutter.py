@@ -106,6 +106,16 @@ class ClutterScene:
     other_leg: dict | None = None
     solids: list = field(default_factory=list)
 
+    def seen_from(self, view_from_reference: torch.Tensor) -> "ClutterScene":
+        """The same clutter in another view's camera frame (``view_from_reference`` (4, 4): that
+        view's pose relative to the camera this scene was drawn in)."""
+        from dataclasses import replace
+
+        V = view_from_reference.to(torch.float64)
+        leg = None if not self.other_leg else {b: V @ T.to(torch.float64) for b, T in self.other_leg.items()}
+        return ClutterScene(leg, [replace(s, camera_from_solid=V @ s.camera_from_solid.to(torch.float64))
+                                  for s in self.solids])
+
     def describe(self) -> dict:
         """A JSON-able record (frames.json)."""
         leg = None

@@ -11,6 +11,14 @@ Layout of ``out``:
 - ``calib.json``: the nominal calibration (what a user would have); ``calib_true.json``: the C-arm
   actually simulated;
 - ``frames.json``: per frame its knee angles (and its clutter, when asked for); ``simulation.json``: seed, realism and beam parameters.
+
+With several views (``view_angles_deg``: a biplane or N-view rig, each further C-arm turned about
+the vertical through the knee), the folder above is the first view, exactly as a single-plane
+simulation with the same seed writes it (so one view and two views are compared on the same
+frames), and each further view ``<name>`` adds ``views/<name>/`` with its own ``frames/``,
+``masks/``, ``poses/`` (in that view's camera frame), ``calib.json`` and ``calib_true.json``, drawn
+with its own detector errors and noise; ``rig.json`` (nominal) and ``rig_true.json`` hold the rig.
+Poses in ``poses.json`` and ``poses/`` are in the first view's camera frame, the rig's reference.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import torch
 from tqdm import tqdm
 
 from ..files import write_poses
-from ..geometry import Camera
+from ..geometry import Camera, Rig, View, turned_view
+from ..geometry.rig import check_view_angle
 from ..volume import load_ct, load_labels, read_label_names
 from .clutter import get_clutter, sample_clutter
 from .frames import FrameSimulator, occlusion_masks, realism_description
@@ -48,26 +57,58 @@ def read_truth_mask(folder, key: str, bone: str) -> torch.Tensor:
     return torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0)
 
 
+def _write_frame(folder: Path, key: str, result: dict, names: dict):
+    """One view's frame into ``folder``: frames/<key>.png (and .npy without realism), the masks.
+    Returns the frame's maximum level (None without realism)."""
+    image = result["image"].cpu().numpy()
+    if result["levels"] is None:  # realism off: float line integrals, kept exactly
+        np.save(folder / "frames" / f"{key}.npy", image.astype(np.float32))
+        scaled = image / max(float(image.max()), 1e-12) * 65535
+    else:
+        scaled = image
+    _png(np.clip(np.round(scaled), 0, 65535).astype(np.uint16), folder / "frames" / f"{key}.png")
+    occl = occlusion_masks(result["thickness"], result["masks"])
+    for bone, mask in result["masks"].items():
+        _png((mask.cpu().numpy() * 255).astype(np.uint8), folder / "masks" / f"{key}_{bone}.png")
+        _png((occl["visible"][bone].cpu().numpy() * 255).astype(np.uint8),
+             folder / "masks" / f"{key}_{bone}_visible.png")
+    dominant = occl["dominant"].cpu().numpy()
+    # a bone outside the field is in occl["ids"] but never dominant: size the table by the ids
+    ids = np.zeros(max([int(dominant.max()), *occl["ids"].values()]) + 1, np.uint8)
+    for bone, j in occl["ids"].items():
+        ids[j] = names[bone]
+    _png(ids[dominant], folder / "masks" / f"{key}_labels.png")
+    return result["levels"]
+
+
+def _simulated_rig(camera: Camera, view_angles_deg, sim: FrameSimulator, generator: torch.Generator,
+                   seed: int) -> tuple[Rig, Rig, list[torch.Generator]]:
+    """The nominal rig, the rig actually simulated (each view's calibration errors drawn; the first
+    from ``generator`` as a single-plane simulation draws it, the others from generators of their
+    own) and one noise generator per view (the first is ``generator``)."""
+    iso = KNEE_DEPTH_FRACTION * camera.sdd_mm
+    nominal = [View("A", camera, torch.eye(4, dtype=torch.float64))]
+    for k, angle in enumerate(view_angles_deg):
+        nominal.append(View(chr(ord("B") + k), camera, turned_view(iso, check_view_angle(float(angle)))))
+    generators = [generator] + [torch.Generator().manual_seed(seed + 104729 * (k + 1)) for k in range(len(view_angles_deg))]
+    true = [View(v.name, sim.true_camera(v.camera, g), v.camera_from_reference) for v, g in zip(nominal, generators)]
+    return Rig(tuple(nominal)), Rig(tuple(true)), generators
+
+
 def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frames: int = 8, sequence=None,
                     seed: int = 0, realism: str = "medium", camera: Camera | None = None,
                     reference_flexion_deg: float | None = None, flexion_range=(0.0, 120.0),
-                    interpolation: str = "nearest", clutter=None) -> dict:
+                    interpolation: str = "nearest", clutter=None, view_angles_deg=()) -> dict:
     """Simulate ``frames`` frames of a knee into ``out`` (see the module docstring). Returns paths.
 
     ``clutter``: a preset name of ``simulate/clutter.py`` (none, mixed, heavy) or a ClutterModel;
     drawn anew for every frame from a generator of its own, so the knees and the C-arm are those
-    the same seed gives without clutter (the noise is not: Poisson draws depend on the signal)."""
+    the same seed gives without clutter (the noise is not: Poisson draws depend on the signal).
+    ``view_angles_deg``: one angle per further view (biplane: one angle, 40-120 deg typical), each
+    view the first C-arm turned by it about the vertical through the knee."""
     out = Path(out)
-    (out / "frames").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
-    (out / "poses").mkdir(exist_ok=True)
-    if ct_path is None:
-        from ..phantom import make_knee_phantom, write_phantom
-
-        phantom = make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=seed)
-        paths = write_phantom(phantom, out / "phantom")
-        ct_path, labels_path, label_names = paths["ct"], paths["labels"], paths["labels_json"]
-        reference_flexion_deg = 0.0 if reference_flexion_deg is None else reference_flexion_deg
+    ct_path, labels_path, label_names, reference_flexion_deg = _inputs(out, ct_path, labels_path, label_names,
+                                                                       reference_flexion_deg, seed)
     ct = load_ct(ct_path)
     labels = load_labels(labels_path, ct)
     names = read_label_names(label_names)
@@ -79,9 +120,16 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     clutter_generator = torch.Generator().manual_seed(seed + 7919)
     # the nominal calibration knows the intensifier's distortion (as a grid calibration would)
     camera = replace(camera, distortion_k=sim.realism.detector.distortion_k)
-    true_camera = sim.true_camera(camera, generator)
-    camera.to_json(out / "calib.json")
-    true_camera.to_json(out / "calib_true.json")
+    rig, true_rig, generators = _simulated_rig(camera, tuple(view_angles_deg), sim, generator, seed)
+    folders = [out] + [out / "views" / v.name for v in rig.views[1:]]
+    for folder, v, t in zip(folders, rig.views, true_rig.views):
+        for sub in ("frames", "masks", "poses"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        v.camera.to_json(folder / "calib.json")
+        t.camera.to_json(folder / "calib_true.json")
+    if len(rig) > 1:
+        rig.to_json(out / "rig.json")
+        true_rig.to_json(out / "rig_true.json")
     states = sample_knee_states(frames, generator, sequence, flexion_range)
     all_poses, meta = {}, {}
     for i, state in enumerate(tqdm(states, desc="simulate", unit="frame")):
@@ -89,39 +137,37 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
         femur = femur_pose(centre, state, KNEE_DEPTH_FRACTION * camera.sdd_mm)
         poses = knee_poses(centre, femur, state.flexion_deg, state.adduction_deg, state.rotation_deg,
                            reference_flexion_deg or 0.0, bones=[p.bone for p in sim.parts], rollback_mm=state.rollback_mm)
-        scene = sample_clutter(clutter_model, centre, femur, true_camera, clutter_generator,
+        scene = sample_clutter(clutter_model, centre, femur, true_rig.views[0].camera, clutter_generator,
                                bones=[p.bone for p in sim.parts], reference_flexion_deg=reference_flexion_deg or 0.0,
                                flexion_range=flexion_range)
-        result = sim.frame(true_camera, poses, generator, clutter=scene)
-        image = result["image"].cpu().numpy()
-        if result["levels"] is None:  # realism off: float line integrals, kept exactly
-            np.save(out / "frames" / f"{key}.npy", image.astype(np.float32))
-            scaled = image / max(float(image.max()), 1e-12) * 65535
-        else:
-            scaled = image
-        _png(np.clip(np.round(scaled), 0, 65535).astype(np.uint16), out / "frames" / f"{key}.png")
-        occl = occlusion_masks(result["thickness"], result["masks"])
-        for bone, mask in result["masks"].items():
-            _png((mask.cpu().numpy() * 255).astype(np.uint8), out / "masks" / f"{key}_{bone}.png")
-            _png((occl["visible"][bone].cpu().numpy() * 255).astype(np.uint8),
-                 out / "masks" / f"{key}_{bone}_visible.png")
-        dominant = occl["dominant"].cpu().numpy()
-        # a bone outside the field is in occl["ids"] but never dominant: size the table by the ids
-        ids = np.zeros(max([int(dominant.max()), *occl["ids"].values()]) + 1, np.uint8)
-        for bone, j in occl["ids"].items():
-            ids[j] = names[bone]
-        _png(ids[dominant], out / "masks" / f"{key}_labels.png")
-        write_poses(out / "poses" / f"{key}.json", poses)
+        levels = []
+        for k, (folder, view, g) in enumerate(zip(folders, true_rig.views, generators)):
+            view_poses = {b: view.camera_from_reference @ T for b, T in poses.items()} if k else poses
+            view_scene = scene.seen_from(view.camera_from_reference) if k else scene
+            levels.append(_write_frame(folder, key, sim.frame(view.camera, view_poses, g, clutter=view_scene), names))
+            write_poses(folder / "poses" / f"{key}.json", view_poses)
         all_poses[key] = {b: {"camera_from_volume": T.tolist()} for b, T in poses.items()}
         meta[key] = {"flexion_deg": state.flexion_deg, "adduction_deg": state.adduction_deg,
-                     "rotation_deg": state.rotation_deg, "rollback_mm": state.rollback_mm, "levels": result["levels"]}
+                     "rotation_deg": state.rotation_deg, "rollback_mm": state.rollback_mm, "levels": levels[0]}
         if clutter_model is not None:
             meta[key]["clutter"] = scene.describe()
     (out / "poses.json").write_text(json.dumps(all_poses, indent=1) + "\n")
     (out / "frames.json").write_text(json.dumps(meta, indent=1) + "\n")
     record = {"seed": seed, "frames": frames, "sequence": sequence, "ct": str(ct_path), "labels": str(labels_path),
               "label_names": names, "knee_centre_mm": [float(c) for c in centre],
-              "interpolation": interpolation,
+              "interpolation": interpolation, "views": rig.names, "view_angles_deg": list(view_angles_deg),
               "clutter": None if clutter_model is None else asdict(clutter_model), "realism": realism_description(sim.realism, sim.spectrum)}
     (out / "simulation.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
-    return {"out": str(out), "frames": frames}
+    return {"out": str(out), "frames": frames, "views": rig.names}
+
+
+def _inputs(out: Path, ct_path, labels_path, label_names, reference_flexion_deg, seed: int):
+    """The CT, labels, names and reference flexion to simulate: the given ones, or the built-in
+    phantom written into ``out/phantom`` (reference flexion 0)."""
+    if ct_path is not None:
+        return ct_path, labels_path, label_names, reference_flexion_deg
+    from ..phantom import make_knee_phantom, write_phantom
+
+    phantom = make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=seed)
+    paths = write_phantom(phantom, out / "phantom")
+    return paths["ct"], paths["labels"], paths["labels_json"], 0.0 if reference_flexion_deg is None else reference_flexion_deg
