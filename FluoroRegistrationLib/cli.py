@@ -267,7 +267,7 @@ def cmd_demo(args) -> None:
 def cmd_track(args) -> None:
     from .track import TrackConfig, track_sequence
 
-    if args.mask == "auto" and not args.model:
+    if args.mask == ["auto"] and not args.model:
         raise FluoroRegError("--mask auto needs --model DIR (a model from `fluororeg segment train`)")
     import dataclasses
 
@@ -275,8 +275,15 @@ def cmd_track(args) -> None:
                                    f"--config {args.config}")
     if args.no_recover:
         config = dataclasses.replace(config, recover=False)
-    result = track_sequence(args.sequence, args.ct, args.labels, args.calib, args.init, args.out,
-                            [b.strip() for b in args.bone.split(",") if b.strip()], args.label_names, args.mask,
+    masks = args.mask
+    if masks and (len(masks) > 1 or masks[0] != "auto"):
+        if len(masks) != len(args.sequence):
+            raise FluoroRegError(f"{len(masks)} --mask for {len(args.sequence)} --frames; give one mask folder per "
+                                 "view (or --mask auto)")
+    masks = None if not masks else ("auto" if masks == ["auto"] else masks if len(masks) > 1 else masks[0])
+    sequence = args.sequence if len(args.sequence) > 1 else args.sequence[0]
+    result = track_sequence(sequence, args.ct, args.labels, args.calib, args.init, args.out,
+                            [b.strip() for b in args.bone.split(",") if b.strip()], args.label_names, masks,
                             args.model, args.keyframe, args.landmarks, args.side, args.fps, args.lowpass,
                             args.workers or 0, args.scheduler, config, args.polarity, animation=not args.no_animation)
     frames = sum(r is not None for r in result.records)
@@ -577,13 +584,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True)
     p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
     p.add_argument("--bone", default="femur,tibia", help="bones to track (default femur,tibia)")
-    p.add_argument("--frames", dest="sequence", required=True, help="the sequence: a folder of frames, a multi-page TIFF, a "
-                   "multi-frame DICOM, an (N, H, W) .npy or a video")
-    p.add_argument("--calib", required=True, help="calibration JSON, or a folder of one per frame (<frame>.json)")
+    p.add_argument("--frames", dest="sequence", required=True, action="append",
+                   help="the sequence: a folder of frames, a multi-page TIFF, a multi-frame DICOM, an (N, H, W) .npy or "
+                   "a video; with a rig (biplane), one --frames per view in the rig's order, synchronised")
+    p.add_argument("--calib", required=True, help="calibration JSON, a rig's JSON (several views), or a folder of one "
+                   "calibration per frame (<frame>.json)")
     p.add_argument("--init", required=True, help="the bones' poses at the keyframe (poses JSON), or "
                    "{\"<frame>\": poses, ...} for several keyframes")
     p.add_argument("--keyframe", type=int, default=0, help="the frame --init is for (default 0)")
-    p.add_argument("--mask", help="'auto' (with --model) or a folder of <frame>_labels.png label maps")
+    p.add_argument("--mask", action="append", help="'auto' (with --model) or a folder of <frame>_labels.png label maps "
+                   "(with a rig: one folder per view, in its order)")
     p.add_argument("--model", help="segmentation model folder for --mask auto")
     p.add_argument("--landmarks", help="JSON of femur and tibia landmarks (LPS mm, CT frame); default: "
                    "approximate ones from the labels")

@@ -241,3 +241,76 @@ def test_a_biplane_simulation_keeps_the_first_view_of_a_single_view_one_and_sees
     overlap = float((drawn & written).sum()) / float((drawn | written).sum())
     assert overlap > 0.85, overlap  # the simulator's detector distorts its masks; the projection here does not
     assert not np.array_equal(read(two / "frames" / "0000.png"), read(two / "views" / "B" / "frames" / "0000.png"))
+
+
+@pytest.fixture(scope="module")
+def biplane_sequence(tmp_path_factory):
+    """Four frames of a slow flexion of the 3 mm phantom seen by a biplane rig (70 deg, 128 px of 2 mm,
+    realism low), starts 3 mm / 2 deg off at frame 0."""
+    from FluoroRegistrationLib.files import read_poses
+    from FluoroRegistrationLib.phantom import make_knee_phantom, write_phantom
+    from FluoroRegistrationLib.register import Registration
+    from FluoroRegistrationLib.simulate.writer import DEFAULT_CAMERA, simulate_folder
+
+    root = tmp_path_factory.mktemp("biplane_track")
+    paths = write_phantom(make_knee_phantom(spacing_mm=3.0, seed=0), root / "phantom")
+    simulate_folder(root / "sim", paths["ct"], paths["labels"], paths["labels_json"], frames=8, seed=2,
+                    sequence="flexion", realism="low", camera=DEFAULT_CAMERA.resized(128, 128), flexion_range=(40, 55),
+                    view_angles_deg=(70.0,))
+    for folder in (root / "sim", root / "sim" / "views" / "B"):
+        for k in range(4, 8):
+            (folder / "frames" / f"{k:04d}.png").unlink()
+    truth = [read_poses(root / "sim" / "poses" / f"{k:04d}.json") for k in range(4)]
+    reg = Registration.from_ct(paths["ct"], paths["labels"], ["femur", "tibia"], paths["labels_json"])
+    offset = torch.tensor([0.03, -0.02, 0.03, 3.0, -2.0, 3.0], dtype=F64)
+    write_poses(root / "init.json", {b: CentredParameterization(v.centroid, truth[0][b]).pose(offset)
+                                     for b, v in reg.volumes.items()})
+    return root, paths, truth, reg
+
+
+@pytest.mark.slow  # about 4 min on 2 cores: 4 biplane frames of two bones, simulated then tracked
+def test_biplane_tracking_follows_the_knee_in_depth_too(biplane_sequence, tmp_path, capsys):
+    import numpy as np
+
+    root, paths, truth, reg = biplane_sequence
+    sim = root / "sim"
+    common = ["track", "--ct", paths["ct"], "--labels", paths["labels"], "--init", str(root / "init.json"),
+              "--calib", str(sim / "rig_true.json"), "--no-animation"]
+    assert main(common + ["--frames", str(sim / "frames"), "--frames", str(sim / "views" / "B" / "frames"),
+                          "--mask", str(sim / "masks"), "--mask", str(sim / "views" / "B" / "masks"),
+                          "--out", str(tmp_path / "out")]) == 0
+    records = [json.loads((tmp_path / "out" / "frames" / f"{k:05d}.json").read_text()) for k in range(4)]
+    errors = [pose_errors(torch.tensor(r["bones"][b]["camera_from_volume"], dtype=F64), truth[r["frame"]][b],
+                          v.centroid, v.points) for r in records for b, v in reg.volumes.items()]
+    # 1.4 mm pixels at the knee and a 3 mm CT: one view leaves the depth loose here (test_track.py);
+    # two views hold it as well as the image plane
+    out_of_plane = [e["out_of_plane_mm"] for e in errors]
+    in_plane = [e["in_plane_mm"] for e in errors]
+    assert np.median(out_of_plane) < 1.0 and max(out_of_plane) < 2.0, out_of_plane
+    assert np.median(in_plane) < 1.0, in_plane
+    assert all(set(r["bones"]) == {"femur", "tibia"} for r in records)
+
+
+def test_biplane_tracking_inputs_are_checked_before_any_work(biplane_scene, tmp_path, capsys):
+    import numpy as np
+
+    bones, rig, truth, frames, masks = biplane_scene
+    from FluoroRegistrationLib.phantom import make_knee_phantom, write_phantom
+
+    paths = write_phantom(make_knee_phantom(spacing_mm=3.0, seed=0), tmp_path / "ph")
+    a = np.stack([frames[0][0, 0].numpy()] * 3)
+    np.save(tmp_path / "A.npy", a)
+    np.save(tmp_path / "B.npy", a)
+    np.save(tmp_path / "B2.npy", a[:2])
+    rig.to_json(tmp_path / "rig.json")
+    write_poses(tmp_path / "init.json", {"femur": truth, "tibia": truth})
+    common = ["track", "--ct", paths["ct"], "--labels", paths["labels"], "--init", str(tmp_path / "init.json"),
+              "--calib", str(tmp_path / "rig.json"), "--no-animation", "--out", str(tmp_path / "out")]
+    assert main(common + ["--frames", str(tmp_path / "A.npy")]) == 2  # a sequence per view
+    assert "2 view(s) but 1 sequence(s)" in capsys.readouterr().err
+    assert main(common + ["--frames", str(tmp_path / "A.npy"), "--frames", str(tmp_path / "B2.npy")]) == 2
+    assert "has 2 frames but the first view's has 3" in capsys.readouterr().err
+    assert main(common + ["--frames", str(tmp_path / "A.npy"), "--frames", str(tmp_path / "B.npy"),
+                          "--mask", str(tmp_path)]) == 2  # a mask folder per view
+    assert "give one mask folder per view" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "frames").exists()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import FluoroRegError
+from ..geometry import Rig
 from .run import TrackJob, track, tracker_for
 from .sequence import FrameSequence
 from .tracker import TrackConfig, flag_counts
@@ -62,6 +63,10 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
     """Track ``bones`` through ``sequence`` (a folder of frames, a stack file or a video) and write
     into ``out``: frames/NNNNN.json (resumable), poses.csv, kinematics.csv, kinematics.png, overlay.gif.
 
+    Several views (a biplane rig): ``sequence`` a list of synchronised sequences, one per view of the
+    rig ``calib`` (its JSON has ``views``), and ``masks`` None, "auto" or a list of folders, one per
+    view; poses are in the first view's camera frame and the animation shows the first view.
+
     init: poses JSON at ``keyframe`` or per keyframe (:func:`read_starts`). masks: None, "auto" (with
     ``model``) or a folder of ``<frame>_labels.png``. landmarks: JSON path (default: approximate ones
     from the labels). workers: 0 serial, N a local Dask cluster; scheduler: a Dask address."""
@@ -74,9 +79,16 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
     if side not in ("right", "left"):
         raise FluoroRegError(f"side {side!r}: give right or left")
     names = label_names if label_names is not None else str(default_label_names(labels))
-    job = TrackJob(str(sequence), str(ct), str(labels), names, tuple(bones), str(calib), str(out),
-                   None if masks is None else str(masks), None if model is None else str(model), fps, polarity,
-                   config or TrackConfig(), threads=max(1, torch.get_num_threads()) if workers == 0 else 1)
+    sequences = [str(s) for s in sequence] if isinstance(sequence, (list, tuple)) else [str(sequence)]
+    mask_list = [str(m) for m in masks] if isinstance(masks, (list, tuple)) else None
+    if mask_list is not None and len(mask_list) != len(sequences):
+        raise FluoroRegError(f"{len(mask_list)} mask folders for {len(sequences)} sequences; give one per view "
+                             "(or 'auto')")
+    first_masks = mask_list[0] if mask_list else (None if masks is None else str(masks))
+    job = TrackJob(sequences[0], str(ct), str(labels), names, tuple(bones), str(calib), str(out),
+                   first_masks, None if model is None else str(model), fps, polarity,
+                   config or TrackConfig(), threads=max(1, torch.get_num_threads()) if workers == 0 else 1,
+                   views=tuple(sequences[1:]), view_masks=tuple(mask_list[1:]) if mask_list else ())
     starts = read_starts(init, keyframe)
     count = FrameSequence.open(job.sequence, fps).count
     for k, poses in starts.items():
@@ -132,6 +144,7 @@ def _outline_maker(tracker):
 
     def outlines(index: int, record: dict):
         camera = tracker.camera_for(index)
+        camera = camera.cameras[0] if isinstance(camera, Rig) else camera  # the animation shows the first view
         labels, best = np.zeros(camera.shape, np.int32), np.zeros(camera.shape)
         for bone, b in record["bones"].items():
             with torch.no_grad():

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import FluoroRegError
+from ..geometry import Rig
 from .tracker import TrackConfig, Tracker, as_camera_for, read_record
 from .sequence import FrameSequence
 
@@ -29,7 +30,9 @@ class TrackJob:
     """What every task needs, as paths and settings (sent to Dask workers as is).
 
     masks: None (no masks), "auto" (the segmentation ``model``) or a folder of label maps over the
-    frames named ``<frame stem>_labels.<ext>``. threads: torch threads per task."""
+    frames named ``<frame stem>_labels.<ext>``. threads: torch threads per task. views: the further
+    views' sequences of a rig (``calib`` is then the rig's JSON); view_masks: their mask folders (one
+    per further view; empty: none, or "auto" when ``masks`` is)."""
 
     sequence: str
     ct: str
@@ -44,12 +47,14 @@ class TrackJob:
     polarity: str = "auto"
     config: TrackConfig = field(default_factory=TrackConfig)
     threads: int = 2
+    views: tuple = ()
+    view_masks: tuple = ()
 
 
 def tracker_for(job: TrackJob) -> Tracker:
     """The job's Tracker in this process (built on first use)."""
     key = (job.sequence, job.ct, job.labels, str(job.label_names), job.bones, job.calib, job.out, job.masks,
-           job.model, job.fps, job.polarity, repr(job.config))
+           job.model, job.fps, job.polarity, repr(job.config), job.views, job.view_masks)
     if key not in _TRACKERS:
         from ..register import Registration
 
@@ -62,8 +67,17 @@ def tracker_for(job: TrackJob) -> Tracker:
 
             model = load_model(job.model)
         _TRACKERS.clear()
-        _TRACKERS[key] = Tracker(sequence, cold, refine, as_camera_for(job.calib, sequence), job.out,
-                                 _mask_source(job.masks, sequence), model, job.config, job.polarity)
+        views = [FrameSequence.open(v, job.fps) for v in job.views]
+        cameras = as_camera_for(job.calib, sequence)
+        n_views = len(cameras) if isinstance(cameras, Rig) else 1
+        if n_views != 1 + len(views):
+            raise FluoroRegError(f"--calib {job.calib} has {n_views} view(s) but {1 + len(views)} sequence(s) were given; "
+                                 "give one sequence per view of the rig, in its order")
+        if job.view_masks and len(job.view_masks) != len(views):
+            raise FluoroRegError(f"{1 + len(job.view_masks)} mask folders for {1 + len(views)} views; give one per view")
+        _TRACKERS[key] = Tracker(sequence, cold, refine, cameras, job.out, _mask_source(job.masks, sequence), model,
+                                 job.config, job.polarity, views,
+                                 [_mask_source(m, v) for m, v in zip(job.view_masks, views)])
     return _TRACKERS[key]
 
 

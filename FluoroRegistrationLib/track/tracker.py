@@ -120,15 +120,25 @@ def predict(history: list[dict], bone: str, time_ms: float, centre_volume: np.nd
 class Tracker:
     """Tracks the bones of ``cold.volumes`` through ``sequence`` into ``out``.
 
-    cameras: one Camera, or a function index -> Camera (a calibration per frame). masks: a function
-    index -> what :meth:`Registration.register` takes as masks (None, "auto", a label map path).
-    model: the segmentation model for "auto" masks (loaded once)."""
+    cameras: one Camera or Rig, or a function index -> Camera (a calibration per frame). masks: a
+    function index -> what :meth:`Registration.register` takes as masks (None, "auto", a label map
+    path). model: the segmentation model for "auto" masks (loaded once). views: the further views'
+    sequences of a rig (biplane: one), frame ``i`` of each taken at the same instant as ``sequence``'s;
+    view_masks: one masks function per further view (default: none, or "auto" when ``masks`` is)."""
 
     def __init__(self, sequence: FrameSequence, cold: Registration, refine: Registration, cameras, out,
-                 masks=None, model=None, config: TrackConfig | None = None, polarity: str = "auto"):
+                 masks=None, model=None, config: TrackConfig | None = None, polarity: str = "auto", views=(),
+                 view_masks=()):
         self.sequence, self.cold, self.refine, self.out = sequence, cold, refine, Path(out)
         self.camera_for = cameras if callable(cameras) else (lambda i: cameras)
         self.masks_for = masks or (lambda i: None)
+        self.views = list(views)
+        for k, view in enumerate(self.views):
+            if view.count != sequence.count:
+                raise FluoroRegError(f"view {k + 2}'s sequence has {view.count} frames but the first view's has "
+                                     f"{sequence.count}; give synchronised sequences, one frame per instant")
+        self.view_masks_for = list(view_masks) or [lambda i: "auto" if self.masks_for(i) == "auto" else None
+                                                   for _ in self.views]
         self.model, self.polarity = model, polarity
         self.config = config or TrackConfig()
         self.centres = {b: v.centroid.double().cpu().numpy() for b, v in cold.volumes.items()}
@@ -185,10 +195,10 @@ class Tracker:
         record = {"frame": index, "time_ms": self.sequence.time_ms(index), "name": self.sequence.name(index),
                   "keyframe": keyframe}
         try:
-            raw = self.sequence.read(index)
+            raw, masks = self._inputs(index)
             registration = self.cold if cold else self.refine
             result = registration.register(raw, self.camera_for(index), {b: torch.as_tensor(p) for b, p in initial.items()},
-                                           masks=self.masks_for(index), model=self.model, polarity=self.polarity)
+                                           masks=masks, model=self.model, polarity=self.polarity)
         except FluoroRegError as err:  # an unreadable or refused frame: recorded by index, tracking goes on
             return {**record, "error": str(err), "flag": "failed", "bones": {}, "seconds": time.perf_counter() - t0}
         record["bones"] = {b: {"camera_from_volume": r.camera_from_volume.tolist(), "similarity": r.similarity,
@@ -198,6 +208,18 @@ class Tracker:
                            for b, r in result.bones.items()}
         record["seconds"] = time.perf_counter() - t0
         return record
+
+    def _inputs(self, index: int):
+        """Frame ``index`` and its masks: as :meth:`Registration.register` takes them for one view,
+        or one per view (lists) for a rig ("auto" stays one word for every view)."""
+        raw, masks = self.sequence.read(index), self.masks_for(index)
+        if not self.views:
+            return raw, masks
+        frames = [raw] + [view.read(index) for view in self.views]
+        per_view = [masks] + [m(index) for m in self.view_masks_for]
+        if all(m == "auto" for m in per_view):
+            return frames, "auto"
+        return frames, per_view
 
     def _judge(self, record: dict, history: list[dict]) -> dict:
         previous = next((h for h in reversed(history) if h.get("bones")), None)
@@ -231,8 +253,8 @@ def load_records(out, count: int) -> list[dict | None]:
 
 
 def as_camera_for(calib, sequence: FrameSequence):
-    """One Camera for every frame (a calibration file), or per frame (a folder of calibration files
-    named like the frames: NNNN.json or <frame name>.json)."""
+    """One Camera for every frame (a calibration file), one Rig (a rig's file: several views), or per
+    frame (a folder of calibration files named like the frames: NNNN.json or <frame name>.json)."""
     path = Path(calib)
     if path.is_dir():
         cameras = {}
@@ -248,5 +270,8 @@ def as_camera_for(calib, sequence: FrameSequence):
                 cameras[found] = Camera.from_json(found)
             return cameras[found]
         return camera
-    return Camera.from_json(path)
+    from ..geometry import Rig
+
+    rig = Rig.from_json(path)
+    return rig.cameras[0] if len(rig) == 1 else rig
 
