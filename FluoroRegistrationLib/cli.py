@@ -237,7 +237,8 @@ def cmd_register(args) -> None:
     result.save(args.out)
     for b, r in result.bones.items():
         views = "".join(f", {v} {s:.4f}" for v, s in r.view_similarity.items())
-        print(f"{b}: {r.status.flag}, similarity {r.similarity:.4f}{views}, {r.iterations} iterations, {r.seconds:.1f} s"
+        depth = f", depth sd {r.depth_sd_mm:.2f} mm" if r.depth_sd_mm is not None and r.depth_sd_mm < 1e3 else ""
+        print(f"{b}: {r.status.flag}, similarity {r.similarity:.4f}{views}{depth}, {r.iterations} iterations, {r.seconds:.1f} s"
               + (f" ({r.status.reason})" if r.status.reasons else ""))
     print(f"wrote {args.out}")
     if args.overlay:

@@ -157,6 +157,8 @@ def test_biplane_registration_pins_the_depth_a_single_view_leaves_loose(biplane_
     assert e2["out_of_plane_mm"] < 1.0 and e2["mtre_mm"] < 1.0 and e2["rotation_deg"] < 0.5, e2
     assert e1["out_of_plane_mm"] > 3 * e2["out_of_plane_mm"], (e1, e2)
     assert set(both.view_similarity) == {"A", "B"} and both.status.flag != "failed"
+    # what the depth is worth: a second view at 90 deg sees it across its image
+    assert 0 < both.depth_sd_mm < alone.depth_sd_mm / 3 < math.inf, (both.depth_sd_mm, alone.depth_sd_mm)
     assert "view_similarity" in both.to_dict() and "view_similarity" not in alone.to_dict()
 
 
@@ -314,3 +316,24 @@ def test_biplane_tracking_inputs_are_checked_before_any_work(biplane_scene, tmp_
                           "--mask", str(tmp_path)]) == 2  # a mask folder per view
     assert "give one mask folder per view" in capsys.readouterr().err
     assert not (tmp_path / "out" / "frames").exists()
+
+
+def test_the_depth_sd_is_the_laplace_approximation_of_a_known_profile():
+    from FluoroRegistrationLib.register.depth import PIXELS_PER_SAMPLE, curvature, depth_profile, depth_sd_mm
+
+    # loss = 1 - rho0 + k/2 (d - d0)^2 along the depth parameter: curvature k, lowest value 1 - rho0
+    rho0, k, d0 = 0.8, 0.004, 0.7
+
+    def objective(x):
+        return (1 - rho0) + 0.5 * k * (x[:, 5] - d0) ** 2 + 0.01 * x[:, 0] ** 2
+
+    offsets, losses = depth_profile(objective, torch.zeros(6, dtype=F64))
+    assert offsets.shape == losses.shape == (9,)
+    low, second = curvature(offsets, losses)
+    assert low == pytest.approx(1 - rho0, abs=1e-12) and second == pytest.approx(k, rel=1e-9)
+    pixels = 9000.0
+    n_eff = pixels / PIXELS_PER_SAMPLE
+    assert depth_sd_mm(offsets, losses, pixels) == pytest.approx(math.sqrt((1 - rho0 ** 2) / (n_eff * rho0 * k)), rel=1e-9)
+    # four times the pixels: half the sd; a flat profile: no depth information at all
+    assert depth_sd_mm(offsets, losses, 4 * pixels) == pytest.approx(depth_sd_mm(offsets, losses, pixels) / 2, rel=1e-9)
+    assert depth_sd_mm(offsets, torch.full_like(losses, 0.2), pixels) == math.inf

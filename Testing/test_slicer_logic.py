@@ -246,3 +246,47 @@ def test_detector_view_shows_the_frame_like_a_radiograph():
     screen_from_pixel = m.T @ ijk_to_ras  # (screen right, screen up, normal) per (col, row, slice) step
     assert screen_from_pixel[0, 0] > 0 and screen_from_pixel[1, 1] < 0  # columns go right, rows go down
     assert m[:, 2] @ [0, 0, 1] < 0  # the normal points back at the source: seen from the source's side
+
+
+def test_a_biplane_rig_in_the_scene_registers_as_the_one_path_does(knee):
+    """Two views: each frame on its own detector in the first view's camera frame, and the scene's
+    registration the same pose as Registration.register on the same arrays."""
+    from FluoroRegistrationLib.geometry import biplane_rig
+    from FluoroRegistrationLib.register import Registration
+    from FluoroRegistrationLib.volume import whole_volume
+
+    scene, logic, truth, femur = knee["scene"], knee["logic"], knee["truth"], knee["femur"]
+    rig = biplane_rig(CAMERA, angle_deg=75.0, isocentre_depth_mm=float(truth[2, 3]))
+    images = []
+    with torch.no_grad():
+        for pose in rig.view_poses(truth):
+            images.append((1000.0 * np.exp(-render(femur, CAMERA, pose.float(), "exact", interpolation="linear")[0, 0].numpy()))
+                          .astype(np.float32))
+    nodes = [add_volume(scene, "vtkMRMLScalarVolumeNode", f"view {n}", img[None], np.eye(4))
+             for n, img in zip(rig.names, images)]
+    placed = logic.placeRigFrames(nodes, rig)
+    # view B's source sits where the rig says, and its frame's principal point is sdd along its own axis
+    ref_from_b = np.linalg.inv(rig.views[1].camera_from_reference.numpy())
+    source_b = np.zeros(3)
+    placed[1][0].GetNthControlPointPosition(0, source_b)
+    np.testing.assert_allclose(source_b, ref_from_b[:3, 3], atol=1e-6)
+    m = vtk.vtkMatrix4x4()
+    nodes[1].GetIJKToRASMatrix(m)
+    centre_px = np.array([CAMERA.u0, CAMERA.v0, 0.0, 1.0])
+    np.testing.assert_allclose((numpy_matrix(m) @ centre_px)[:3], ref_from_b[:3, :3] @ [0, 0, CAMERA.sdd_mm] + ref_from_b[:3, 3],
+                               atol=1e-6)
+    start = CentredParameterization(femur.centroid, truth, depth_along_ray=True).pose(
+        torch.tensor([0.03, -0.02, 0.04, 3.0, -2.0, 10.0], dtype=F64))
+    initial = add_transform(scene, "femur start (rig)", start)
+    output = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur registered (rig)")
+    with pytest.raises(FluoroRegError, match="1 frame node"):
+        logic.register(knee["ct_node"], knee["label_node"], nodes[0], rig, ["femur"], [initial], [output], config=FAST)
+    result = logic.register(knee["ct_node"], knee["label_node"], nodes, rig, ["femur"], [initial], [output],
+                            device="cpu", config=FAST, polarity="bone-dark")
+    direct = Registration(logic.boneVolumes(knee["ct_node"], knee["label_node"], ["femur"]), FAST).register(
+        [img.astype(np.float64) for img in images], rig, {"femur": start}, polarity="bone-dark")
+    pose = result.bones["femur"].camera_from_volume
+    torch.testing.assert_close(pose, direct.bones["femur"].camera_from_volume, rtol=0, atol=1e-9)
+    e = pose_errors(pose, truth, femur.centroid, femur.points)
+    assert e["mtre_mm"] < 1.0 and e["out_of_plane_mm"] < 0.5, e
+    np.testing.assert_allclose(to_parent(output), to_parent_from_pose(pose.numpy()), atol=1e-9)

@@ -28,6 +28,7 @@ from ..geometry import Camera, CentredParameterization, transform_points
 from ..volume import RenderVolume
 from .config import RegistrationConfig, Ranking
 from .status import Status, evidence, judge, overall
+from .depth import depth_profile, depth_sd_mm, weighed_pixels
 from .objective import (_CROP_MARGIN, JointObjective, Level, _level_objective, _Objective, _pool, _weights,  # noqa: F401
                         level_for, level_volume, pixel_at_bone_mm)
 from .optimize import (Cancelled, StageLog, adam_refine, differs, distinct_minima, grid_search, line_search,
@@ -85,16 +86,23 @@ class BoneResult:
     stages: list
     status: Status = field(default_factory=Status)  # ok | check | failed, with the reasons
     view_similarity: dict = field(default_factory=dict)  # {view: similarity} with several views
+    depth_sd_mm: float | None = None  # standard deviation along the first view's beam (register/depth.py)
 
     def to_dict(self) -> dict:
         return {"camera_from_volume": self.camera_from_volume.tolist(), "status": self.status.flag,
                 "reason": self.status.reason, "similarity": self.similarity,
                 "iterations": self.iterations, "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason,
                 **({"view_similarity": self.view_similarity} if self.view_similarity else {}),
+                **({"depth_sd_mm": _finite(self.depth_sd_mm)} if self.depth_sd_mm is not None else {}),
                 "stages": [{"name": s.name, "iterations": s.iterations, "seconds": round(s.seconds, 3),
                             "stop_reason": s.stop_reason, "final_loss": s.losses[-1] if s.losses else None,
                             "parts": s.parts}
                            for s in self.stages]}
+
+
+def _finite(value: float):
+    """A float for JSON: None for inf or NaN (JSON has neither)."""
+    return round(value, 3) if math.isfinite(value) else None
 
 
 @dataclass
@@ -473,11 +481,13 @@ def register_bone_views(bone: RenderVolume, views: list[ViewImage], initial: tor
     job = _BoneRegistration(bone, prepared, initial, config, report)
     x = job.run()
     similarity, per_view, status = _views_status(bone, prepared, job, x, initial, config)
+    finest = job.level_objective(len(job.levels) - 1)
+    sd = depth_sd_mm(*depth_profile(finest, x), weighed_pixels(finest))
     stages = job.stages
     return BoneResult(bone.name, job.par.pose(x).detach(), initial, similarity,
                       sum(s.iterations for s in stages), time.perf_counter() - t0,
                       stages[-1].stop_reason if stages else "no stage", [v for s in stages for v in s.losses], stages,
-                      status, per_view)
+                      status, per_view, sd)
 
 
 def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import FluoroRegError
-from ..geometry import Camera
+from ..geometry import Camera, Rig
 from ..frame import Frame
 from ..register import Registration, RegistrationResult
 
@@ -33,18 +33,19 @@ class RegistrationJob:
 
     Attributes:
         registration: the bones' volumes and the configuration (:class:`Registration`).
-        frame: the prepared frame (:func:`~FluoroRegistrationLib.register.prepare_frame`: field, polarity).
-        camera: the calibration (with its distortion).
+        frame: the prepared frame (:func:`~FluoroRegistrationLib.register.prepare_frame`: field, polarity),
+            or one per view of a rig.
+        camera: the calibration (with its distortion), or a :class:`~FluoroRegistrationLib.geometry.Rig`.
         initial: bone -> (4, 4) float64 ``camera_from_volume``.
-        masks: None, or bone -> (rows, cols) mask (each through the one mask rule).
+        masks: None, or bone -> (rows, cols) mask (each through the one mask rule); one per view with a rig.
         device: "cpu", "cuda" or None (CUDA when available).
     """
 
     registration: Registration
-    frame: Frame
-    camera: Camera
+    frame: Frame | list
+    camera: Camera | Rig
     initial: dict[str, torch.Tensor]
-    masks: dict[str, torch.Tensor] | None
+    masks: dict[str, torch.Tensor] | list | None
     device: str | None = None
 
     @property

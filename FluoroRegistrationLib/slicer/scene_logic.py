@@ -10,6 +10,10 @@ meets LPS).
     logic = FluoroRegistrationLogic(scene)
     logic.placeFrame(frameNode, "calib.json")
     result = logic.register(ctNode, labelNode, frameNode, "calib.json", ["femur"], {"femur": init}, {"femur": out})
+
+A rig of several views (biplane): the scene's world is the first view's camera frame (the rig's
+reference); ``placeRigFrames([frameA, frameB], "rig.json")`` puts each frame on its own detector,
+and ``register`` takes the frame nodes (and mask nodes) as lists in the rig's order.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import FluoroRegError
-from ..geometry import Camera
+from ..geometry import Camera, Rig, as_rig
 from ..register import RegistrationResult
 from ..render import project_label, render
 from ..volume import RenderVolume, labels_on_ct, read_label_names, registration_volumes
@@ -65,25 +69,36 @@ class FluoroRegistrationLogic:
         set_volume(outputNode, stack[index:index + 1], ijk_to_ras(stackNode))
         return outputNode
 
-    def placeFrame(self, frameNode, calibration):
+    def placeRigFrames(self, frameNodes, calibration) -> list:
+        """Put each view's frame of a rig (``calibration``: Rig, dict or JSON path) on its own detector
+        in the scene (the first view's camera frame); ``frameNodes`` in the rig's order. Returns each
+        view's (source point node, principal ray line node)."""
+        rig = as_rig(calibration)
+        nodes = _per_view(frameNodes, rig, "frame node")
+        return [self.placeFrame(n, v.camera, v.camera_from_reference.numpy()) for n, v in zip(nodes, rig.views)]
+
+    def placeFrame(self, frameNode, calibration, cameraFromReference=None):
         """Put the frame on the detector (IJKToRAS per docs/CONVENTIONS.md) and show the C-arm.
 
         Adds (or updates) a markup point at the X-ray source and a line along the principal ray, both
         referenced by the frame node; the calibration is stored on the frame as an attribute.
-        Returns (source point node, principal ray line node).
+        ``cameraFromReference`` (4, 4): the view's pose in a rig (the scene is the rig's first view;
+        None: this frame's C-arm is the scene's). Returns (source point node, principal ray line node).
         """
         import vtk
 
         camera = as_camera(calibration)
+        scene_from_camera = np.eye(4) if cameraFromReference is None else np.linalg.inv(np.asarray(cameraFromReference))
         self.frameImage(frameNode, camera)
         if frameNode.GetParentTransformNode() is not None:
             raise FluoroRegError(f"frame {node_name(frameNode)} is under transform "
                                  f"{node_name(frameNode.GetParentTransformNode())}; the frame stays in the C-arm "
                                  "frame: remove its transform")
-        frameNode.SetIJKToRASMatrix(numpy_to_matrix(frame_ijk_to_ras(camera)))
+        frameNode.SetIJKToRASMatrix(numpy_to_matrix(scene_from_camera @ frame_ijk_to_ras(camera)))
         frameNode.SetAttribute(CALIBRATION_ATTRIBUTE, calibration_text(camera))
         frameNode.Modified()
-        source, principal = source_and_principal_point(camera)
+        source, principal = (scene_from_camera[:3, :3] @ p + scene_from_camera[:3, 3]
+                             for p in source_and_principal_point(camera))
         name = node_name(frameNode)
         sourceNode = get_or_add_referenced(frameNode, "FluoroSource", "vtkMRMLMarkupsFiducialNode", f"{name} source")
         sourceNode.RemoveAllControlPoints()
@@ -249,13 +264,18 @@ class FluoroRegistrationLogic:
         MRML; the frame, masks and configuration go through the one path's own preparation."""
         from ..register import Registration, prepare_frame
 
-        camera = as_camera(calibration)
-        frame = prepare_frame(self.frameImage(frameNode, camera), camera, polarity)
+        rig = as_rig(calibration)
+        frameNodes = _per_view(frameNode, rig, "frame node")
+        maskNodes = [None] * len(rig) if maskNode is None else _per_view(maskNode, rig, "mask node")
+        frames = [prepare_frame(self.frameImage(n, v.camera), v.camera, polarity) for n, v in zip(frameNodes, rig.views)]
         volumes = self.boneVolumes(ctNode, labelNode, bones)
         registration = Registration(volumes, config, self.boneIds(labelNode, bones))
         initial = self.poses(volumes, initialPoseNodes)
-        masks = None if maskNode is None else self.masksFromLabelMap(maskNode, camera, registration.label_ids)
-        return RegistrationJob(registration, frame, camera, initial, masks, device)
+        masks = [None if m is None else self.masksFromLabelMap(m, v.camera, registration.label_ids)
+                 for m, v in zip(maskNodes, rig.views)]
+        if len(rig) == 1:
+            return RegistrationJob(registration, frames[0], rig.cameras[0], initial, masks[0], device)
+        return RegistrationJob(registration, frames, rig, initial, masks, device)
 
     def startRegistrationProcess(self, folder, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes,
                                  maskNode=None, config=None, polarity: str = "auto", python: str | None = None):
@@ -275,6 +295,9 @@ class FluoroRegistrationLogic:
         from ..register import RegistrationConfig
         from .process import write_inputs
 
+        if isinstance(calibration, Rig) and len(calibration) > 1 or isinstance(frameNode, (list, tuple)):
+            raise FluoroRegError("the Register button's child process takes one view; register a rig's frames with "
+                                 "logic.register([frameA, frameB], rig, ...) or `fluororeg register --frame A --frame B`")
         camera = as_camera(calibration)
         ids = self.boneIds(labelNode, bones)
         ct, labels = self.ctAndLabels(ctNode, labelNode)
@@ -330,6 +353,16 @@ def _write_status(nodes: dict, statuses: dict) -> None:
         flag, reason = statuses[bone]
         node.SetAttribute(STATUS_ATTRIBUTE, flag)
         node.SetAttribute(STATUS_ATTRIBUTE + "Reason", reason)
+
+
+def _per_view(nodes, rig: Rig, what: str) -> list:
+    """One node per view of ``rig``: a node for a one-view rig, else a list in the rig's order."""
+    if not isinstance(nodes, (list, tuple)):
+        nodes = [nodes]
+    if len(nodes) != len(rig):
+        raise FluoroRegError(f"{len(nodes)} {what}(s) for a rig of {len(rig)} view(s) ({', '.join(rig.names)}); "
+                             "give one per view, in the rig's order")
+    return list(nodes)
 
 
 def per_bone(nodes, bones: list, what: str) -> dict:

@@ -204,7 +204,8 @@ class Tracker:
         record["bones"] = {b: {"camera_from_volume": r.camera_from_volume.tolist(), "similarity": r.similarity,
                                "status": r.status.flag, "reason": r.status.reason, "stop_reason": r.stop_reason,
                                "predicted": np.asarray(initial[b]).tolist(), "cold": cold, "recovered": False,
-                               "flag": r.status.flag, "reasons": list(r.status.reasons)}
+                               "flag": r.status.flag, "reasons": list(r.status.reasons),
+                               "depth_sd_mm": r.to_dict().get("depth_sd_mm")}
                            for b, r in result.bones.items()}
         record["seconds"] = time.perf_counter() - t0
         return record

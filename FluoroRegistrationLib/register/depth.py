@@ -1,0 +1,66 @@
+"""What a registration's depth is worth: the standard deviation along the beam, from the curvature of
+the objective along the ray through the bone's centre at the result.
+
+One view sees depth only through a change of size, so the objective is shallow along the ray. A
+Laplace approximation turns its curvature there into a standard deviation. Model: the frame's
+similarity features are a scaled copy of the DRR's plus Gaussian noise over ``n_eff`` independent
+samples. Its profile likelihood in a pose is ``-(n_eff / 2) log(1 - rho^2)`` for the correlation
+``rho``. With ``rho = 1 - loss`` its second derivative at the optimum gives the Fisher information
+``I = n_eff rho loss'' / (1 - rho^2)``, and ``sd = 1 / sqrt(I)``.
+
+``n_eff`` counts the pixels the similarity weighs at the level, over the few pixels each gradient
+sample shares with its neighbours (:data:`PIXELS_PER_SAMPLE`: a Sobel stencil couples a 3 x 3
+neighbourhood). The patch similarities are not a single correlation, so this is an approximation.
+``benchmarks/depth_sd.py`` checks it against the depth errors registrations actually make.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+PIXELS_PER_SAMPLE = 9.0  # a Sobel gradient couples a 3 x 3 neighbourhood: ~9 pixels per independent sample
+PROFILE_HALF_WIDTH_MM = 3.0
+PROFILE_POINTS = 9
+
+
+def depth_profile(objective, x: torch.Tensor, half_width_mm: float = PROFILE_HALF_WIDTH_MM,
+                  points: int = PROFILE_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss along the depth parameter (``x[5]``, mm along the ray through the bone's centre) about
+    ``x`` (6,): offsets (K,) in mm and losses (K,), one batched evaluation."""
+    offsets = torch.linspace(-half_width_mm, half_width_mm, points, dtype=torch.float64)
+    xs = x.detach().to(torch.float64).repeat(points, 1)
+    xs[:, 5] += offsets
+    with torch.no_grad():
+        losses = objective(xs).to(torch.float64).cpu()
+    return offsets, losses
+
+
+def curvature(offsets: torch.Tensor, losses: torch.Tensor) -> tuple[float, float]:
+    """A parabola fitted to the profile by least squares: (its value at its lowest point, its second
+    derivative), the second derivative 0 when the profile does not curve upwards."""
+    A = torch.stack([torch.ones_like(offsets), offsets, offsets ** 2], 1)
+    a, b, c = torch.linalg.lstsq(A, losses[:, None]).solution[:, 0].tolist()
+    if c <= 0:
+        return float(losses.min()), 0.0
+    lowest = -b / (2 * c)
+    if abs(lowest) > float(offsets.abs().max()):  # the minimum lies outside the profile: take the best point
+        return float(losses.min()), 2 * c
+    return a + b * lowest + c * lowest ** 2, 2 * c
+
+
+def depth_sd_mm(offsets: torch.Tensor, losses: torch.Tensor, pixels: float) -> float:
+    """The standard deviation of the depth (mm) from a profile (:func:`depth_profile`) and the number
+    of pixels the similarity weighed; ``inf`` when the profile is flat or has no correlation."""
+    loss, second = curvature(offsets, losses)
+    rho = 1.0 - loss
+    n_eff = pixels / PIXELS_PER_SAMPLE
+    if second <= 0 or rho <= 0 or n_eff <= 0:
+        return math.inf
+    return math.sqrt(max(1.0 - rho * rho, 1e-6) / (n_eff * rho * second))
+
+
+def weighed_pixels(objective) -> float:
+    """How many pixels the similarity weighs in ``objective`` (a JointObjective: over its views)."""
+    return float(sum(float((o.weights > 0).sum()) for o in objective.objectives))
