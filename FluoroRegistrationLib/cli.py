@@ -295,6 +295,33 @@ def cmd_track(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_calibrate_rig(args) -> None:
+    import torch
+
+    from .geometry import as_rig
+    from .geometry.rig_calibration import calibrate_rig, helix_beads
+    from .register import prepare_frame
+
+    nominal = as_rig(args.calib)
+    if len(args.frame) != len(nominal):
+        raise FluoroRegError(f"{len(args.frame)} --frame given but --calib {args.calib} has {len(nominal)} view(s); "
+                             "give one bead frame per view, in the rig's order")
+    if args.beads:
+        data = _read_mapping(args.beads, "--beads")
+        beads = torch.as_tensor(data.get("beads_mm", []), dtype=torch.float64)
+        if beads.ndim != 2 or beads.shape[1] != 3 or len(beads) < 6:
+            raise FluoroRegError(f"--beads {args.beads}: beads_mm must list at least 6 [x, y, z] positions (mm)")
+    else:
+        beads = helix_beads()
+    frames = [prepare_frame(f, v.camera, args.polarity).image[0, 0].numpy() for f, v in zip(args.frame, nominal.views)]
+    rig, fits = calibrate_rig(frames, nominal, beads)
+    rig.to_json(args.out)
+    for v, fit in zip(rig.views, fits):
+        print(f"view {v.name}: {fit.matched} beads matched, reprojection rms {fit.rms_px:.3f} px")
+    print(f"wrote {args.out} (views {', '.join(rig.names)}; angle between the first two "
+          f"{rig.source_angle_deg() if len(rig) > 1 else 0.0:.2f} deg)")
+
+
 def cmd_gui(args) -> None:
     from .slicer.web_app import serve
 
@@ -612,6 +639,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-animation", action="store_true", help="skip overlay.gif")
     p.add_argument("--out", required=True, help="output folder (a run there resumes where it stopped)")
     p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("calibrate-rig", help="a biplane (N-view) rig's relative poses from one frame of a bead "
+                       "phantom per view", epilog=CONVENTIONS)
+    p.add_argument("--frame", required=True, action="append", help="a frame of the bead phantom; one per view, in the "
+                   "rig's order")
+    p.add_argument("--calib", required=True, help="the nominal rig JSON: each view's calibration and rough "
+                   "camera_from_reference (from the C-arms' angle readouts)")
+    p.add_argument("--beads", help="JSON {\"beads_mm\": [[x, y, z], ...]}: the beads in the phantom's frame (default: "
+                   "the built-in 16-bead helix, radius 30 mm, height 80 mm, 1.25 turns about y)")
+    p.add_argument("--polarity", choices=["auto", "bone-dark", "bone-bright"], default="auto",
+                   help="the frames' polarity (beads count as bone: dark on a detected frame)")
+    p.add_argument("--out", required=True, help="the calibrated rig JSON")
+    p.set_defaults(func=cmd_calibrate_rig)
 
     p = sub.add_parser("gui", help="the registration panel as a web page (trame-slicer) on this machine")
     p.add_argument("--data", help="a folder from `fluororeg simulate`, or one with ct, labels, labels.json, "
