@@ -105,26 +105,33 @@ class RegistrationProcess:
                              f"the registration process ended with status {code}; see {self.folder / 'stderr.txt'}")
 
 
-def write_inputs(folder, ct: ImageVolume, labels: ImageVolume, label_ids: dict, frame: np.ndarray,
-                 calibration: dict, initial_poses: dict, masks: np.ndarray | None = None, config: dict | None = None,
-                 polarity: str = "auto") -> list:
+def write_inputs(folder, ct: ImageVolume, labels: ImageVolume, label_ids: dict, frame, calibration: dict,
+                 initial_poses: dict, masks=None, config: dict | None = None, polarity: str = "auto") -> list:
     """Write a registration's inputs into ``folder``: CT and labels as NIfTI, the frame (H, W) and an
     optional label map of masks (H, W) as .npy, calibration, starts and settings as JSON. Returns the
-    arguments of ``fluororeg register`` that read them (without --out)."""
+    arguments of ``fluororeg register`` that read them (without --out). A rig (``calibration`` with
+    ``views``): ``frame`` and ``masks`` are lists, one (H, W) array (or None for masks) per view."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    names = [v.get("name", chr(ord("A") + k)) for k, v in enumerate(calibration["views"])] if "views" in calibration \
+        else None
+    frames = list(frame) if names else [frame]
+    mask_list = (list(masks) if masks is not None else [None] * len(frames)) if names else [masks]
     write_image(ct, folder / "ct.nii.gz")
     write_image(ImageVolume(labels.array.astype(np.int16), labels.volume_from_index), folder / "labels.nii.gz")
     (folder / "labels.json").write_text(json.dumps({b: int(i) for b, i in label_ids.items()}))
-    np.save(folder / "frame.npy", np.asarray(frame, dtype=np.float32))
     (folder / "calib.json").write_text(json.dumps(calibration))
     write_poses(folder / "init.json", initial_poses)
     argv = ["--ct", folder / "ct.nii.gz", "--labels", folder / "labels.nii.gz", "--label-names",
-            folder / "labels.json", "--bone", ",".join(label_ids), "--frame", folder / "frame.npy",
-            "--calib", folder / "calib.json", "--init", folder / "init.json", "--polarity", polarity]
-    if masks is not None:
-        np.save(folder / "masks.npy", np.asarray(masks, dtype=np.int16))
-        argv += ["--mask", folder / "masks.npy"]
+            folder / "labels.json", "--bone", ",".join(label_ids), "--calib", folder / "calib.json",
+            "--init", folder / "init.json", "--polarity", polarity]
+    for k, (image, mask) in enumerate(zip(frames, mask_list)):
+        suffix = f"_{names[k]}" if names else ""
+        np.save(folder / f"frame{suffix}.npy", np.asarray(image, dtype=np.float32))
+        argv += ["--frame", folder / f"frame{suffix}.npy"]
+        if mask is not None:
+            np.save(folder / f"masks{suffix}.npy", np.asarray(mask, dtype=np.int16))
+            argv += ["--mask", f"{names[k]}:{folder / f'masks{suffix}.npy'}" if names else folder / "masks.npy"]
     if config:
         (folder / "config.json").write_text(json.dumps(config))
         argv += ["--config", folder / "config.json"]

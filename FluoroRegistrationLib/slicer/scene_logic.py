@@ -295,18 +295,20 @@ class FluoroRegistrationLogic:
         from ..register import RegistrationConfig
         from .process import write_inputs
 
-        if isinstance(calibration, Rig) and len(calibration) > 1 or isinstance(frameNode, (list, tuple)):
-            raise FluoroRegError("the Register button's child process takes one view; register a rig's frames with "
-                                 "logic.register([frameA, frameB], rig, ...) or `fluororeg register --frame A --frame B`")
-        camera = as_camera(calibration)
+        rig = as_rig(calibration)
+        frameNodes = _per_view(frameNode, rig, "frame node")
+        maskNodes = [None] * len(rig) if maskNode is None else _per_view(maskNode, rig, "mask node")
         ids = self.boneIds(labelNode, bones)
         ct, labels = self.ctAndLabels(ctNode, labelNode)
-        masks = None if maskNode is None else self.maskLabels(maskNode)
+        masks = [None if m is None else self.maskLabels(m) for m in maskNodes]
         settings = (config if isinstance(config, RegistrationConfig) else  # checked here, before the child starts
                     RegistrationConfig.from_dict(config or {})).to_dict()
         initial = {b: p.numpy() for b, p in self.poses(list(ids), initialPoseNodes).items()}
-        return write_inputs(folder, ct, labels, ids, self.frameImage(frameNode, camera), camera.to_dict(), initial,
-                            masks, settings, polarity)
+        frames = [self.frameImage(n, v.camera) for n, v in zip(frameNodes, rig.views)]
+        if len(rig) == 1:
+            return write_inputs(folder, ct, labels, ids, frames[0], rig.cameras[0].to_dict(), initial, masks[0],
+                                settings, polarity)
+        return write_inputs(folder, ct, labels, ids, frames, rig.to_dict(), initial, masks, settings, polarity)
 
     def finishRegistrationProcess(self, process, outputPoseNodes) -> dict:
         """Write a finished process's poses into the output transform nodes (with their status

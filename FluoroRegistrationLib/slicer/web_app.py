@@ -42,7 +42,7 @@ class RegistrationPage:
         self._times: list[float] = []
         self.state.update({"data_dir": "", "model_dir": "", "bone": None, "bones": [], "registered": [], "uploads": None, "track_dir": "", "track_summary": "",
                            "kinematics": "", "frame_index": 0,
-                           "frame_count": 1, "show_drr": True, "show_masks": True, "use_masks": True,
+                           "frame_count": 1, "views_text": "", "show_drr": True, "show_masks": True, "use_masks": True,
                            "overlay": "", "progress": 0, "status": "", "results": [], "error": "",
                            "running": False, "export_href": "", "has_result": False, "preview_stats": "",
                            **{f"pose_{k}": 0.0 for k in NAMES}, **{f"pose_{k}_min": -1.0 for k in NAMES},
@@ -84,6 +84,9 @@ class RegistrationPage:
     def after_load(self) -> None:
         self.state.update({"bones": list(self.session.sliders), "registered": list(self.session.bones),
                            "frame_count": len(self.session.frames), "frame_index": 0,
+                           "views_text": (f"{len(self.session.view_names)} views ({', '.join(self.session.view_names)}), "
+                                          f"registered together; shown: view {self.session.view_names[0]}")
+                           if len(self.session.view_names) > 1 else "",
                            "results": [], "status": "", "progress": 0, "has_result": False, "export_href": ""})
         self.state.bone = self.session.bones[0] if self.session.bones else None
         self.show_bone()
@@ -254,6 +257,7 @@ def build_ui(server) -> None:
                                  label="or upload: CT, labels, labels.json, calib.json, frames", hide_details=True)
                     v.VSlider(v_model=("frame_index",), id="frame-index", label="frame", min=0, step=1,
                               max=("frame_count - 1",), v_show=("frame_count > 1",), thumb_label=True, hide_details=True)
+                    html.Div("{{ views_text }}", id="views-text", v_show=("views_text",), classes="text-caption mt-1")
             with v.VCard(classes="ma-2", title="Start pose"):
                 with v.VCardText():
                     v.VSelect(v_model=("registered",), items=("bones",), id="registered", label="bones to register",

@@ -50,6 +50,9 @@ class Inputs:
     masks: list[Path] = field(default_factory=list)
     truth: list[Path] = field(default_factory=list)
     init: Path | None = None
+    rig: Path | None = None  # a rig's JSON (several views): ``calib`` is then its first view's
+    view_frames: list = field(default_factory=list)  # per further view of the rig, its frames (as ``frames``)
+    view_masks: list = field(default_factory=list)  # per further view, its label maps (or [])
 
 
 @dataclass
@@ -71,6 +74,11 @@ class WebSession:
         self.logic = FluoroRegistrationLogic(scene)
         self.ct = self.labels = self.frame = self.masks = None
         self.camera: Camera | None = None
+        self.rig = None  # a Rig of several views, or None (one view: ``camera``)
+        self.view_frames: list = []  # per further view: its frames; and its frame and mask nodes
+        self.view_mask_files: list = []
+        self.view_nodes: list = []
+        self.view_mask_nodes: list = []
         self.label_ids: dict[str, int] = {}
         self.bones: list[str] = []
         self.frames: list = []  # (rows, cols) float32 arrays or paths, read when shown
@@ -113,7 +121,13 @@ class WebSession:
         from ..volume import load_ct, load_labels, read_label_names
         from .nodes import set_image_volume
 
-        camera = Camera.from_json(inputs.calib)
+        from ..geometry import Rig
+
+        rig = Rig.from_json(inputs.rig) if inputs.rig else None
+        camera = rig.cameras[0] if rig else Camera.from_json(inputs.calib)
+        if rig and len(inputs.view_frames) != len(rig) - 1:
+            raise FluoroRegError(f"rig {Path(inputs.rig).name} has {len(rig)} views but frames of {1 + len(inputs.view_frames)}; "
+                                 "give each view's frames")
         ct = load_ct(inputs.ct)
         labels = load_labels(inputs.labels, ct)
         ids = read_label_names(inputs.label_names)
@@ -126,8 +140,18 @@ class WebSession:
                                  f"label map {Path(inputs.labels).name}; fix the names file or the label map")
         first = _frame_pixels(inputs.frames[0])
         camera.check_frame(first.shape[0], first.shape[1], f"frame {Path(inputs.frames[0]).name}")
+        for view, frames in zip(rig.views[1:] if rig else [], inputs.view_frames):
+            if len(frames) != len(inputs.frames):
+                raise FluoroRegError(f"view {view.name} has {len(frames)} frames but view {rig.names[0]} has "
+                                     f"{len(inputs.frames)}; give synchronised frames, one per instant and view")
+            pixels = _frame_pixels(frames[0])
+            view.camera.check_frame(pixels.shape[0], pixels.shape[1], f"frame {Path(frames[0]).name} of view {view.name}")
         self._clear()  # only once the case is known to load: a refused one leaves the last case on the page
-        self.camera, self.label_ids = camera, ids
+        self.camera, self.label_ids, self.rig = camera, ids, rig
+        self.view_frames = [list(f) for f in inputs.view_frames]
+        self.view_mask_files = [list(m) for m in inputs.view_masks] or [[] for _ in self.view_frames]
+        self.view_nodes = [self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"frame {v.name}")
+                           for v in (rig.views[1:] if rig else [])]
         self.ct = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
         set_image_volume(self.ct, ct)
         self.labels = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "bone labels")
@@ -155,10 +179,32 @@ class WebSession:
                 self.masks = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "bone masks")
             set_volume(self.masks, np.rint(_frame_pixels(self.mask_files[index])).astype(np.int16)[None], np.eye(4))
             self._place(self.masks)
+        self._show_views(index)
         self.result_poses, self.status = {}, {}
         record = self.track_records.get(index)
         if record is not None and record.get("bones"):
             self._show_tracked(record)
+
+    def _show_views(self, index: int) -> None:
+        """The further views' frames (and masks) of instant ``index``, each on its own detector."""
+        for k, (node, view) in enumerate(zip(self.view_nodes, self.rig.views[1:] if self.rig else [])):
+            raw = _frame_pixels(self.view_frames[k][index])
+            view.camera.check_frame(raw.shape[0], raw.shape[1], f"frame {index} of view {view.name}")
+            set_volume(node, np.asarray(raw, np.float32)[None], np.eye(4))
+            self.logic.placeFrame(node, view.camera, view.camera_from_reference.numpy())
+            files = self.view_mask_files[k] if k < len(self.view_mask_files) else []
+            if index < len(files):
+                while len(self.view_mask_nodes) <= k:
+                    self.view_mask_nodes.append(self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
+                                                                             f"bone masks {self.rig.names[k + 1]}"))
+                mask = self.view_mask_nodes[k]
+                set_volume(mask, np.rint(_frame_pixels(files[index])).astype(np.int16)[None], np.eye(4))
+                self.logic.placeFrame(mask, view.camera, view.camera_from_reference.numpy())
+
+    @property
+    def view_names(self) -> list[str]:
+        """The views registered together: ["A"] for one view, the rig's names for several."""
+        return self.rig.names if self.rig else ["A"]
 
     def load_track(self, out) -> dict:
         """A tracking run's records (``fluororeg track --out``) over the loaded frames: each frame then
@@ -283,11 +329,18 @@ class WebSession:
             raise FluoroRegError("a registration is already running; wait for it or press Cancel")
         config = config if isinstance(config, RegistrationConfig) else RegistrationConfig.from_dict(config or {})
         folder = tempfile.mkdtemp(prefix="fluororeg-gui-")
+        frames, calibration, masks = self.frame, self.camera, self.masks if use_masks else None
+        if self.rig is not None:  # every view at once; a view without masks registers without them
+            frames, calibration = [self.frame, *self.view_nodes], self.rig
+            masks = None if not use_masks or self.masks is None else \
+                [self.masks, *[self.view_mask_nodes[k] if k < len(self.view_mask_nodes) else None
+                               for k in range(len(self.view_nodes))]]
         self._process = self.logic.startRegistrationProcess(
-            folder, self.ct, self.labels, self.frame, self.camera, self.bone_ids(), self.start_poses,
-            self.masks if use_masks else None, config, polarity)
+            folder, self.ct, self.labels, frames, calibration, self.bone_ids(), self.start_poses, masks, config,
+            polarity)
         self._events, self._expected = 0, sum(expected_reports(config, self.camera, self._depth(b)) for b in self.bones)
-        self.progress = Progress(True, 0.0, f"Registering {', '.join(self.bones)}...")
+        views = f" against views {', '.join(self.view_names)}" if self.rig is not None else ""
+        self.progress = Progress(True, 0.0, f"Registering {', '.join(self.bones)}{views}...")
         self._started = time.perf_counter()
 
     def poll(self) -> Progress:
@@ -336,6 +389,7 @@ class WebSession:
         self.logic = FluoroRegistrationLogic(self.scene)
         self.masks, self.result_poses, self.status, self.progress = None, {}, {}, Progress()
         self.track_records = {}
+        self.rig, self.view_frames, self.view_mask_files, self.view_nodes, self.view_mask_nodes = None, [], [], [], []
 
     def _place(self, node) -> bool:
         self.logic.placeFrame(node, self.camera)
@@ -405,9 +459,33 @@ def find_inputs(folder) -> Inputs:
     truth = [folder / "poses" / f"{k}.json" for k in keys]
     calib = folder / "calib.json"  # the nominal calibration, what a user has (not calib_true.json)
     names = labels.parent / "labels.json" if (labels.parent / "labels.json").is_file() else folder / "labels.json"
+    rig, view_frames, view_masks = _rig_inputs(folder, keys)
     return Inputs(ct, labels, names, frames, calib, masks if all(m.is_file() for m in masks) else [],
                   truth if all(t.is_file() for t in truth) else [],
-                  folder / "init.json" if (folder / "init.json").is_file() else None)
+                  folder / "init.json" if (folder / "init.json").is_file() else None, rig, view_frames, view_masks)
+
+
+def _rig_inputs(folder: Path, keys: list[str]) -> tuple:
+    """A simulated rig in ``folder`` (rig.json, views/<name>/frames and masks, as ``fluororeg simulate
+    --view-angle`` writes): (rig path, frames per further view, masks per further view); (None, [], [])
+    for one view."""
+    from ..geometry import Rig
+
+    if not (folder / "rig.json").is_file():
+        return None, [], []
+    rig = Rig.from_json(folder / "rig.json")
+    view_frames, view_masks = [], []
+    for name in rig.names[1:]:
+        where = folder / "views" / name
+        frames = [where / "frames" / f"{k}.png" for k in keys]
+        missing = [f for f in frames if not f.is_file()]
+        if missing:
+            raise FluoroRegError(f"view {name} of {folder / 'rig.json'} has no {missing[0].relative_to(folder)}; every "
+                                 "view needs a frame at every instant")
+        masks = [where / "masks" / f"{k}_labels.png" for k in keys]
+        view_frames.append(frames)
+        view_masks.append(masks if all(m.is_file() for m in masks) else [])
+    return folder / "rig.json", view_frames, view_masks
 
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
