@@ -202,11 +202,11 @@ def cmd_register(args) -> None:
 
     config = _registration_config(args)
     wanted = [b.strip() for b in args.bone.split(",") if b.strip()]
+    reg = Registration.from_ct(args.ct, args.labels, wanted, args.label_names, config)
     rig = as_rig(args.calib)
     if len(args.frame) != len(rig):
         raise FluoroRegError(f"{len(args.frame)} --frame given but --calib {args.calib} has {len(rig)} view(s) "
                              f"({', '.join(rig.names)}); give one --frame per view, in the views' order")
-    reg = Registration.from_ct(args.ct, args.labels, wanted, args.label_names, config)
     masks = _rig_masks_argument(args.mask, rig.names)
     if args.model and masks != "auto":
         raise FluoroRegError("--model is used with --mask auto; add --mask auto (or drop --model)")

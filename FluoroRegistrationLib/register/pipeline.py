@@ -159,14 +159,15 @@ def view_levels(cameras: list[Camera], depths_mm: list[float], config: Registrat
     return levels
 
 
-def expected_reports(config: RegistrationConfig, camera: Camera, depth_mm: float) -> int:
+def expected_reports(config: RegistrationConfig, camera: Camera, depth_mm: float, views: int = 1) -> int:
     """About how many progress reports one bone's registration makes (the GUIs' progress bars).
 
     Every pose the optimisers score is one report: the search's steps, each start's refinement and
     rank scan, the probes' grids, the levels coarse to fine. Adam usually stops on a plateau at about
     half its iterations and the probes run about once, so this is a typical count, not a bound
     (measured on the phantom: within 0.7-1.3 of it, Testing/test_web_session.py). The levels are
-    the pipeline's own for a bone at ``depth_mm`` from the source (:func:`pyramid_levels`).
+    the pipeline's own for a bone at ``depth_mm`` from the source (:func:`pyramid_levels`). With
+    several ``views`` the depth scans before the levels are skipped (the ranking's are not).
     """
     levels = pyramid_levels(camera, depth_mm, config)
     iterations = [level.iterations for level in levels]
@@ -180,13 +181,16 @@ def expected_reports(config: RegistrationConfig, camera: Camera, depth_mm: float
     first = 0
     if config.search.enabled:
         total += config.search.steps
+        if views > 1:  # a wide depth scan per start, one search pixel apart
+            search = level_for(camera, depth_mm, config.search.pixel_mm)
+            total += (config.ranking.starts + 1) * (int(2 * config.search.range_mm / search.pixel_mm) + 1)
         if rank > 0:
             # the starts refine as one batch (one report per iteration); each has its depth scans
             # before levels 1..rank-1 and the rank scan
-            total += sum(adam[:rank]) + config.ranking.starts * scan * rank + tilt
+            total += sum(adam[:rank]) + config.ranking.starts * scan * (rank if views == 1 else 1) + tilt
             first = rank
     for index in range(first, len(levels)):
-        scans = index > first and config.depth_scan.enabled and \
+        scans = index > first and config.depth_scan.enabled and views == 1 and \
             levels[index].pixel_mm >= config.depth_scan.min_pixel_mm * 0.999
         total += adam[index] + (scan if scans else 0)
         if index == first == rank and index > 0:
@@ -271,18 +275,17 @@ class _BoneRegistration:
         self._objectives: dict = {}
         deg = math.pi / 180
         st, s = config.steps, config.search
-        # one view sees depth only through a change of size: it gets a larger step, and the search
-        # leaves it to the depth scans; with several views the others see it across their images, so
-        # it is stepped and searched like an in-plane translation
+        # one view sees depth only through a change of size: it gets a larger step and the depth scans;
+        # with several views the others see it across their images, so it is stepped like an in-plane
+        # translation and found by one wide scan per start after the search (see search())
         self.seen_across = seen_across = len(self.views) > 1
         depth_step = st.translation_mm if seen_across else st.depth_mm
-        depth_range = max(s.range_depth_mm, s.range_mm) if seen_across else s.range_depth_mm
         self.scales = torch.tensor([st.out_of_plane_rotation_deg * deg] * 2 + [st.rotation_deg * deg]
                                    + [st.translation_mm] * 2 + [depth_step], dtype=torch.float64)
         # the refinement stays inside the search box around the initial pose (depth: the in-plane
         # range), so a weakly constrained parameter cannot run away
         self.box = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 3, dtype=torch.float64)
-        self.ranges = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 2 + [depth_range], dtype=torch.float64)
+        self.ranges = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 2 + [s.range_depth_mm], dtype=torch.float64)
 
     def objective(self, levels: tuple, fine: bool = False) -> JointObjective:
         """The loss at ``levels`` (one :class:`Level` per view), the mask dilated as at the fine
@@ -325,7 +328,16 @@ class _BoneRegistration:
                                                torch.Generator().manual_seed(self.config.seed), steps=s.steps,
                                                candidates=s.candidates, report=self.report))
         separation = self.config.ranking.separation * torch.cat([self.ranges[:5], self.box[5:]])
-        return _search_starts(self.stages[-1].candidates, best, separation, self.config.ranking)
+        starts = _search_starts(self.stages[-1].candidates, best, separation, self.config.ranking)
+        if self.seen_across:
+            # the search samples five parameters as for one view (a sixth dilutes its turns: measured, a
+            # start 27 deg off lost its basin); then each start's depth is scanned over the in-plane
+            # range, one search pixel apart: the other views see it sharply across their images
+            points = int(2 * s.range_mm / self.search_level[0].pixel_mm) + 1
+            starts = [self.log(line_search(self.objective(self.search_level), x, 5, s.range_mm, points=points,
+                                           report=self.report, name=f"start {k + 1}: wide depth scan"))[0]
+                      for k, x in enumerate(starts)]
+        return starts
 
     def depth_scan(self, x, index: int, label: str = "", name: str = "depth scan"):
         scan = self.config.depth_scan

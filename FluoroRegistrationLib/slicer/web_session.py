@@ -338,7 +338,8 @@ class WebSession:
         self._process = self.logic.startRegistrationProcess(
             folder, self.ct, self.labels, frames, calibration, self.bone_ids(), self.start_poses, masks, config,
             polarity)
-        self._events, self._expected = 0, sum(expected_reports(config, self.camera, self._depth(b)) for b in self.bones)
+        self._events, self._expected = 0, sum(expected_reports(config, self.camera, self._depth(b), len(self.view_names))
+                                               for b in self.bones)
         views = f" against views {', '.join(self.view_names)}" if self.rig is not None else ""
         self.progress = Progress(True, 0.0, f"Registering {', '.join(self.bones)}{views}...")
         self._started = time.perf_counter()
