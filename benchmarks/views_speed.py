@@ -5,7 +5,7 @@ from FluoroRegistrationLib.register import Registration, RegistrationConfig, pos
 from FluoroRegistrationLib.geometry import CentredParameterization, as_rig, Rig
 from FluoroRegistrationLib.evaluate.starts import random_offset
 torch.set_num_threads(2)
-root = '/tmp/bp'
+root = sys.argv[1] if len(sys.argv) > 1 else '/tmp/bp'  # the folder the docstring's command writes
 rig = as_rig(f'{root}/rig_true.json')
 variants = {"1 view": (1, None), "2 views": (2, None),
             "2 views, 2.8-0.7 mm": (2, {"pyramid": {"pixel_mm": [2.8, 1.4, 0.7], "iterations": [60, 50, 40]}})}
