@@ -251,3 +251,34 @@ def test_tracking_results_in_the_page(browser, simulated_case, tmp_path):
         page.close()
     finally:
         server.stop()
+
+
+def test_a_biplane_case_shows_each_view(browser, tmp_path):
+    """A `fluororeg simulate --view-angle` folder: the page says both views register together, and
+    the view buttons switch the picture to view B's frame (with the DRR as B sees the bones)."""
+    import base64
+
+    from FluoroRegistrationLib.simulate.writer import DEFAULT_CAMERA, simulate_folder
+
+    simulate_folder(tmp_path, frames=1, seed=2, camera=DEFAULT_CAMERA.resized(256, 256), realism="low",
+                    view_angles_deg=(70.0,))
+    server = Server("--data", str(tmp_path))
+    try:
+        page, _ = open_page(browser, server.url)
+        assert "2 views (A, B), registered together" in page.locator("#views-text").inner_text()
+        first = page.locator("#overlay").get_attribute("src")
+        page.locator("#view-1").click()
+        page.wait_for_function("(a) => document.querySelector('#overlay').src !== a", arg=first, timeout=30000)
+        page.screenshot(path=str(ARTIFACTS / "gui_view_b.png"))
+        second = page.locator("#overlay").get_attribute("src")
+        from PIL import Image
+        import io
+
+        a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))) for src in (first, second))
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() > 5  # another frame, not a redraw
+        page.locator("#view-0").click()
+        page.wait_for_function("(a) => document.querySelector('#overlay').src === a", arg=first, timeout=30000)
+        assert page.locator("#error").inner_text() == ""
+        page.close()
+    finally:
+        server.stop()

@@ -105,6 +105,17 @@ def test_biplane_angles_that_do_not_pin_the_depth_are_refused():
         biplane_rig(CAM, angle_deg=5.0)
 
 
+def test_per_view_values_are_one_per_view_in_order_or_a_one_line_error():
+    two = biplane_rig(CAM, angle_deg=90.0)
+    assert two.per_view(["a", "b"], "frame") == ["a", "b"]
+    assert Rig.single(CAM).per_view("a", "frame") == ["a"]
+    assert Rig.single(CAM).per_view(["a"], "frame") == ["a"]
+    with pytest.raises(FluoroRegError, match=r"rig of 2 view\(s\) \(A, B\) but one frame\(s\) given; give one frame per view"):
+        two.per_view("a", "frame")
+    with pytest.raises(FluoroRegError, match=r"but 3 mask node\(s\) given"):
+        two.per_view([1, 2, 3], "mask node")
+
+
 @pytest.fixture(scope="module")
 def biplane_scene(femur_lateral):
     """Two views 90 deg apart of the femur at its true pose: (bones, rig, truth, [frames], [masks])."""

@@ -302,3 +302,25 @@ def test_a_biplane_folder_registers_against_both_views_in_the_child(tmp_path):
         time.sleep(0.05)
     assert "femur:" in s.progress.results["femur"], s.progress
     assert s.errors()["femur"] < 2.0, s.errors()
+    # the page can show view B: its frame, and the registered femur as B sees it, over B's own mask
+    # (the simulator's, an independent truth)
+    from FluoroRegistrationLib.slicer.nodes import volume_array
+
+    a, b = s.overlay(drr=False, masks=False), s.overlay(drr=False, masks=False, view=1)
+    assert a.shape == b.shape == (*camera_b.shape, 3) and (a != b).any()
+    outline = s.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+
+    def centre(mask):  # (row, col) of a mask's centroid, pixels
+        return np.argwhere(mask).mean(axis=0)
+
+    truth_b = centre(s.logic.maskLabels(s.view_mask_nodes[0]) == s.label_ids["femur"])
+    for view_from_reference, near in ((s.rig.views[1].camera_from_reference.numpy(), True), (None, False)):
+        s.logic.projectBones(s.ct, s.labels, camera_b, {"femur": s.label_ids["femur"]}, s.result_poses, outline,
+                             cameraFromReference=view_from_reference)
+        seen = centre(volume_array(outline, "outline")[0] == s.label_ids["femur"])
+        # within 2 px (1.4 mm at the bone; the rig file is the nominal one) as B sees it; as A sees it, far
+        assert (np.linalg.norm(seen - truth_b) < 2.0) == near, (seen, truth_b)
+        if near:  # drawn on B's detector in the scene
+            np.testing.assert_allclose(ijk_to_ras(outline), ijk_to_ras(s.view_nodes[0]), atol=1e-9)
+    with pytest.raises(FluoroRegError, match="view 2 does not exist; the case has 2 view"):
+        s.overlay(view=2)

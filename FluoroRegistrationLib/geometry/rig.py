@@ -79,6 +79,17 @@ class Rig:
         pose = camera_from_volume.to(torch.float64)
         return [v.camera_from_reference.to(pose.device) @ pose for v in self.views]
 
+    def per_view(self, values, what: str) -> list:
+        """``values`` as one entry per view: a single value (or a 1-list) for a one-view rig, else a
+        list or tuple with one entry per view in the rig's order; raises naming ``what`` otherwise."""
+        if len(self) == 1 and not (isinstance(values, (list, tuple)) and len(values) == 1):
+            return [values]
+        if not isinstance(values, (list, tuple)) or len(values) != len(self):
+            got = len(values) if isinstance(values, (list, tuple)) else "one"
+            raise FluoroRegError(f"the calibration is a rig of {len(self)} view(s) ({', '.join(self.names)}) but {got} "
+                                 f"{what}(s) given; give one {what} per view, in the rig's order")
+        return list(values)
+
     def source_angle_deg(self, k: int = 1) -> float:
         """Angle between the first view's principal ray and view ``k``'s (degrees)."""
         z0 = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)

@@ -179,8 +179,8 @@ class Registration:
         ``masks``: see :meth:`masks` (with a rig: "auto", or a list of such, one per view);
         ``progress``, ``cancel``: see :func:`register`. Poses come back in the first view's frame."""
         rig = as_rig(calibration)
-        frames = _per_view(frame, rig, "frame", "frames")
-        mask_specs = masks if isinstance(masks, str) or masks is None else _per_view(masks, rig, "mask", "masks")
+        frames = rig.per_view(frame, "frame")
+        mask_specs = masks if isinstance(masks, str) or masks is None else rig.per_view(masks, "mask")
         initial = as_initial_poses(initial_poses, list(self.volumes))
         views = []
         for k, v in enumerate(rig.views):
@@ -189,20 +189,6 @@ class Registration:
             views.append(ViewImage(v.camera, prepared.image, self.masks(spec, prepared, v.camera, model),
                                    prepared.field, v.camera_from_reference, v.name))
         return register_views(self.volumes, views, initial, config=self.config, progress=progress, cancel=cancel)
-
-
-def _per_view(values, rig: Rig, what: str, plural: str) -> list:
-    """``values`` as one entry per view of ``rig``: a single value for a one-view rig, else a list or
-    tuple of as many entries as views."""
-    if len(rig) == 1:
-        if isinstance(values, (list, tuple)) and len(values) == 1:
-            return list(values)
-        return [values]
-    if not isinstance(values, (list, tuple)) or len(values) != len(rig):
-        got = f"{len(values)}" if isinstance(values, (list, tuple)) else "one"
-        raise FluoroRegError(f"the calibration is a rig of {len(rig)} views ({', '.join(rig.names)}) but {got} {what} "
-                             f"given; give {plural} in the views' order, one per view")
-    return list(values)
 
 
 def label_map_masks(label_map, label_ids: dict[str, int], camera: Camera) -> dict[str, torch.Tensor]:

@@ -74,7 +74,7 @@ class FluoroRegistrationLogic:
         in the scene (the first view's camera frame); ``frameNodes`` in the rig's order. Returns each
         view's (source point node, principal ray line node)."""
         rig = as_rig(calibration)
-        nodes = _per_view(frameNodes, rig, "frame node")
+        nodes = rig.per_view(frameNodes, "frame node")
         return [self.placeFrame(n, v.camera, v.camera_from_reference.numpy()) for n, v in zip(nodes, rig.views)]
 
     def placeFrame(self, frameNode, calibration, cameraFromReference=None):
@@ -88,7 +88,7 @@ class FluoroRegistrationLogic:
         import vtk
 
         camera = as_camera(calibration)
-        scene_from_camera = np.eye(4) if cameraFromReference is None else np.linalg.inv(np.asarray(cameraFromReference))
+        scene_from_camera = _scene_from_view(cameraFromReference)
         self.frameImage(frameNode, camera)
         if frameNode.GetParentTransformNode() is not None:
             raise FluoroRegError(f"frame {node_name(frameNode)} is under transform "
@@ -163,35 +163,48 @@ class FluoroRegistrationLogic:
             set_to_parent(nodes[bone], to_parent_from_pose(torch.as_tensor(pose).detach().cpu().numpy()))
 
     # ------------------------------------------------------------------------------------ images
-    def renderDRR(self, ctNode, labelNode, calibration, bones, poseNodes, outputNode, longest: int | None = None):
+    def renderDRR(self, ctNode, labelNode, calibration, bones, poseNodes, outputNode, longest: int | None = None,
+                  cameraFromReference=None):
         """A DRR of the bones at their poses, as a volume on the frame's geometry.
 
         Draws what registration compares: each bone's label (with its partial-volume rim) in excess of
         soft tissue. ``longest``: render on a coarser grid over the same detector (live previews, e.g.
-        128 while dragging a slider). Returns ``outputNode`` with array (1, rows, cols).
+        128 while dragging a slider). ``cameraFromReference`` (4, 4): draw as a further view of a rig
+        sees the bones (their poses are in the rig's first view; the output stands on this view's
+        detector). Returns ``outputNode`` with array (1, rows, cols).
         """
         camera = _preview_camera(as_camera(calibration), longest)
         volumes = self.boneVolumes(ctNode, labelNode, bones)
-        poses = self.poses(volumes, poseNodes)
+        poses = self._view_poses(volumes, poseNodes, cameraFromReference)
         with torch.no_grad():
             drr = render(list(volumes.values()), camera, [poses[b].float() for b in volumes], "fast")
         check_node(outputNode, "vtkMRMLScalarVolumeNode", "DRR output")
-        set_volume(outputNode, drr[0].numpy().astype(np.float32), frame_ijk_to_ras(camera))
+        set_volume(outputNode, drr[0].numpy().astype(np.float32), _scene_from_view(cameraFromReference) @ frame_ijk_to_ras(camera))
         return outputNode
 
-    def projectBones(self, ctNode, labelNode, calibration, bones, poseNodes, outputLabelNode):
+    def projectBones(self, ctNode, labelNode, calibration, bones, poseNodes, outputLabelNode, cameraFromReference=None):
         """Where each bone projects at its pose: a label map on the frame's geometry (each bone's label
-        id, the thickest bone on top). For the bones' outlines over the frame, or masks for register."""
+        id, the thickest bone on top). For the bones' outlines over the frame, or masks for register.
+        ``cameraFromReference``: as seen by a further view of a rig (see :meth:`renderDRR`)."""
         camera = as_camera(calibration)
         volumes = self.boneVolumes(ctNode, labelNode, bones)
-        poses = self.poses(volumes, poseNodes)
+        poses = self._view_poses(volumes, poseNodes, cameraFromReference)
         ids = self.boneIds(labelNode, bones)
         with torch.no_grad():
             chords = {b: project_label(v, camera, poses[b].float())[0, 0].numpy() for b, v in volumes.items()}
-        return self.writeMasks(calibration, chords, ids, outputLabelNode)
+        return self.writeMasks(calibration, chords, ids, outputLabelNode, cameraFromReference)
 
-    def writeMasks(self, calibration, masks: dict, labelIds: dict, outputLabelNode):
-        """Masks {bone: (rows, cols) weights, > 0 inside} as one label map on the frame's geometry.
+    def _view_poses(self, volumes, poseNodes, cameraFromReference) -> dict[str, torch.Tensor]:
+        """The poses of the nodes (in the rig's first view) as the view ``cameraFromReference`` sees them."""
+        poses = self.poses(volumes, poseNodes)
+        if cameraFromReference is None:
+            return poses
+        view = torch.as_tensor(np.asarray(cameraFromReference, np.float64))
+        return {b: view @ p for b, p in poses.items()}
+
+    def writeMasks(self, calibration, masks: dict, labelIds: dict, outputLabelNode, cameraFromReference=None):
+        """Masks {bone: (rows, cols) weights, > 0 inside} as one label map on the frame's geometry
+        (``cameraFromReference``: a further view's detector in a rig).
 
         Where masks overlap, the largest value wins (chord lengths: the thickest bone)."""
         camera = as_camera(calibration)
@@ -205,7 +218,7 @@ class FluoroRegistrationLogic:
                                      f"{camera.rows}x{camera.cols}; pass masks on the frame's grid")
             wins = (mask > 0) & (mask > best)
             labels[wins], best[wins] = labelIds[bone], mask[wins]
-        set_volume(outputLabelNode, labels[None], frame_ijk_to_ras(camera))
+        set_volume(outputLabelNode, labels[None], _scene_from_view(cameraFromReference) @ frame_ijk_to_ras(camera))
         return outputLabelNode
 
     def masksFromLabelMap(self, maskNode, calibration, labelIds: dict) -> dict[str, torch.Tensor]:
@@ -265,8 +278,8 @@ class FluoroRegistrationLogic:
         from ..register import Registration, prepare_frame
 
         rig = as_rig(calibration)
-        frameNodes = _per_view(frameNode, rig, "frame node")
-        maskNodes = [None] * len(rig) if maskNode is None else _per_view(maskNode, rig, "mask node")
+        frameNodes = rig.per_view(frameNode, "frame node")
+        maskNodes = [None] * len(rig) if maskNode is None else rig.per_view(maskNode, "mask node")
         frames = [prepare_frame(self.frameImage(n, v.camera), v.camera, polarity) for n, v in zip(frameNodes, rig.views)]
         volumes = self.boneVolumes(ctNode, labelNode, bones)
         registration = Registration(volumes, config, self.boneIds(labelNode, bones))
@@ -296,8 +309,8 @@ class FluoroRegistrationLogic:
         from .process import write_inputs
 
         rig = as_rig(calibration)
-        frameNodes = _per_view(frameNode, rig, "frame node")
-        maskNodes = [None] * len(rig) if maskNode is None else _per_view(maskNode, rig, "mask node")
+        frameNodes = rig.per_view(frameNode, "frame node")
+        maskNodes = [None] * len(rig) if maskNode is None else rig.per_view(maskNode, "mask node")
         ids = self.boneIds(labelNode, bones)
         ct, labels = self.ctAndLabels(ctNode, labelNode)
         masks = [None if m is None else self.maskLabels(m) for m in maskNodes]
@@ -357,14 +370,9 @@ def _write_status(nodes: dict, statuses: dict) -> None:
         node.SetAttribute(STATUS_ATTRIBUTE + "Reason", reason)
 
 
-def _per_view(nodes, rig: Rig, what: str) -> list:
-    """One node per view of ``rig``: a node for a one-view rig, else a list in the rig's order."""
-    if not isinstance(nodes, (list, tuple)):
-        nodes = [nodes]
-    if len(nodes) != len(rig):
-        raise FluoroRegError(f"{len(nodes)} {what}(s) for a rig of {len(rig)} view(s) ({', '.join(rig.names)}); "
-                             "give one per view, in the rig's order")
-    return list(nodes)
+def _scene_from_view(camera_from_reference) -> np.ndarray:
+    """(4, 4): the scene (a rig's first view) from a view's camera frame; identity for None."""
+    return np.eye(4) if camera_from_reference is None else np.linalg.inv(np.asarray(camera_from_reference, np.float64))
 
 
 def per_bone(nodes, bones: list, what: str) -> dict:

@@ -10,7 +10,8 @@ never waits), the result as transform nodes drawn as green outlines, the poses d
 Elements a test (or a person with the browser's inspector) finds by id: ``load-phantom``, ``data-dir``,
 ``load-data``, ``bone``, ``pose-x`` ... ``pose-rz`` (sliders) and ``pose-x-value`` ... (number fields),
 ``overlay`` (the picture), ``register``, ``cancel``, ``progress``, ``status``, ``results``, ``export``,
-``error``, ``take-result``, ``model-dir``, ``predict``, ``preview-stats``.
+``error``, ``take-result``, ``model-dir``, ``predict``, ``preview-stats``, ``view`` (``view-0``,
+``view-1`` ...: which view of a rig the picture shows).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class RegistrationPage:
         self._times: list[float] = []
         self.state.update({"data_dir": "", "model_dir": "", "bone": None, "bones": [], "registered": [], "uploads": None, "track_dir": "", "track_summary": "",
                            "kinematics": "", "frame_index": 0,
-                           "frame_count": 1, "views_text": "", "show_drr": True, "show_masks": True, "use_masks": True,
+                           "frame_count": 1, "views_text": "", "view": 0, "view_items": [], "show_drr": True, "show_masks": True, "use_masks": True,
                            "overlay": "", "progress": 0, "status": "", "results": [], "error": "",
                            "running": False, "export_href": "", "has_result": False, "preview_stats": "",
                            **{f"pose_{k}": 0.0 for k in NAMES}, **{f"pose_{k}_min": -1.0 for k in NAMES},
@@ -52,7 +53,7 @@ class RegistrationPage:
         self.state.change("frame_index")(lambda frame_index, **_: self.guard(self.on_frame, frame_index))
         self.state.change("uploads")(lambda uploads, **_: self.guard(self.on_uploads, uploads))
         self.state.change("registered")(lambda registered, **_: self.guard(self.on_registered, registered))
-        self.state.change("show_drr", "show_masks")(lambda **_: self.guard(self.refresh))
+        self.state.change("show_drr", "show_masks", "view")(lambda **_: self.guard(self.refresh))
         self.ctrl.load_phantom = lambda: self.guard(self.load, None)
         self.ctrl.load_data = lambda: self.guard(self.load, self.state.data_dir)
         self.ctrl.predict = lambda: self.guard(self.predict)
@@ -85,8 +86,10 @@ class RegistrationPage:
         self.state.update({"bones": list(self.session.sliders), "registered": list(self.session.bones),
                            "frame_count": len(self.session.frames), "frame_index": 0,
                            "views_text": (f"{len(self.session.view_names)} views ({', '.join(self.session.view_names)}), "
-                                          f"registered together; shown: view {self.session.view_names[0]}")
+                                          "registered together; pick the one shown")
                            if len(self.session.view_names) > 1 else "",
+                           "view": 0, "view_items": [{"title": f"view {name}", "value": k}
+                                                     for k, name in enumerate(self.session.view_names)],
                            "results": [], "status": "", "progress": 0, "has_result": False, "export_href": ""})
         self.state.bone = self.session.bones[0] if self.session.bones else None
         self.show_bone()
@@ -158,7 +161,9 @@ class RegistrationPage:
         if self.session.frame is None:
             return
         t0 = time.perf_counter()
-        rgb = self.session.overlay(longest, drr=self.state.show_drr, masks=self.state.show_masks)
+        view = int(self.state.view or 0)
+        rgb = self.session.overlay(longest, drr=self.state.show_drr, masks=self.state.show_masks,
+                                   view=view if view < len(self.session.view_names) else 0)
         self.state.overlay = data_url(rgb)
         if longest is not None:
             self._times = (self._times + [time.perf_counter() - t0])[-50:]
@@ -258,6 +263,10 @@ def build_ui(server) -> None:
                     v.VSlider(v_model=("frame_index",), id="frame-index", label="frame", min=0, step=1,
                               max=("frame_count - 1",), v_show=("frame_count > 1",), thumb_label=True, hide_details=True)
                     html.Div("{{ views_text }}", id="views-text", v_show=("views_text",), classes="text-caption mt-1")
+                    with v.VBtnToggle(v_model=("view",), id="view", v_show=("view_items.length > 1",), mandatory=True,
+                                      density="compact", divided=True, variant="outlined", classes="mt-1"):
+                        v.VBtn("{{ item.title }}", v_for="item in view_items", key="item.value",
+                               value=("item.value",), id=("`view-${item.value}`",))
             with v.VCard(classes="ma-2", title="Start pose"):
                 with v.VCardText():
                     v.VSelect(v_model=("registered",), items=("bones",), id="registered", label="bones to register",

@@ -293,31 +293,45 @@ class WebSession:
                                "frame": self.frame_index} for b, p in self.poses(which).items()}, indent=1)
 
     # ------------------------------------------------------------------------------------ images
-    def overlay(self, longest: int | None = None, drr: bool = True, masks: bool = True) -> np.ndarray:
-        """(rows, cols, 3) uint8: the frame (bone dark), the DRR of the bones at their start poses in
-        orange (``longest``: rendered coarse and scaled up), mask outlines in cyan, registered
-        outlines in green."""
+    def overlay(self, longest: int | None = None, drr: bool = True, masks: bool = True, view: int = 0) -> np.ndarray:
+        """(rows, cols, 3) uint8: view ``view``'s frame (bone dark; 0: the first view), the DRR of the
+        bones at their start poses in orange (``longest``: rendered coarse and scaled up), mask
+        outlines in cyan, registered outlines in green, each as that view sees the bones."""
         from .overlay import compose
 
-        image = self.logic.frameImage(self.frame, self.camera)
-        drr_image = self._drr(longest) if drr and self.bones else None
-        mask_labels = self.logic.maskLabels(self.masks) if masks and self.masks is not None else None
-        result = self._result_outline() if self.result_poses else None
+        frame, camera, mask, camera_from_reference = self._view(view)
+        image = self.logic.frameImage(frame, camera)
+        drr_image = self._drr(longest, camera, camera_from_reference) if drr and self.bones else None
+        mask_labels = self.logic.maskLabels(mask) if masks and mask is not None else None
+        result = self._result_outline(camera, camera_from_reference) if self.result_poses else None
         return compose(image, drr_image, mask_labels, result)
 
-    def _drr(self, longest):
+    def _view(self, view: int) -> tuple:
+        """View ``view``'s (frame node, camera, mask node or None, camera_from_reference or None)."""
+        if not 0 <= view < len(self.view_names):
+            raise FluoroRegError(f"view {view} does not exist; the case has {len(self.view_names)} view(s) "
+                                 f"({', '.join(self.view_names)})")
+        if view == 0:
+            return self.frame, self.camera, self.masks, None
+        masks = self.view_mask_nodes[view - 1] if view - 1 < len(self.view_mask_nodes) else None
+        v = self.rig.views[view]
+        return self.view_nodes[view - 1], v.camera, masks, v.camera_from_reference.numpy()
+
+    def _drr(self, longest, camera, camera_from_reference):
         node = self._node("vtkMRMLScalarVolumeNode", "web DRR")
-        self.logic.renderDRR(self.ct, self.labels, self.camera, self.bone_ids(), self.start_poses, node, longest=longest)
+        self.logic.renderDRR(self.ct, self.labels, camera, self.bone_ids(), self.start_poses, node, longest=longest,
+                             cameraFromReference=camera_from_reference)
         from .nodes import volume_array
 
         return volume_array(node, "DRR")[0]
 
-    def _result_outline(self):
+    def _result_outline(self, camera, camera_from_reference):
         from .nodes import volume_array
 
         node = self._node("vtkMRMLLabelMapVolumeNode", "web result outline")
         bones = {b: self.label_ids[b] for b in self.result_poses}
-        self.logic.projectBones(self.ct, self.labels, self.camera, bones, self.result_poses, node)
+        self.logic.projectBones(self.ct, self.labels, camera, bones, self.result_poses, node,
+                                cameraFromReference=camera_from_reference)
         return volume_array(node, "outline")[0]
 
     # ------------------------------------------------------------------------------------ register
