@@ -288,8 +288,8 @@ class _BoneRegistration:
         self.ranges = torch.tensor([s.range_deg * deg] * 3 + [s.range_mm] * 2 + [s.range_depth_mm], dtype=torch.float64)
 
     def objective(self, levels: tuple, fine: bool = False) -> JointObjective:
-        """The loss at ``levels`` (one :class:`Level` per view), the mask dilated as at the fine
-        levels when ``fine`` (cached)."""
+        """The loss at ``levels`` (one :class:`Level` per view; fewer: the first views alone), the mask
+        dilated as at the fine levels when ``fine`` (cached)."""
         dilation = self.config.masks.fine_dilation_mm if fine else self.config.masks.dilation_mm
         key = (tuple(level.size for level in levels), dilation)
         if key not in self._objectives:
@@ -324,23 +324,31 @@ class _BoneRegistration:
         if not self.config.search.enabled:
             return [x0]
         s = self.config.search
-        best, _ = self.log(simulated_annealing(self.objective(self.search_level), x0, self.ranges,
+        # with several views the search runs on the first view alone: like one view it barely sees depth,
+        # so the initial pose's depth error does not mislead it, while the others see it as an in-plane
+        # shift (measured: a tibia start 16 mm off along the beam left a joint search no pose that fitted
+        # view B, ending 18 deg off); a sixth parameter instead diluted the search's turns (a start 27 deg
+        # off lost its basin). Each start's depth is then scanned on the joint objective.
+        best, _ = self.log(simulated_annealing(self.objective(self.search_level[:1]), x0, self.ranges,
                                                torch.Generator().manual_seed(self.config.seed), steps=s.steps,
-                                               candidates=s.candidates, report=self.report))
+                                               candidates=s.candidates, report=self.report,
+                                               name="global search" + (f" in view {self.views[0].name}" if self.seen_across else "")))
         separation = self.config.ranking.separation * torch.cat([self.ranges[:5], self.box[5:]])
         starts = _search_starts(self.stages[-1].candidates, best, separation, self.config.ranking)
         if self.seen_across:
-            # the search samples five parameters as for one view (a sixth dilutes its turns: measured, a
-            # start 27 deg off lost its basin); then each start's depth is scanned over the in-plane
-            # range, one search pixel apart: the other views see it sharply across their images
-            # the user's start is kept beside its scanned copy: with its turns off, a coarse scan can
-            # move it into a wrong basin (measured: a tibia start 10 deg off went 21 mm along the beam)
-            points = int(2 * s.range_mm / self.search_level[0].pixel_mm) + 1
-            scanned = [self.log(line_search(self.objective(self.search_level), x, 5, s.range_mm, points=points,
-                                            report=self.report, name=f"start {k + 1}: wide depth scan"))[0]
-                       for k, x in enumerate(starts)]
+            # the user's start is kept beside its scanned copy: with its turns off, a coarse scan can move
+            # it into a wrong basin (measured: a tibia start 10 deg off went 21 mm along the beam)
+            scanned = [self.wide_depth_scan(x, f"start {k + 1}: ") for k, x in enumerate(starts)]
             starts = scanned + [x for x in starts if not bool(x.abs().max() > 0)]
         return starts
+
+    def wide_depth_scan(self, x, label: str) -> torch.Tensor:
+        """Several views: x with its depth scanned over the in-plane search range, one search pixel
+        apart, on the joint objective at the search level (the other views see depth sharply)."""
+        s = self.config.search
+        points = int(2 * s.range_mm / self.search_level[0].pixel_mm) + 1
+        return self.log(line_search(self.objective(self.search_level), x, 5, s.range_mm, points=points,
+                                    report=self.report, name=f"{label}wide depth scan"))[0]
 
     def depth_scan(self, x, index: int, label: str = "", name: str = "depth scan"):
         scan = self.config.depth_scan
