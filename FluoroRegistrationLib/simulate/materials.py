@@ -47,8 +47,15 @@ def _load_table(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
 
 _TABLE = _load_table(_DATA_FILE)
 
-MATERIALS: tuple[str, ...] = tuple(_TABLE)
-"""Names of the tabulated materials, in the JSON file's order."""
+ALLOYS: dict[str, tuple[dict[str, float], float]] = {
+    # implant alloys: mass fractions of tabulated elements (the mixture rule, mu/rho = sum w_i (mu/rho)_i)
+    # and the alloy's density (g/cm^3)
+    "cobalt_chrome": ({"cobalt": 0.655, "chromium": 0.285, "molybdenum": 0.06}, 8.3),  # ASTM F75 Co-28Cr-6Mo
+    "titanium_alloy": ({"titanium": 0.90, "aluminium": 0.06, "vanadium": 0.04}, 4.43),  # ASTM F136 Ti-6Al-4V
+}
+
+MATERIALS: tuple[str, ...] = tuple(_TABLE) + tuple(ALLOYS)
+"""Names of the materials: the tabulated ones in the JSON file's order, then the alloys."""
 
 
 def _entry(material: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -60,7 +67,9 @@ def _entry(material: str) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def density(material: str) -> float:
-    """Nominal density of ``material`` in g/cm^3 (NIST SRD 126 Tables 1 and 2)."""
+    """Nominal density of ``material`` in g/cm^3 (NIST SRD 126 Tables 1 and 2; an alloy's own)."""
+    if isinstance(material, str) and material in ALLOYS:
+        return ALLOYS[material][1]
     return _entry(material)[2]
 
 
@@ -69,8 +78,11 @@ def mass_attenuation(material: str, energies_kev) -> np.ndarray:
 
     ``energies_kev``: photon energies in keV, a scalar or an array of any shape; every value must
     lie within the table (8 to 150 keV). Returns float64 of the same shape. Table points are
-    returned exactly; between them the value is interpolated log-log.
+    returned exactly; between them the value is interpolated log-log. An alloy's is the mass-fraction
+    weighted sum of its elements' (:data:`ALLOYS`).
     """
+    if isinstance(material, str) and material in ALLOYS:
+        return sum(w * mass_attenuation(element, energies_kev) for element, w in ALLOYS[material][0].items())
     e_tab, m_tab, _ = _entry(material)
     e = np.asarray(energies_kev, dtype=np.float64)
     lo, hi = e_tab[0], e_tab[-1]

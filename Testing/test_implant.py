@@ -1,0 +1,172 @@
+"""Implant meshes: reading and checking CAD surfaces, and the exact ray-mesh renderer against
+analytic truth (a sphere's and a box's chords), its gradients against finite differences."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from FluoroRegistrationLib import FluoroRegError
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization
+from FluoroRegistrationLib.implant import from_trimesh, load_mesh
+from FluoroRegistrationLib.render.mesh import render_mesh
+
+trimesh = pytest.importorskip("trimesh")
+
+CAM = Camera(1000.0, 96, 96, 1.0, 1.0)
+
+
+def _pose(x=3.0, y=-2.0, z=700.0) -> torch.Tensor:
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, 3] = torch.tensor([x, y, z], dtype=torch.float64)
+    return pose
+
+
+def _directions(camera: Camera) -> torch.Tensor:
+    return camera.directions(camera.pixel_uv(torch.float64))  # (H, W, 3), z = 1
+
+
+def test_a_sphere_draws_its_chords():
+    """Each ray's length inside an icosphere of radius 20 mm against the exact chord of the sphere,
+    2 sqrt(r^2 - p^2) with p the ray's distance from the centre: within 0.5 % for rays up to 0.9 r
+    from the centre (the polyhedron is inscribed), zero outside, the total within 0.1 %."""
+    sphere = from_trimesh(trimesh.creation.icosphere(subdivisions=5, radius=20.0), "sphere")
+    pose = _pose()
+    image = render_mesh(sphere, CAM, pose)[0, 0]
+    d = _directions(CAM)
+    d = d / d.norm(dim=-1, keepdim=True)
+    centre = pose[:3, 3]
+    p2 = (centre * centre).sum() - ((d * centre).sum(-1)) ** 2
+    chord = 2 * torch.sqrt((400.0 - p2).clamp(min=0))
+    inner = p2 < (0.9 * 20.0) ** 2
+    assert inner.sum() > 500
+    assert float(((image - chord).abs() / chord)[inner].max()) < 0.005
+    assert float(image[chord == 0].abs().max()) == 0.0
+    assert float(image.sum() / chord.sum()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_box_draws_exact_lengths_and_a_ray_through_a_shared_edge_counts_once():
+    """A 30 x 20 x 10 mm box facing the source: rays entering its front face and leaving its back
+    face travel 10 |d| mm inside (to rounding); the principal ray passes exactly through the
+    diagonals that split the front and back faces into triangles and still counts 10 mm."""
+    box = from_trimesh(trimesh.creation.box(extents=(30.0, 20.0, 10.0)), "box")
+    camera = Camera(1000.0, 65, 65, 1.0, 1.0)  # principal point on pixel (32, 32)
+    assert camera.u0 == 32 and camera.v0 == 32
+    image = render_mesh(box, camera, _pose(0.0, 0.0, 700.0))[0, 0]
+    d = _directions(camera)
+    inside = lambda p: (p[..., 0].abs() < 15) & (p[..., 1].abs() < 10)  # noqa: E731
+    through = inside(d * 695.0) & inside(d * 705.0)
+    assert through.sum() > 500
+    torch.testing.assert_close(image[through], 10.0 * d.norm(dim=-1)[through], rtol=0, atol=1e-9)
+    assert float(image[32, 32]) == pytest.approx(10.0, abs=1e-9)
+    assert float(image.min()) >= -1e-9 and float(image.max()) < 10.01
+
+
+@pytest.mark.parametrize("shape", ["box", "sphere"])
+def test_gradients_match_finite_differences(shape):
+    """d/dx of a weighted sum of the image over the pose's six parameters (rotations about the
+    centre, translations) against central differences. A sphere's rotations leave the image
+    unchanged but for the facets' kinks, so only its translations are compared."""
+    mesh = (from_trimesh(trimesh.creation.box(extents=(30.0, 20.0, 10.0)), "box") if shape == "box"
+            else from_trimesh(trimesh.creation.icosphere(subdivisions=5, radius=20.0), "sphere"))
+    rotation = torch.tensor([[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    pose = _pose()
+    pose[:3, :3] = torch.linalg.qr(rotation)[0]
+    par = CentredParameterization(torch.zeros(3, dtype=torch.float64), pose)
+    weights = torch.rand(CAM.rows, CAM.cols, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def loss(x):
+        return (render_mesh(mesh, CAM, par.pose(x))[0, 0] * weights).sum()
+
+    x = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss(x), x)
+    h = 1e-4
+    with torch.no_grad():
+        fd = torch.stack([(loss(h * e) - loss(-h * e)) / (2 * h) for e in torch.eye(6, dtype=torch.float64)])
+    compared = slice(0, 6) if shape == "box" else slice(3, 6)
+    torch.testing.assert_close(grad[compared], fd[compared], rtol=2e-3, atol=1e-3)
+    assert float(grad[3:].abs().max()) > 1.0  # the image does move with the pose
+
+
+def test_batched_poses_render_each_pose():
+    box = from_trimesh(trimesh.creation.box(extents=(30.0, 20.0, 10.0)), "box")
+    poses = torch.stack([_pose(), _pose(10.0, 5.0, 650.0)])
+    both = render_mesh(box, CAM, poses, mu_per_mm=0.5)
+    assert both.shape == (2, 1, CAM.rows, CAM.cols)
+    for k in range(2):
+        torch.testing.assert_close(both[k], render_mesh(box, CAM, poses[k], mu_per_mm=0.5)[0])
+
+
+# ------------------------------------------------------------------------------------ files
+@pytest.mark.parametrize("suffix", [".stl", ".obj", ".ply"])
+def test_a_closed_mesh_reads_from_each_format(tmp_path, suffix):
+    path = tmp_path / f"tray{suffix}"
+    trimesh.creation.box(extents=(60.0, 40.0, 5.0)).export(path)
+    mesh = load_mesh(path)
+    assert mesh.name == "tray" and mesh.volume_mm3 == pytest.approx(60 * 40 * 5, rel=1e-9)
+    scaled = load_mesh(path, scale=2.0)
+    assert scaled.volume_mm3 == pytest.approx(8 * 60 * 40 * 5, rel=1e-9)
+
+
+def _holed():
+    m = trimesh.creation.icosphere(subdivisions=2, radius=20.0)
+    m.update_faces(np.arange(len(m.faces)) != 0)
+    return m
+
+
+def _flipped():
+    m = trimesh.creation.icosphere(subdivisions=2, radius=20.0)
+    m.invert()
+    return m
+
+
+def _two_bodies():
+    a = trimesh.creation.box(extents=(20.0, 20.0, 20.0))
+    b = trimesh.creation.box(extents=(20.0, 20.0, 20.0))
+    b.apply_translation([50.0, 0, 0])
+    return trimesh.util.concatenate([a, b])
+
+
+def _half_flipped():
+    m = trimesh.creation.icosphere(subdivisions=2, radius=20.0)
+    faces = m.faces.copy()
+    faces[:5] = faces[:5, ::-1]
+    return trimesh.Trimesh(m.vertices, faces, process=False)
+
+
+@pytest.mark.parametrize("make, message, repairable", [
+    (_holed, r"does not bound one solid: 3 open edge\(s\).*; try --repair", True),
+    (_flipped, "faces wound inwards.*try --repair", True),
+    (_half_flipped, "inconsistently wound faces", True),
+    (_two_bodies, "2 separate bodies", False),
+])
+def test_a_mesh_that_bounds_no_solid_is_one_line_and_repair_fixes_what_it_can(tmp_path, make, message, repairable):
+    path = tmp_path / "component.stl"
+    make().export(path)
+    with pytest.raises(FluoroRegError, match=message) as err:
+        load_mesh(path)
+    assert "\n" not in str(err.value)
+    if repairable:
+        fixed = load_mesh(path, repair=True)
+        assert fixed.volume_mm3 > 0.9 * 4 / 3 * math.pi * 20.0 ** 3
+    else:
+        with pytest.raises(FluoroRegError, match="separate bodies.*re-export"):
+            load_mesh(path, repair=True)
+
+
+def test_bad_mesh_files_are_one_line(tmp_path):
+    with pytest.raises(FluoroRegError, match="implant mesh not found"):
+        load_mesh(tmp_path / "none.stl")
+    (tmp_path / "part.step").write_text("ISO-10303-21;")
+    with pytest.raises(FluoroRegError, match="not STL, OBJ or PLY"):
+        load_mesh(tmp_path / "part.step")
+    (tmp_path / "junk.stl").write_bytes(b"\x00\x01garbage" * 7)
+    with pytest.raises(FluoroRegError, match="junk.stl"):
+        load_mesh(tmp_path / "junk.stl")
+    trimesh.creation.box(extents=(0.06, 0.04, 0.005)).export(tmp_path / "metres.stl")  # a tray in metres
+    with pytest.raises(FluoroRegError, match="0.06 mm across.*--scale"):
+        load_mesh(tmp_path / "metres.stl")
+    assert load_mesh(tmp_path / "metres.stl", scale=1000.0).volume_mm3 == pytest.approx(60 * 40 * 5, rel=1e-6)
+    with pytest.raises(FluoroRegError, match="scale -1"):
+        load_mesh(tmp_path / "metres.stl", scale=-1)
