@@ -49,9 +49,19 @@ def cmd_phantom(args) -> None:
         raise FluoroRegError("--spacing and --size must be positive")
     phantom = make_knee_phantom(spacing_mm=spacing, flexion_deg=args.flexion, seed=args.seed, size_mm=size,
                                 side=args.side)
+    implants = ""
+    if args.implant:
+        from .implant.procedural import resect, write_implants
+
+        phantom = resect(phantom)
+        index = write_implants(phantom, args.out)
+        parts = ", ".join(f"{name}: {c['material']}" for name, c in index.items())
+        implants = (f"; a total knee ({parts}) as STL in the "
+                    "CT's frame, implants.json, the bone it replaces removed from the CT")
     paths = write_phantom(phantom, args.out)
     shape = "x".join(map(str, phantom.hu.shape[::-1]))
-    print(f"knee phantom ({shape} voxels, flexion {args.flexion:g} deg) -> " + ", ".join(map(str, paths.values())))
+    print(f"knee phantom ({shape} voxels, flexion {args.flexion:g} deg) -> " + ", ".join(map(str, paths.values()))
+          + implants)
 
 
 def cmd_render(args) -> None:
@@ -466,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flexion", type=float, default=0.0, help="knee flexion in degrees (default 0)")
     p.add_argument("--side", choices=["right", "left"], default="right")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--implant", action="store_true",
+                   help="also write a cemented total knee fitted to it (femoral component, tibial tray, insert: "
+                        "STL in the CT's frame, implants.json) and remove the bone they replace from the CT")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("render", help="render a DRR of a CT (or of some bones) at given poses",

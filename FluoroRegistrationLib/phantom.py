@@ -59,6 +59,7 @@ class Phantom:
     flexion_deg: float
     knee_centre_mm: tuple   # LPS point on the flexion axis (centre of the femoral condyles)
     flexion_axis: tuple     # unit LPS vector of the flexion axis, (1, 0, 0)
+    side: str = "right"     # "right" (lateral = -x) or "left" (mirrored)
 
 
 # ----------------------------------------------------------------------------- SDF primitives
@@ -380,7 +381,7 @@ def make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=0, size_mm=(160.0, 1
     return Phantom(hu=hu, labels=labels, spacing_mm=tuple(float(v) for v in h),
                    origin_mm=tuple(float(v) for v in origin), label_names=dict(LABELS),
                    flexion_deg=flex, knee_centre_mm=tuple(float(v) for v in c),
-                   flexion_axis=(1.0, 0.0, 0.0))
+                   flexion_axis=(1.0, 0.0, 0.0), side=side)
 
 
 def write_phantom(phantom: Phantom, out_dir) -> dict:

@@ -170,3 +170,81 @@ def test_bad_mesh_files_are_one_line(tmp_path):
     assert load_mesh(tmp_path / "metres.stl", scale=1000.0).volume_mm3 == pytest.approx(60 * 40 * 5, rel=1e-6)
     with pytest.raises(FluoroRegError, match="scale -1"):
         load_mesh(tmp_path / "metres.stl", scale=-1)
+
+
+# ------------------------------------------------------------------------------------ procedural knee
+@pytest.fixture(scope="module")
+def implanted_phantom():
+    from FluoroRegistrationLib.implant.procedural import COMPONENTS, component_mesh
+    from FluoroRegistrationLib.phantom import make_knee_phantom
+
+    phantom = make_knee_phantom(spacing_mm=2.0, flexion_deg=30.0)
+    return phantom, {c.name: component_mesh(c, phantom, spacing_mm=1.0) for c in COMPONENTS}
+
+
+def test_the_procedural_knee_is_three_closed_solids_of_plausible_size(implanted_phantom):
+    _, meshes = implanted_phantom
+    volumes = {n: from_trimesh(m, n).volume_mm3 / 1000 for n, m in meshes.items()}  # cm^3
+    assert 20 < volumes["femoral"] < 50 and 5 < volumes["tray"] < 20 and 5 < volumes["insert"] < 20, volumes
+
+
+def test_the_components_sit_on_their_bones_and_do_not_overlap():
+    """In the bones' frames: the femoral component covers the condyles' lowest point and replaces
+    bone only outside the cuts (it keeps the shaft); the insert's top stays 1 mm below the femoral
+    component at every flexion the phantom models (the tibia turns about the knee centre)."""
+    from FluoroRegistrationLib.implant.procedural import femoral_sdf, insert_sdf
+    from FluoroRegistrationLib.phantom import _BONES, _rot
+
+    assert femoral_sdf(np.array([24.0]), np.array([0.0]), np.array([-22.5]))[0] < 0   # under the medial condyle
+    assert femoral_sdf(np.array([0.0]), np.array([0.0]), np.array([60.0]))[0] > 0    # not on the shaft
+    assert _BONES["femur"][0](np.array([0.0]), np.array([0.0]), np.array([60.0]))[0] < 0
+    g = np.linspace(-50, 50, 101)
+    X, Y, Z = np.meshgrid(g, g, g - 20, indexing="ij")
+    for flexion in (0.0, 45.0, 90.0):
+        yl, zl = _rot(flexion, Y, Z)  # tibia frame of each point
+        both = (femoral_sdf(X, Y, Z) < 0) & (insert_sdf(X, yl, zl) < 0)
+        assert not both.any(), flexion
+
+
+def test_a_component_seen_edge_on_draws_no_spikes(implanted_phantom):
+    """The femoral component in a front view, where many faces of its cuts lie in planes through
+    the source: every ray's length stays within the component's size (a ray slipping between two
+    faces once gave +-2000 mm)."""
+    from FluoroRegistrationLib.render.mesh import render_mesh
+
+    phantom, meshes = implanted_phantom
+    femoral = from_trimesh(meshes["femoral"], "femoral")
+    camera = Camera(1000.0, 192, 192, 1.4, 1.4)
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, :3] = torch.tensor([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=torch.float64)
+    pose[:3, 3] = torch.tensor([0, 0, 700.0], dtype=torch.float64) - pose[:3, :3] @ femoral.centroid
+    image = render_mesh(femoral, camera, pose)[0, 0]
+    assert float(image.min()) > -1e-6 and 20 < float(image.max()) < 80
+
+
+def test_resection_removes_the_bone_the_components_replace():
+    from FluoroRegistrationLib.implant.procedural import resect
+    from FluoroRegistrationLib.phantom import make_knee_phantom
+
+    phantom = make_knee_phantom(spacing_mm=2.0, flexion_deg=0.0)
+    cut = resect(phantom)
+    for bone, lost in (("femur", (0.05, 0.3)), ("tibia", (0.05, 0.3))):
+        before = (phantom.labels == phantom.label_names[bone]).sum()
+        after = (cut.labels == phantom.label_names[bone]).sum()
+        assert lost[0] < 1 - after / before < lost[1], bone
+    # the distal femur below the distal cut (13 mm under the knee centre) is gone; the shaft stays
+    z = phantom.origin_mm[2] + phantom.spacing_mm[2] * np.arange(phantom.labels.shape[0]) - phantom.knee_centre_mm[2]
+    femur = cut.labels == phantom.label_names["femur"]
+    assert not femur[z < -13.5].any() and femur[(z > 40) & (z < 60)].any()
+    assert (cut.hu[phantom.labels != cut.labels] == 50).all()
+
+
+def test_phantom_command_writes_the_implants(tmp_path, capsys):
+    from FluoroRegistrationLib.cli import main
+
+    assert main(["phantom", "--out", str(tmp_path), "--spacing", "2", "--implant"]) == 0
+    assert "a total knee (femoral: cobalt_chrome, tray: titanium_alloy, insert: polyethylene)" in capsys.readouterr().out
+    index = __import__("json").loads((tmp_path / "implants.json").read_text())
+    for name, entry in index.items():
+        mesh = load_mesh(tmp_path / entry["file"])
+        assert mesh.name == name and mesh.volume_mm3 > 3000

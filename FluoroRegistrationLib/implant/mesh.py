@@ -57,9 +57,11 @@ def mesh_problems(mesh) -> list[str]:
     problems = []
     if len(mesh.faces) == 0:
         return ["it has no faces"]
-    edges = trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)
-    if len(edges):
-        problems.append(f"{len(edges)} open edge(s) (holes: edges used by one face)")
+    _, uses = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
+    if (uses == 1).any():
+        problems.append(f"{int((uses == 1).sum())} open edge(s) (holes: edges used by one face)")
+    if (uses > 2).any():
+        problems.append(f"{int((uses > 2).sum())} non-manifold edge(s) (used by more than two faces)")
     if not mesh.is_winding_consistent:
         problems.append("inconsistently wound faces (some normals flipped against their neighbours)")
     bodies = mesh.body_count

@@ -9,8 +9,8 @@ face and a pixel, vectorised), with the inside test by the three edge functions 
 tie rule that gives a ray through a shared edge to exactly one of its two faces (to both or
 neither at a silhouette edge, where their terms cancel).
 
-Gradients flow through the crossing depths, Z = (n . a) / (n . d) with n the face's normal and a
-one of its vertices, to the vertices and so to the pose; which faces a ray crosses is piecewise
+Gradients flow through the crossing depths (the vertices' depths weighted by the ray's barycentric
+coordinates in the face) to the vertices and so to the pose; which faces a ray crosses is piecewise
 constant in the pose (the path length itself is continuous for a closed surface).
 
 Why exact crossings and not a voxelised mesh drawn by the volume renderer: a cobalt-chrome shell is
@@ -34,6 +34,20 @@ def _tie(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     (q -> p owns it when p -> q does not), from the lexicographic sign of q - p."""
     e = q - p
     return (e[..., 0] > 0) | ((e[..., 0] == 0) & ((e[..., 1] > 0) | ((e[..., 1] == 0) & (e[..., 2] > 0))))
+
+
+def _edge_function(vertices: torch.Tensor, p: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> tuple:
+    """For each ray d (P, 3) and directed edge p -> q (vertex indices (P,)): d . (v_p x v_q), and
+    whether the edge owns a ray through it (:func:`_tie`). Both are computed on the edge's
+    canonical direction (lower index first) and negated for the other, so the two faces sharing an
+    edge see exactly opposite values (computing p x q and q x p separately is not exact: fused
+    multiply-adds round them differently, and a ray could slip between two faces)."""
+    low, high = torch.minimum(p, q), torch.maximum(p, q)
+    a, b = vertices[low], vertices[high]
+    e = (d * torch.linalg.cross(a, b)).sum(-1)
+    tie = _tie(a, b)
+    forward = p < q
+    return torch.where(forward, e, -e), torch.where(forward, tie, ~tie)
 
 
 def _face_pixel_pairs(uv: torch.Tensor, faces: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,16 +104,18 @@ def mesh_path_length(vertices_camera: torch.Tensor, faces: torch.Tensor, camera:
         d = camera.directions(uv)  # (P, 3), z = 1
         a, b, c = (flat[corners[f, k]] for k in range(3))
         with torch.no_grad():
-            ad, bd, cd = a.detach(), b.detach(), c.detach()
-            edges = [((d * torch.linalg.cross(p0, p1)).sum(-1), _tie(p0, p1)) for p0, p1 in ((ad, bd), (bd, cd), (cd, ad))]
+            edges = [_edge_function(flat, corners[f, i], corners[f, j], d) for i, j in ((0, 1), (1, 2), (2, 0))]
             facing = sum(e for e, _ in edges)  # d . n
             front = facing > 0
             inside = facing != 0
             for e, tie in edges:
                 inside &= torch.where(front, e > 0, e < 0) | ((e == 0) & (tie == front))
         a, b, c, d, p, front = a[inside], b[inside], c[inside], d[inside], p[inside], front[inside]
-        n = torch.linalg.cross(b - a, c - a)
-        depth = (n * a).sum(-1) / (n * d).sum(-1)  # Z of the crossing
+        # the crossing's depth as the vertices' depths weighted by the ray's barycentric coordinates,
+        # d . (b x c) : d . (c x a) : d . (a x b): a convex combination, so a face seen edge-on (its
+        # plane through the source, where (n . a) / (n . d) is 0 / 0) cannot throw it far
+        wa, wb, wc = ((d * torch.linalg.cross(p0, p1)).sum(-1) for p0, p1 in ((b, c), (c, a), (a, b)))
+        depth = (wa * a[:, 2] + wb * b[:, 2] + wc * c[:, 2]) / (wa + wb + wc)
         signed = torch.where(front, depth, -depth) * d.norm(dim=-1)  # leaving +, entering -
         image = image.index_add(0, p, signed)
     return image.reshape(B, camera.rows, camera.cols)
