@@ -234,6 +234,20 @@ class RenderVolume:
     _slices: dict = field(default_factory=dict, repr=False)
     _coarse: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def device(self) -> torch.device:
+        return self.mu.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mu.dtype
+
+    def for_pixel_mm(self, pixel_mm: float) -> "RenderVolume":
+        """As a pyramid level whose pixels span ``pixel_mm`` at the bone draws it: on a grid k times
+        coarser when they span k voxels (``Pyramid.coarsen``)."""
+        voxel = float(self.volume_from_index[:3, :3].norm(dim=0).min())
+        return self.coarsened(max(1, int(pixel_mm / voxel)))
+
     def to(self, device=None, dtype=None) -> "RenderVolume":
         move = (lambda t: None if t is None else t.to(device=device))
         return RenderVolume(self.mu.to(device=device, dtype=dtype), move(self.volume_from_index), self.name,

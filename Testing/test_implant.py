@@ -248,3 +248,54 @@ def test_phantom_command_writes_the_implants(tmp_path, capsys):
     for name, entry in index.items():
         mesh = load_mesh(tmp_path / entry["file"])
         assert mesh.name == name and mesh.volume_mm3 > 3000
+
+
+# ------------------------------------------------------------------------------------ as registration draws it
+def test_an_implant_body_draws_through_the_renderers_interface(implanted_phantom):
+    """render() and project_label() take an ImplantBody beside bones: its image is mu x the path
+    length, a region is that part of the full image, and its silhouette is the path length."""
+    from FluoroRegistrationLib.implant.body import ImplantBody
+    from FluoroRegistrationLib.render import project_label, render
+
+    _, meshes = implanted_phantom
+    body = ImplantBody(from_trimesh(meshes["tray"], "tray"), 0.33, "tray", "titanium_alloy")
+    camera = Camera(1000.0, 128, 128, 1.0, 1.0)
+    pose = _pose(*(-body.centroid[:2]).tolist(), 700.0 - float(body.centroid[2]))
+    full = render(body, camera, pose)
+    torch.testing.assert_close(full, (0.33 * render_mesh(body.mesh, camera, pose)).float())
+    part = render(body, camera, pose[None], region=(40, 90, 30, 100))
+    torch.testing.assert_close(part, full[..., 40:90, 30:100])
+    both = render([body, body], camera, [pose, pose])
+    torch.testing.assert_close(both, 2 * full)
+    torch.testing.assert_close(project_label(body, camera, pose), full / 0.33, rtol=1e-5, atol=1e-5)
+
+
+def test_coarse_levels_draw_a_simplified_closed_surface(implanted_phantom):
+    """At a 2.8 mm level the femoral component is drawn from a mesh simplified to faces about half a
+    pixel across, still one closed solid, its image within 2 % of the full mesh's; fine levels keep
+    the full mesh."""
+    pytest.importorskip("fast_simplification")
+    from FluoroRegistrationLib.implant.body import ImplantBody
+    from FluoroRegistrationLib.implant.mesh import mesh_problems
+
+    _, meshes = implanted_phantom
+    body = ImplantBody(from_trimesh(meshes["femoral"], "femoral"), 1.0, "femoral")
+    coarse = body.for_pixel_mm(2.8)
+    assert len(coarse.mesh.faces) < len(body.mesh.faces) / 2
+    assert not mesh_problems(trimesh.Trimesh(coarse.mesh.vertices.numpy(), coarse.mesh.faces.numpy(), process=False))
+    assert body.for_pixel_mm(0.35) is body and body.for_pixel_mm(2.8) is coarse  # cached
+    camera = Camera(1000.0, 48, 48, 4.0, 4.0)  # 2.8 mm pixels at 700 mm
+    pose = _pose(*(-body.centroid[:2]).tolist(), 700.0 - float(body.centroid[2]))
+    a, b = body.draw(camera, pose), coarse.draw(camera, pose)
+    assert float((a - b).abs().sum() / a.sum()) < 0.02
+
+
+def test_implant_materials():
+    from FluoroRegistrationLib.implant.body import material_mu
+
+    assert material_mu("CoCr")[0] == "cobalt_chrome" and 1.0 < material_mu("cobalt_chrome")[1] < 1.3
+    assert material_mu("ti6al4v")[0] == "titanium_alloy" and material_mu("polyethylene")[1] < 0.03
+    assert material_mu("mu=0.8") == ("mu=0.8", 0.8)
+    for bad, message in (("gold", "unknown implant material 'gold'"), ("mu=-1", "mu must be a positive")):
+        with pytest.raises(FluoroRegError, match=message):
+            material_mu(bad)

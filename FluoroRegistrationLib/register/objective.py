@@ -72,18 +72,18 @@ class _Objective:
         r0, r1 = max(0, int(rows.min()) - _CROP_MARGIN), min(H, int(rows.max()) + _CROP_MARGIN + 1)
         c0, c1 = max(0, int(cols.min()) - _CROP_MARGIN), min(W, int(cols.max()) + _CROP_MARGIN + 1)
         self.region = (r0, r1, c0, c1)  # the detector rows and columns rendered and compared
-        device = bone.mu.device  # render and compare where the bone lives; the optimiser stays on the CPU
+        device = bone.device  # render and compare where the bone lives; the optimiser stays on the CPU
         self.frame = frame[..., r0:r1, c0:c1].to(device)
         self.weights = weights[..., r0:r1, c0:c1].to(device)
         self.loss = FrameLoss(similarity, self.frame, self.weights)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        device = self.bone.mu.device
+        device = self.bone.device
         with timing.part("render", device):
             poses = self.par.pose(x)
             if self.view_from_reference is not None:
                 poses = self.view_from_reference @ poses
-            poses = poses.to(device=device, dtype=self.bone.mu.dtype)
+            poses = poses.to(device=device, dtype=self.bone.dtype)
             drr = render(self.bone, self.camera, poses, "fast", region=self.region)
         with timing.part("similarity", device):
             return self.loss(drr).cpu()
@@ -108,8 +108,7 @@ def _weights(mask, field, size, dilation_px: int):
 def level_volume(bone: RenderVolume, level: Level) -> RenderVolume:
     """The bone as ``level`` draws it: a level whose pixels, seen at the bone, span k voxels draws it
     on a k-times coarser grid (``Pyramid.coarsen``)."""
-    voxel = float(bone.volume_from_index[:3, :3].norm(dim=0).min())
-    return bone.coarsened(max(1, int(level.pixel_mm / voxel)))
+    return bone.for_pixel_mm(level.pixel_mm)
 
 
 def _level_objective(bone, frame, camera, par, mask, field, level: Level, dilation_mm: float, coarsen: bool,

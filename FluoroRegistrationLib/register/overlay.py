@@ -31,7 +31,7 @@ def draw_overlay(path, frame_display: np.ndarray, camera: Camera, bones: dict, p
             for which, style in ((initial, "--"), (poses, "-")):
                 if which is None or name not in which:
                     continue
-                mask = project_label(bone, camera, which[name].to(bone.mu.dtype))[0, 0].numpy() > 0.5
+                mask = project_label(bone, camera, which[name].to(bone.dtype))[0, 0].numpy() > 0.5
                 if mask.any():
                     ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2, linestyles=style)
             ax.plot([], [], color=colour, label=name)

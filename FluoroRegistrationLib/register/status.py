@@ -83,13 +83,13 @@ def mask_coverage(bone: RenderVolume, camera: Camera, pose: torch.Tensor, mask) 
     that holds only part of the bone projects inside a mask of the whole bone."""
     from ..render import project_label
 
-    if mask is None or bone.label_mask is None:
+    if mask is None or (bone.label_mask is None and not hasattr(bone, "silhouette")):
         return None
     inside = torch.as_tensor(mask).reshape(camera.rows, camera.cols).cpu() > 0.5
     if not inside.any():
         return None
     with torch.no_grad():
-        silhouette = project_label(bone, camera, pose.to(bone.mu.dtype)[None].to(bone.mu.device))[0, 0].cpu() > 0.5
+        silhouette = project_label(bone, camera, pose.to(bone.dtype)[None].to(bone.device))[0, 0].cpu() > 0.5
     both = float((silhouette & inside).sum())
     return max(both / float(inside.sum()), both / max(float(silhouette.sum()), 1.0))
 

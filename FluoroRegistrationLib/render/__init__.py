@@ -35,7 +35,8 @@ def render(volumes: RenderVolume | Sequence[RenderVolume], camera: Camera, poses
     """DRR of one or more volumes, each at its own poses, summed.
 
     Args:
-        volumes: a RenderVolume, or a sequence of them (one per bone).
+        volumes: a RenderVolume (or an implant's ImplantBody, drawn exactly from its mesh), or a
+            sequence of them (one per bone or component).
         camera: the C-arm intrinsics.
         poses: for one volume a (B, 4, 4) or (4, 4) tensor; for a sequence, a sequence of those
             (one per volume, same B).
@@ -44,26 +45,37 @@ def render(volumes: RenderVolume | Sequence[RenderVolume], camera: Camera, poses
         (B, 1, rows, cols) line integrals of attenuation.
     """
     fn = get_renderer(method)
-    if isinstance(volumes, RenderVolume):
-        return fn(volumes, camera, poses, **kwargs)
+    if not isinstance(volumes, Sequence):
+        return _draw(fn, volumes, camera, poses, **kwargs)
     volumes = list(volumes)
     if isinstance(poses, torch.Tensor):
         raise FluoroRegError("several volumes need one pose tensor each (a list); got a single tensor")
     poses = list(poses)
     if len(poses) != len(volumes):
         raise FluoroRegError(f"got {len(volumes)} volumes but {len(poses)} poses; pass one pose per volume")
-    images = [fn(v, camera, p, **kwargs) for v, p in zip(volumes, poses)]
+    images = [_draw(fn, v, camera, p, **kwargs) for v, p in zip(volumes, poses)]
     if len({img.shape[0] for img in images}) != 1:
         raise FluoroRegError("every volume's poses must have the same batch size")
     return torch.stack(images, 0).sum(0)
 
 
+def _draw(fn, volume, camera: Camera, poses, **kwargs) -> torch.Tensor:
+    """One volume's image: a body that draws itself exactly (an implant's mesh) does; a render
+    volume goes through ``fn``."""
+    draw = getattr(volume, "draw", None)
+    return draw(camera, poses, region=kwargs.get("region")) if draw is not None else fn(volume, camera, poses, **kwargs)
+
+
 def project_label(volume: RenderVolume, camera: Camera, poses, method: str = "fast", **kwargs) -> torch.Tensor:
-    """Where and how thickly a bone projects: (B, 1, rows, cols) chord length in mm through its label.
+    """Where and how thickly a bone projects: (B, 1, rows, cols) chord length in mm through its label
+    (an implant: through its mesh, exactly).
 
     ``> 0`` marks the pixels the bone projects to (its 2D mask); the value is the bone's thickness
     along each ray.
     """
+    silhouette = getattr(volume, "silhouette", None)
+    if silhouette is not None:
+        return silhouette(camera, poses, region=kwargs.get("region"))
     if volume.label_mask is None:
         raise FluoroRegError(f"{volume.name} has no label mask; build it with bone_volume()")
     indicator = RenderVolume(volume.label_mask.to(volume.mu.dtype), volume.volume_from_index, volume.name)

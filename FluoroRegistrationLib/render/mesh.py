@@ -70,8 +70,8 @@ def _face_pixel_pairs(uv: torch.Tensor, faces: torch.Tensor, camera: Camera) -> 
     total = int(count.sum())
     if total > MAX_PAIRS * 8:
         raise FluoroRegError(f"the implant covers {total} face-pixel pairs; render at a smaller detector size")
-    face = torch.repeat_interleave(torch.arange(B * F), count)
-    local = torch.arange(total) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+    face = torch.repeat_interleave(torch.arange(B * F, device=uv.device), count)
+    local = torch.arange(total, device=uv.device) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
     w = width[face]
     u = lo[..., 0].reshape(-1)[face] + local % w
     v = lo[..., 1].reshape(-1)[face] + torch.div(local, w, rounding_mode="floor")
@@ -96,7 +96,7 @@ def mesh_path_length(vertices_camera: torch.Tensor, faces: torch.Tensor, camera:
         face, pixel = _face_pixel_pairs(camera.project(vertices_camera.detach()), faces, camera)
     image = torch.zeros(B * camera.rows * camera.cols, dtype=dtype, device=vertices_camera.device)
     flat = vertices_camera.reshape(-1, 3)
-    corners = (faces[None] + (torch.arange(B) * vertices_camera.shape[1])[:, None, None]).reshape(-1, 3)
+    corners = (faces[None] + (torch.arange(B, device=faces.device) * vertices_camera.shape[1])[:, None, None]).reshape(-1, 3)
     for start in range(0, len(face), MAX_PAIRS):
         f, p = face[start:start + MAX_PAIRS], pixel[start:start + MAX_PAIRS]
         local = p % (camera.rows * camera.cols)
@@ -121,16 +121,26 @@ def mesh_path_length(vertices_camera: torch.Tensor, faces: torch.Tensor, camera:
     return image.reshape(B, camera.rows, camera.cols)
 
 
-def render_mesh(mesh, camera: Camera, camera_from_mesh: torch.Tensor, mu_per_mm: float = 1.0) -> torch.Tensor:
+def render_mesh(mesh, camera: Camera, camera_from_mesh: torch.Tensor, mu_per_mm: float = 1.0,
+                region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """DRR of a uniform solid bounded by ``mesh`` (an :class:`~..implant.mesh.ImplantMesh`).
 
     Args:
         camera_from_mesh: (4, 4) or (B, 4, 4) poses (mm).
         mu_per_mm: the material's linear attenuation (1/mm).
+        region: (r0, r1, c0, c1), end-exclusive: draw only these detector rows and columns.
     Returns:
-        (B, 1, rows, cols) line integrals (mu x path length), differentiable in the pose.
+        (B, 1, rows, cols) line integrals (mu x path length), differentiable in the pose;
+        (B, 1, r1 - r0, c1 - c0) with a region.
     """
     poses = camera_from_mesh if camera_from_mesh.dim() == 3 else camera_from_mesh[None]
-    v = mesh.vertices.to(poses.dtype)
+    v = mesh.vertices.to(device=poses.device, dtype=poses.dtype)
     vertices = v @ poses[:, :3, :3].transpose(1, 2) + poses[:, None, :3, 3]
-    return mu_per_mm * mesh_path_length(vertices, mesh.faces, camera)[:, None]
+    if region is not None:
+        r0, r1, c0, c1 = (int(x) for x in region)
+        if not (0 <= r0 < r1 <= camera.rows and 0 <= c0 < c1 <= camera.cols):
+            raise FluoroRegError(f"render region {tuple(region)} (r0, r1, c0, c1) is not inside the "
+                                 f"{camera.rows}x{camera.cols} detector")
+        camera = Camera(camera.sdd_mm, r1 - r0, c1 - c0, camera.row_spacing_mm, camera.col_spacing_mm,
+                        camera.u0 - c0, camera.v0 - r0)
+    return mu_per_mm * mesh_path_length(vertices, mesh.faces.to(poses.device), camera)[:, None]
