@@ -121,10 +121,12 @@ def cmd_simulate(args) -> None:
     simulate_folder(args.out, args.ct, args.labels, names, frames=args.frames,
                     sequence=None if args.sequence == "none" else args.sequence, seed=args.seed,
                     realism=args.realism, camera=camera, flexion_range=flex, interpolation=args.interpolation,
-                    clutter=None if args.clutter == "none" else args.clutter, view_angles_deg=tuple(args.view_angle))
+                    clutter=None if args.clutter == "none" else args.clutter, view_angles_deg=tuple(args.view_angle),
+                    implants=None if args.implant is None else (True if args.implant == "phantom" else args.implant))
     print(f"{args.frames} simulated frame(s) ({args.realism} realism, clutter {args.clutter}) -> {args.out}/frames, masks, poses.json, "
           "calib.json (nominal), calib_true.json (simulated)"
-          + (f"; {len(args.view_angle)} more view(s) in {args.out}/views, the rig in rig.json" if args.view_angle else ""))
+          + (f"; {len(args.view_angle)} more view(s) in {args.out}/views, the rig in rig.json" if args.view_angle else "")
+          + ("; implants drawn (their poses are their bones', masks/<key>_<component>.png)" if args.implant else ""))
 
 
 def _registration_config(args):
@@ -207,12 +209,10 @@ def cmd_register(args) -> None:
     from tqdm import tqdm
 
     from .geometry import as_rig
-    from .register import Registration
     from .register.overlay import draw_overlay
 
     config = _registration_config(args)
-    wanted = [b.strip() for b in args.bone.split(",") if b.strip()]
-    reg = Registration.from_ct(args.ct, args.labels, wanted, args.label_names, config)
+    reg = _registration(args, config)
     rig = as_rig(args.calib)
     if len(args.frame) != len(rig):
         raise FluoroRegError(f"{len(args.frame)} --frame given but --calib {args.calib} has {len(rig)} view(s) "
@@ -263,6 +263,51 @@ def cmd_register(args) -> None:
     if all(r.status.flag == "failed" for r in result.bones.values()):
         raise RegistrationFailed(f"every bone failed ({'; '.join(f'{b}: {r.status.reason}' for b, r in result.bones.items())}); "
                                  f"the poses are in {args.out}, but check the frame, calibration and initial pose")
+
+
+def _registration(args, config):
+    """The bones (--bone, from --ct and --labels) and implant components (--implant) to register."""
+    from .register import Registration
+
+    wanted = [b.strip() for b in (args.bone or "").split(",") if b.strip()]
+    implants = dict(_implant_argument(spec) for spec in args.implant)
+    if not wanted and not implants:
+        raise FluoroRegError("nothing to register: give --bone (with --ct and --labels) and/or --implant NAME=MESH")
+    clash = sorted(set(wanted) & set(implants))
+    if clash:
+        raise FluoroRegError(f"{', '.join(clash)} is both a bone and an implant; name the component differently")
+    if not wanted:
+        return Registration(implants, config)
+    if not args.ct or not args.labels:
+        raise FluoroRegError("--bone needs --ct and --labels (the CT and its labelmap)")
+    reg = Registration.from_ct(args.ct, args.labels, wanted, args.label_names, config)
+    return Registration({**reg.volumes, **implants}, reg.config, reg.label_ids) if implants else reg
+
+
+def _implant_argument(spec: str):
+    """(name, ImplantBody) from ``NAME=MESH[,material=M][,scale=S][,repair]``."""
+    from .implant.body import implant_body
+
+    head, *options = [part.strip() for part in spec.split(",")]
+    name, _, path = head.partition("=")
+    if not name or not path:
+        raise FluoroRegError(f"--implant {spec!r}: give NAME=MESH, e.g. femoral=component.stl,material=cobalt_chrome")
+    settings = {"material": "cobalt_chrome", "scale": "1", "repair": False}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if key == "repair" and not eq:
+            settings["repair"] = True
+        elif key == "mu" and eq:
+            settings["material"] = option
+        elif key in ("material", "scale") and eq:
+            settings[key] = value
+        else:
+            raise FluoroRegError(f"--implant {spec!r}: unknown option {option!r}; use material=, scale= or repair")
+    try:
+        scale = float(settings["scale"])
+    except ValueError:
+        raise FluoroRegError(f"--implant {spec!r}: scale {settings['scale']!r} is not a number") from None
+    return name.strip(), implant_body(path, name.strip(), settings["material"], scale, settings["repair"])
 
 
 def cmd_demo(args) -> None:
@@ -516,13 +561,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what else the beam crosses: the other leg, metal (screws, plates, wires), a table edge; "
                         "mixed: in some frames, heavy: all in every frame; drawn anew per frame (default none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--implant", nargs="?", const="phantom", default=None, metavar="FOLDER",
+                   help="knee replacement components in the frames: alone, the procedural total knee in the built-in "
+                        "phantom; with a FOLDER, the components its implants.json names (meshes in the CT's frame)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("register", help="find each bone's pose from one fluoroscopy frame", epilog=CONVENTIONS)
-    p.add_argument("--ct", required=True)
-    p.add_argument("--labels", required=True)
+    p.add_argument("--ct", help="the CT (needed with --bone)")
+    p.add_argument("--labels", help="its labelmap (needed with --bone)")
     p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
-    p.add_argument("--bone", required=True, help="bone(s) to register, e.g. femur or femur,tibia")
+    p.add_argument("--bone", help="bone(s) to register, e.g. femur or femur,tibia")
+    p.add_argument("--implant", action="append", default=[],
+                   help="an implant component to register: NAME=MESH[,material=cobalt_chrome|titanium_alloy|polyethylene|"
+                        "mu=<1/mm>][,scale=S][,repair] (STL, OBJ or PLY in mm; repeatable; its initial pose keyed NAME "
+                        "in --init, its mask NAME=mask.png)")
     p.add_argument("--frame", required=True, action="append",
                    help="fluoroscopy frame (PNG, TIFF, .npy, DICOM); with a rig (biplane), one --frame per view in "
                    "the rig's order")

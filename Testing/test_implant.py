@@ -299,3 +299,61 @@ def test_implant_materials():
     for bad, message in (("gold", "unknown implant material 'gold'"), ("mu=-1", "mu must be a positive")):
         with pytest.raises(FluoroRegError, match=message):
             material_mu(bad)
+
+
+# ------------------------------------------------------------------------------------ simulated frames and the command line
+@pytest.fixture(scope="module")
+def implanted_folder(tmp_path_factory):
+    from FluoroRegistrationLib.simulate.writer import DEFAULT_CAMERA, simulate_folder
+
+    out = tmp_path_factory.mktemp("implanted")
+    simulate_folder(out, frames=1, seed=4, camera=DEFAULT_CAMERA.resized(128, 128), realism="low",
+                    flexion_range=(20, 40), implants=True)
+    return out
+
+
+def test_simulated_frames_draw_the_components_at_their_bones_poses(implanted_folder):
+    """The components' truth is their bones' pose; each has its own mask; metal darkens the frame
+    (cobalt-chrome well below the bone around it) while polyethylene barely does."""
+    from PIL import Image
+
+    from FluoroRegistrationLib.files import read_poses
+
+    poses = read_poses(implanted_folder / "poses" / "0000.json")
+    assert set(poses) >= {"femur", "tibia", "femoral", "tray", "insert"}
+    torch.testing.assert_close(poses["femoral"], poses["femur"])
+    torch.testing.assert_close(poses["tray"], poses["tibia"])
+    frame = np.asarray(Image.open(implanted_folder / "frames" / "0000.png"), dtype=float)
+    mask = {n: np.asarray(Image.open(implanted_folder / "masks" / f"0000_{n}.png")) > 0
+            for n in ("femoral", "tray", "insert", "femur")}
+    femur_only = mask["femur"] & ~mask["femoral"]
+    assert mask["femoral"].sum() > 100 and femur_only.sum() > 100
+    assert np.median(frame[mask["femoral"]]) < 0.8 * np.median(frame[femur_only])
+    assert np.median(frame[mask["tray"] & ~mask["femoral"]]) < np.median(frame[femur_only])
+
+
+def test_register_command_takes_implants_and_rejects_bad_ones(implanted_folder, tmp_path, capsys):
+    from FluoroRegistrationLib.cli import main
+    from FluoroRegistrationLib.files import read_poses, write_poses
+
+    truth = read_poses(implanted_folder / "poses" / "0000.json")
+    write_poses(tmp_path / "init.json", {"femoral": truth["femoral"]})
+    common = ["register", "--frame", str(implanted_folder / "frames" / "0000.png"), "--calib",
+              str(implanted_folder / "calib_true.json"), "--init", str(tmp_path / "init.json"), "--out", str(tmp_path / "r.json")]
+    mesh = implanted_folder / "phantom" / "femoral.stl"
+    for extra, message in ((["--implant", "femoral"], "give NAME=MESH"),
+                           (["--implant", f"femoral={tmp_path / 'none.stl'}"], "implant mesh not found"),
+                           (["--implant", f"femoral={mesh},material=gold"], "unknown implant material 'gold'"),
+                           (["--implant", f"femoral={mesh},colour=red"], "unknown option 'colour=red'"),
+                           ([], "nothing to register"),
+                           (["--bone", "femur"], "--bone needs --ct and --labels")):
+        assert main(common + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+    quick = tmp_path / "quick.yaml"
+    quick.write_text("search: {enabled: false}\npyramid: {pixel_mm: [2.8], iterations: [5]}\nranking: {level: 0}\n"
+                     "tilt_probe: {enabled: false}\naxial_probe: {enabled: false}\n")
+    assert main(common + ["--implant", f"femoral={mesh},material=cobalt_chrome", "--config", str(quick),
+                          "--mask", f"femoral={implanted_folder / 'masks' / '0000_femoral.png'}"]) == 0
+    assert "femoral:" in capsys.readouterr().out
+    assert set(read_poses(tmp_path / "r.json")) == {"femoral"}

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..files import write_poses
 from ..geometry import Camera, Rig, View, turned_view
+from ..errors import FluoroRegError
 from ..geometry.rig import check_view_angle
 from ..volume import load_ct, load_labels, read_label_names
 from .clutter import get_clutter, sample_clutter
@@ -67,8 +68,12 @@ def _write_frame(folder: Path, key: str, result: dict, names: dict):
     else:
         scaled = image
     _png(np.clip(np.round(scaled), 0, 65535).astype(np.uint16), folder / "frames" / f"{key}.png")
-    occl = occlusion_masks(result["thickness"], result["masks"])
-    for bone, mask in result["masks"].items():
+    bones = [b for b in result["thickness"] if b in names]  # implants have masks, not label ids
+    occl = occlusion_masks({b: result["thickness"][b] for b in bones}, {b: result["masks"][b] for b in bones})
+    for name in result["masks"]:
+        if name not in names:
+            _png((result["masks"][name].cpu().numpy() * 255).astype(np.uint8), folder / "masks" / f"{key}_{name}.png")
+    for bone, mask in ((b, result["masks"][b]) for b in bones):
         _png((mask.cpu().numpy() * 255).astype(np.uint8), folder / "masks" / f"{key}_{bone}.png")
         _png((occl["visible"][bone].cpu().numpy() * 255).astype(np.uint8),
              folder / "masks" / f"{key}_{bone}_visible.png")
@@ -98,23 +103,32 @@ def _simulated_rig(camera: Camera, view_angles_deg, sim: FrameSimulator, generat
 def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frames: int = 8, sequence=None,
                     seed: int = 0, realism: str = "medium", camera: Camera | None = None,
                     reference_flexion_deg: float | None = None, flexion_range=(0.0, 120.0),
-                    interpolation: str = "nearest", clutter=None, view_angles_deg=()) -> dict:
+                    interpolation: str = "nearest", clutter=None, view_angles_deg=(), implants=None) -> dict:
     """Simulate ``frames`` frames of a knee into ``out`` (see the module docstring). Returns paths.
 
     ``clutter``: a preset name of ``simulate/clutter.py`` (none, mixed, heavy) or a ClutterModel;
     drawn anew for every frame from a generator of its own, so the knees and the C-arm are those
     the same seed gives without clutter (the noise is not: Poisson draws depend on the signal).
     ``view_angles_deg``: one angle per further view (biplane: one angle, 40-120 deg typical), each
-    view the first C-arm turned by it about the vertical through the knee."""
+    view the first C-arm turned by it about the vertical through the knee.
+    ``implants``: True puts the procedural total knee in the built-in phantom (written to
+    ``out/phantom``: resected CT, STLs, implants.json); a folder holding an implants.json (meshes in
+    the CT's frame, see docs/CONVENTIONS.md) puts those in the given CT. Each component moves with
+    its bone; its truth is its bone's pose and its mask is masks/<key>_<component>.png."""
     out = Path(out)
+    if implants is True and ct_path is not None:
+        raise FluoroRegError("the procedural implants fit the built-in phantom only; for your CT give the folder "
+                             "of your components' implants.json")
     ct_path, labels_path, label_names, reference_flexion_deg = _inputs(out, ct_path, labels_path, label_names,
-                                                                       reference_flexion_deg, seed)
+                                                                       reference_flexion_deg, seed,
+                                                                       implants is True)
     ct = load_ct(ct_path)
     labels = load_labels(labels_path, ct)
     names = read_label_names(label_names)
     camera = camera or DEFAULT_CAMERA
     clutter_model = get_clutter(clutter)
-    sim = FrameSimulator(ct, labels, names, realism, interpolation=interpolation)
+    components = read_implants(out / "phantom" if implants is True else implants) if implants else None
+    sim = FrameSimulator(ct, labels, names, realism, interpolation=interpolation, implants=components)
     centre = knee_centre(ct, labels, names)
     generator = torch.Generator().manual_seed(seed)
     clutter_generator = torch.Generator().manual_seed(seed + 7919)
@@ -145,8 +159,8 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
             view_poses = {b: view.camera_from_reference @ T for b, T in poses.items()} if k else poses
             view_scene = scene.seen_from(view.camera_from_reference) if k else scene
             levels.append(_write_frame(folder, key, sim.frame(view.camera, view_poses, g, clutter=view_scene), names))
-            write_poses(folder / "poses" / f"{key}.json", view_poses)
-        all_poses[key] = {b: {"camera_from_volume": T.tolist()} for b, T in poses.items()}
+            write_poses(folder / "poses" / f"{key}.json", _with_implants(view_poses, sim))
+        all_poses[key] = {b: {"camera_from_volume": T.tolist()} for b, T in _with_implants(poses, sim).items()}
         meta[key] = {"flexion_deg": state.flexion_deg, "adduction_deg": state.adduction_deg,
                      "rotation_deg": state.rotation_deg, "rollback_mm": state.rollback_mm, "levels": levels[0]}
         if clutter_model is not None:
@@ -161,13 +175,38 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     return {"out": str(out), "frames": frames, "views": rig.names}
 
 
-def _inputs(out: Path, ct_path, labels_path, label_names, reference_flexion_deg, seed: int):
+def _with_implants(poses: dict, sim: FrameSimulator) -> dict:
+    """The bones' poses and each implant component's (its bone's: its mesh is in the CT's frame)."""
+    return {**poses, **{name: poses[bone] for name, (_, bone, _) in sim.implants.items()}}
+
+
+def read_implants(folder) -> dict:
+    """{component: (ImplantMesh, bone, material)} from a folder's implants.json (docs/CONVENTIONS.md)."""
+    from ..implant import load_mesh
+
+    index_path = Path(folder) / "implants.json"
+    if not index_path.is_file():
+        raise FluoroRegError(f"no implants.json in {folder}; write one as fluororeg phantom --implant does")
+    try:
+        index = json.loads(index_path.read_text())
+        return {name: (load_mesh(Path(folder) / c["file"], name), c["bone"], c["material"]) for name, c in index.items()}
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
+        raise FluoroRegError(f"{index_path} must map each component to {{file, bone, material}}") from None
+
+
+def _inputs(out: Path, ct_path, labels_path, label_names, reference_flexion_deg, seed: int, implant: bool = False):
     """The CT, labels, names and reference flexion to simulate: the given ones, or the built-in
-    phantom written into ``out/phantom`` (reference flexion 0)."""
+    phantom written into ``out/phantom`` (reference flexion 0; with ``implant``, resected, and its
+    total knee beside it)."""
     if ct_path is not None:
         return ct_path, labels_path, label_names, reference_flexion_deg
     from ..phantom import make_knee_phantom, write_phantom
 
     phantom = make_knee_phantom(spacing_mm=1.0, flexion_deg=0.0, seed=seed)
+    if implant:
+        from ..implant.procedural import resect, write_implants
+
+        phantom = resect(phantom)
+        write_implants(phantom, out / "phantom")
     paths = write_phantom(phantom, out / "phantom")
     return paths["ct"], paths["labels"], paths["labels_json"], 0.0 if reference_flexion_deg is None else reference_flexion_deg
