@@ -168,6 +168,10 @@ def test_biplane_registration_pins_the_depth_a_single_view_leaves_loose(biplane_
     assert e2["out_of_plane_mm"] < 1.0 and e2["mtre_mm"] < 1.0 and e2["rotation_deg"] < 0.5, e2
     assert e1["out_of_plane_mm"] > 3 * e2["out_of_plane_mm"], (e1, e2)
     assert set(both.view_similarity) == {"A", "B"} and both.status.flag != "failed"
+    # the search runs in view A alone (the start's 15 mm along A's beam is an in-plane shift in B),
+    # then each start's depth is scanned on both views
+    names = [stage.name for stage in both.stages]
+    assert names[0] == "global search in view A" and "start 1: wide depth scan" in names, names
     # what the depth is worth: a second view at 90 deg sees it across its image
     assert 0 < both.depth_sd_mm < alone.depth_sd_mm / 3 < math.inf, (both.depth_sd_mm, alone.depth_sd_mm)
     assert "view_similarity" in both.to_dict() and "view_similarity" not in alone.to_dict()
