@@ -103,7 +103,7 @@ class ImplantBody:
 
 
 def _face_areas(mesh: ImplantMesh) -> torch.Tensor:
-    a, b, c = (mesh.vertices[mesh.faces[:, k]] for k in range(3))
+    a, b, c = mesh.corners()
     return 0.5 * torch.linalg.cross(b - a, c - a).norm(dim=-1)
 
 

@@ -36,24 +36,26 @@ class ImplantMesh:
     faces: torch.Tensor
     name: str = "implant"
 
+    def corners(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each face's three vertices, three (F, 3) tensors in winding order."""
+        return tuple(self.vertices[self.faces[:, k]] for k in range(3))
+
     @property
     def volume_mm3(self) -> float:
         """The enclosed volume (divergence theorem; positive for an outward-wound closed surface)."""
-        a, b, c = (self.vertices[self.faces[:, k]] for k in range(3))
+        a, b, c = self.corners()
         return float((a * torch.linalg.cross(b, c)).sum() / 6.0)
 
     @property
     def centroid(self) -> torch.Tensor:
         """(3,) the solid's centre of volume (mm), from signed tetrahedra to the origin."""
-        a, b, c = (self.vertices[self.faces[:, k]] for k in range(3))
+        a, b, c = self.corners()
         w = (a * torch.linalg.cross(b, c)).sum(-1) / 6.0
         return ((a + b + c) / 4.0 * w[:, None]).sum(0) / w.sum()
 
 
 def mesh_problems(mesh) -> list[str]:
     """What keeps a ``trimesh.Trimesh`` from bounding one solid, as short phrases (empty: none)."""
-    import trimesh
-
     problems = []
     if len(mesh.faces) == 0:
         return ["it has no faces"]

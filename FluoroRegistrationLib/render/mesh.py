@@ -25,6 +25,7 @@ import torch
 
 from ..errors import FluoroRegError
 from ..geometry import Camera
+from .fast import _check_region
 
 MAX_PAIRS = 4_000_000  # face-pixel pairs tested at once (memory: ~100 bytes each)
 
@@ -137,10 +138,7 @@ def render_mesh(mesh, camera: Camera, camera_from_mesh: torch.Tensor, mu_per_mm:
     v = mesh.vertices.to(device=poses.device, dtype=poses.dtype)
     vertices = v @ poses[:, :3, :3].transpose(1, 2) + poses[:, None, :3, 3]
     if region is not None:
-        r0, r1, c0, c1 = (int(x) for x in region)
-        if not (0 <= r0 < r1 <= camera.rows and 0 <= c0 < c1 <= camera.cols):
-            raise FluoroRegError(f"render region {tuple(region)} (r0, r1, c0, c1) is not inside the "
-                                 f"{camera.rows}x{camera.cols} detector")
+        r0, r1, c0, c1 = _check_region(region, camera)  # the volume renderers' check and message
         camera = Camera(camera.sdd_mm, r1 - r0, c1 - c0, camera.row_spacing_mm, camera.col_spacing_mm,
                         camera.u0 - c0, camera.v0 - r0)
     return mu_per_mm * mesh_path_length(vertices, mesh.faces.to(poses.device), camera)[:, None]
