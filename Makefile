@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo gui test test-gui test-slow bench bench-register bench-views study bench-segment bench-peer-deps zoo clean
+.PHONY: demo gui test test-gui test-slow bench bench-register bench-views bench-implants study bench-segment bench-peer-deps zoo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ study: $(STAMP)
 bench-views: $(STAMP)
 	$(PY) benchmarks/views.py --out views_out
 	$(PY) benchmarks/depth_sd.py --runs views_out
+
+bench-implants: $(STAMP)
+	$(PY) benchmarks/implants.py --out implants_out
 
 # segmentation: train the default model on the phantom (~25 min on 2 cores), score it on held-out
 # frames, then register with predicted vs ground-truth vs no masks

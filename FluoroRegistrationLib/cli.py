@@ -270,7 +270,9 @@ def _registration(args, config):
     from .register import Registration
 
     wanted = [b.strip() for b in (args.bone or "").split(",") if b.strip()]
-    implants = dict(_implant_argument(spec) for spec in args.implant)
+    from .implant.body import implant_from_spec
+
+    implants = dict(implant_from_spec(spec) for spec in args.implant)
     if not wanted and not implants:
         raise FluoroRegError("nothing to register: give --bone (with --ct and --labels) and/or --implant NAME=MESH")
     clash = sorted(set(wanted) & set(implants))
@@ -282,32 +284,6 @@ def _registration(args, config):
         raise FluoroRegError("--bone needs --ct and --labels (the CT and its labelmap)")
     reg = Registration.from_ct(args.ct, args.labels, wanted, args.label_names, config)
     return Registration({**reg.volumes, **implants}, reg.config, reg.label_ids) if implants else reg
-
-
-def _implant_argument(spec: str):
-    """(name, ImplantBody) from ``NAME=MESH[,material=M][,scale=S][,repair]``."""
-    from .implant.body import implant_body
-
-    head, *options = [part.strip() for part in spec.split(",")]
-    name, _, path = head.partition("=")
-    if not name or not path:
-        raise FluoroRegError(f"--implant {spec!r}: give NAME=MESH, e.g. femoral=component.stl,material=cobalt_chrome")
-    settings = {"material": "cobalt_chrome", "scale": "1", "repair": False}
-    for option in options:
-        key, eq, value = option.partition("=")
-        if key == "repair" and not eq:
-            settings["repair"] = True
-        elif key == "mu" and eq:
-            settings["material"] = option
-        elif key in ("material", "scale") and eq:
-            settings[key] = value
-        else:
-            raise FluoroRegError(f"--implant {spec!r}: unknown option {option!r}; use material=, scale= or repair")
-    try:
-        scale = float(settings["scale"])
-    except ValueError:
-        raise FluoroRegError(f"--implant {spec!r}: scale {settings['scale']!r} is not a number") from None
-    return name.strip(), implant_body(path, name.strip(), settings["material"], scale, settings["repair"])
 
 
 def cmd_demo(args) -> None:
@@ -338,10 +314,12 @@ def cmd_track(args) -> None:
                                  "view (or --mask auto)")
     masks = None if not masks else ("auto" if masks == ["auto"] else masks if len(masks) > 1 else masks[0])
     sequence = args.sequence if len(args.sequence) > 1 else args.sequence[0]
+    bone = args.bone if args.bone is not None else ("" if args.implant else "femur,tibia")
     result = track_sequence(sequence, args.ct, args.labels, args.calib, args.init, args.out,
-                            [b.strip() for b in args.bone.split(",") if b.strip()], args.label_names, masks,
+                            [b.strip() for b in bone.split(",") if b.strip()], args.label_names, masks,
                             args.model, args.keyframe, args.landmarks, args.side, args.fps, args.lowpass,
-                            args.workers or 0, args.scheduler, config, args.polarity, animation=not args.no_animation)
+                            args.workers or 0, args.scheduler, config, args.polarity, animation=not args.no_animation,
+                            implants=args.implant)
     frames = sum(r is not None for r in result.records)
     flags = result.flags
     print(f"{frames} frames in {result.seconds:.1f} s ({frames / max(result.seconds, 1e-9):.2f} frames/s): "
@@ -676,7 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ct", required=True)
     p.add_argument("--labels", required=True)
     p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
-    p.add_argument("--bone", default="femur,tibia", help="bones to track (default femur,tibia)")
+    p.add_argument("--bone", default=None, help="bones to track (default femur,tibia; none with --implant)")
+    p.add_argument("--implant", action="append", default=[],
+                   help="an implant component to track beside the bones: NAME=MESH[,material=cobalt_chrome|"
+                        "titanium_alloy|polyethylene][,mu=V][,scale=S][,repair] (repeatable; its start in --init under NAME)")
     p.add_argument("--frames", dest="sequence", required=True, action="append",
                    help="the sequence: a folder of frames, a multi-page TIFF, a multi-frame DICOM, an (N, H, W) .npy or "
                    "a video; with a rig (biplane), one --frames per view in the rig's order, synchronised")

@@ -42,6 +42,27 @@ def test_adam_converges_and_stops_on_plateau():
     assert "plateau" in log.stop_reason or log.iterations == 400
 
 
+def test_adam_retries_with_smaller_steps_a_start_it_cannot_improve():
+    """A basin 0.1 wide beside the start (a metal edge at a fine level): Adam's first step (0.6 x
+    sqrt(6) with the shared second moment) lands on the flat outside and never improves, so the
+    start is tried again with a quarter of the step, twice; the second retry finds the bottom. Without retries the start comes back unchanged. A
+    start in a wide bowl improves at once and is never retried (the same path as before)."""
+    centre = torch.tensor([0.0, 0.0, 0.0, 0.05, 0.0, 0.0], dtype=F64)
+
+    def narrow(x):
+        return 1.0 - torch.exp(-(((x - centre) / 0.1) ** 2).sum(-1))
+
+    scales = torch.ones(6, dtype=F64)
+    x0 = torch.zeros(6, dtype=F64)
+    fixed, loss_fixed, _ = adam_refine(narrow, x0, scales, iterations=120, lr=0.6, lr_end=0.6, patience=8, retries=0)
+    assert torch.equal(fixed, x0)
+    x, loss, log = adam_refine(narrow, x0, scales, iterations=120, lr=0.6, lr_end=0.6, patience=8)
+    assert loss < 0.1 * loss_fixed and abs(float(x[3]) - 0.05) < 0.02
+    plain = adam_refine(bowl, x0, scales, iterations=60, lr=0.5, retries=0)
+    again = adam_refine(bowl, x0, scales, iterations=60, lr=0.5)
+    assert torch.equal(plain[0], again[0]) and plain[2].iterations == again[2].iterations
+
+
 def test_adam_refines_a_batch_of_starts_each_exactly_as_alone():
     # rows stop on their plateaus at different iterations (a quantised bowl: flat steps), and the box binds one
     def stepped(x):

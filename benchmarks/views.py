@@ -46,13 +46,14 @@ def views_table(rows: list[dict], edges: list[float]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "benchmarks" / "views.yaml"))
-    parser.add_argument("--out", default="views_out")
+def main(argv=None, name: str = "views", results: str = "VIEWS_RESULTS.md", doc: str = __doc__):
+    """Run ``benchmarks/<name>.yaml`` through the harness; print and write the table to ``results``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "benchmarks" / f"{name}.yaml"))
+    parser.add_argument("--out", default=f"{name}_out")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--serial", action="store_true")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "VIEWS_RESULTS.md"),
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / results),
                         help="where the table is written ('' for nowhere)")
     args = parser.parse_args(argv)
 
@@ -62,7 +63,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows = run_experiment(exp, Path(args.out), workers=args.workers, serial=args.serial)
     wall = time.perf_counter() - t0
-    header = (f"Printed by `.venv/bin/python benchmarks/views.py` (config `{Path(args.config).name}`, "
+    header = (f"Printed by `.venv/bin/python benchmarks/{name}.py` (config `{Path(args.config).name}`, "
               f"{exp.frames.get('simulate', exp.frames)}): {len(rows)} runs, wall time of this invocation "
               f"{wall / 60:.1f} min on {args.workers or 'all'} worker(s); errors in the first view's camera frame, "
               "medians over every run; seconds per bone are each run's own.\n\n")

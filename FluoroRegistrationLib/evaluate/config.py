@@ -9,6 +9,8 @@ frames:                      # either a folder written by `fluororeg simulate` .
   # (clutter: none, mixed or heavy: the other leg, metal, a table edge; simulate/clutter.py)
   # simulate: {count: 6, realism: medium, flexion_range: [0, 90]}
   # (view_angles: [60] adds a second view, a biplane rig; see `fluororeg simulate --view-angle`)
+  # (implant: true puts the procedural total knee in the phantom; then bones may name its components,
+  # femoral, tray, insert, registered from their meshes)
 calibration: true            # true: the C-arm that took the frames; nominal: the folder's calib.json
 bones: [femur, tibia]
 starts:
@@ -43,10 +45,10 @@ from pathlib import Path
 
 from ..errors import FluoroRegError
 from ..phantom import FLEXION_RANGE_DEG
-from .schema import Anything, AnyMapping, Integer, List, Mapping, Number, Optional, Text
+from .schema import Anything, AnyMapping, Flag, Integer, List, Mapping, Number, Optional, Text
 
 MASK_SOURCES = ("truth", "none", "predicted")
-SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter", "view_angles")
+SIMULATE_KEYS = ("count", "realism", "flexion_range", "camera", "clutter", "view_angles", "implant")
 LANDSCAPE_KEYS = ("frames", "bones", "half_range", "points", "pairs", "pixel_mm")
 # the config's plain sections, checked for type and range before anything else (schema.py); the
 # registration options are RegistrationConfig's and the camera the calibration's own checks
@@ -57,7 +59,7 @@ SCHEMA = Mapping({
         "folder": Text(), "use": List(Integer(0)),
         "simulate": Mapping(dict(zip(SIMULATE_KEYS, (
             Integer(1, 100000), Text(), List(Number(*FLEXION_RANGE_DEG), 2, 2), Anything, Optional(Text()),
-            List(Number(10, 170), 0, 7)))))}),
+            List(Number(10, 170), 0, 7), Flag))))}),
     "starts": Mapping({"mtre_bins_mm": List(Number(0, 1000), 2), "per_bin": Integer(1, 1000),
                        "per_axis": Mapping({"translation_mm": List(Number(0, 500)),
                                             "rotation_deg": List(Number(0, 180))})}),

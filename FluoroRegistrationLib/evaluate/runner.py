@@ -46,13 +46,29 @@ def _scene(folder: str, bones: tuple, calibration: str):
     from ..volume import load_ct, load_labels, read_label_names, registration_volumes
 
     root = Path(folder)
-    ct = load_ct(root / "phantom" / "ct.nii.gz")
-    labels = load_labels(root / "phantom" / "labels.nii.gz", ct)
-    volumes = registration_volumes(ct, labels, read_label_names(root / "phantom" / "labels.json"), list(bones))
+    components = _components(root / "phantom", bones)
+    volumes = dict(components)
+    wanted = [b for b in bones if b not in components]
+    if wanted:
+        ct = load_ct(root / "phantom" / "ct.nii.gz")
+        labels = load_labels(root / "phantom" / "labels.nii.gz", ct)
+        volumes.update(registration_volumes(ct, labels, read_label_names(root / "phantom" / "labels.json"), wanted))
     suffix = "_true" if calibration == "true" else ""
     if (root / f"rig{suffix}.json").is_file():
         return volumes, Rig.from_json(root / f"rig{suffix}.json")
     return volumes, Rig.from_json(root / f"calib{suffix}.json")
+
+
+def _components(phantom: Path, names) -> dict:
+    """The implant components among ``names`` that ``phantom/implants.json`` lists (a folder simulated
+    with implants), each as registration draws it ({name: ImplantBody}, its mesh and material)."""
+    index = phantom / "implants.json"
+    if not index.is_file():
+        return {}
+    from ..implant.body import implant_body
+
+    listed = json.loads(index.read_text())
+    return {n: implant_body(phantom / listed[n]["file"], n, listed[n]["material"]) for n in names if n in listed}
 
 
 def _view_folder(folder: str, index: int, name: str) -> Path:
@@ -202,7 +218,7 @@ def frames_folder(exp: Experiment, out: Path) -> Path:
         simulate_folder(folder, frames=int(sim.pop("count", 6)), seed=exp.seed, realism=sim.pop("realism", "medium"),
                         flexion_range=tuple(sim.pop("flexion_range", (0.0, 90.0))),
                         camera=None if camera is None else Camera.from_dict(camera), clutter=sim.pop("clutter", None),
-                        view_angles_deg=tuple(sim.pop("view_angles", ())))
+                        view_angles_deg=tuple(sim.pop("view_angles", ())), implants=bool(sim.pop("implant", False)) or None)
     return folder
 
 

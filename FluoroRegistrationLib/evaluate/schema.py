@@ -43,6 +43,12 @@ def Integer(low=None, high=None) -> Number:  # noqa: N802 (reads as a type)
     return Number(low, high, integer=True)
 
 
+def Flag(value, where: str) -> None:  # noqa: N802 (reads as a type)
+    """true or false (YAML booleans)."""
+    if not isinstance(value, bool):
+        _fail(where, value, "true or false")
+
+
 @dataclass(frozen=True)
 class Text:
     """A non-empty string, one of ``choices`` when given."""

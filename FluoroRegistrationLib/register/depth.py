@@ -42,7 +42,8 @@ def curvature(offsets: torch.Tensor, losses: torch.Tensor) -> tuple[float, float
     derivative), the second derivative 0 when the profile does not curve upwards."""
     A = torch.stack([torch.ones_like(offsets), offsets, offsets ** 2], 1)
     a, b, c = torch.linalg.lstsq(A, losses[:, None]).solution[:, 0].tolist()
-    if c <= 0:
+    # a flat profile's fit leaves c at rounding level (1e-17 or so, either sign, by the LAPACK build)
+    if c * float(offsets.abs().max()) ** 2 <= 1e-12 * max(1.0, float(losses.abs().max())):
         return float(losses.min()), 0.0
     lowest = -b / (2 * c)
     if abs(lowest) > float(offsets.abs().max()):  # the minimum lies outside the profile: take the best point

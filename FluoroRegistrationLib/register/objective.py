@@ -76,6 +76,7 @@ class _Objective:
         self.frame = frame[..., r0:r1, c0:c1].to(device)
         self.weights = weights[..., r0:r1, c0:c1].to(device)
         self.loss = FrameLoss(similarity, self.frame, self.weights)
+        self.appearance = getattr(bone, "appearance", None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         device = self.bone.device
@@ -85,6 +86,8 @@ class _Objective:
                 poses = self.view_from_reference @ poses
             poses = poses.to(device=device, dtype=self.bone.dtype)
             drr = render(self.bone, self.camera, poses, "fast", region=self.region)
+            if self.appearance is not None:  # what the frame shows of it (an implant's metal: its opacity)
+                drr = self.appearance(drr)
         with timing.part("similarity", device):
             return self.loss(drr).cpu()
 

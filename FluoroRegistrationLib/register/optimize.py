@@ -248,7 +248,7 @@ def line_search(objective, x0: torch.Tensor, axis: int, half_width: float, point
 
 def adam_refine(objective, x0: torch.Tensor, scales: torch.Tensor, iterations: int = 80, lr: float = 0.6,
                 lr_end: float = 0.05, patience: int = 12, tolerance: float = 1e-5, betas=(0.9, 0.999),
-                bounds: tuple | None = None, report=None, name: str = "refine"):
+                bounds: tuple | None = None, report=None, name: str = "refine", retries: int = 2):
     """Adam on ``x / scales`` with one second moment shared by all six parameters, a cosine
     learning-rate schedule and an early stop on plateau; one start (6,) or K starts (K, 6) at once.
 
@@ -281,6 +281,10 @@ def adam_refine(objective, x0: torch.Tensor, scales: torch.Tensor, iterations: i
     b1, b2 = betas
     best_z, best_loss = z.clone(), torch.full((K,), math.inf, dtype=z.dtype)
     since_best = torch.zeros(K, dtype=torch.long)
+    first_loss = torch.full((K,), math.nan, dtype=z.dtype)
+    steps_taken = torch.zeros(K, dtype=z.dtype)  # per start: Adam's bias correction restarts with it
+    step_scale = torch.ones(K, dtype=z.dtype)
+    retried = torch.zeros(K, dtype=torch.long)
     active = torch.arange(K)
     log.stop_reason = f"reached {iterations} iterations"
     for it in range(iterations):
@@ -290,6 +294,7 @@ def adam_refine(objective, x0: torch.Tensor, scales: torch.Tensor, iterations: i
         with timing.part("backward"):
             (grad,) = torch.autograd.grad(loss.sum(), za)
         values = loss.detach().to(z.dtype)
+        first_loss[active] = torch.where(first_loss[active].isnan(), values, first_loss[active])
         lowest = int(values.argmin())
         log.losses.append(float(values[lowest]))
         log.iterations = it + 1
@@ -299,19 +304,30 @@ def adam_refine(objective, x0: torch.Tensor, scales: torch.Tensor, iterations: i
         since_best[active] = torch.where(improved, 0, since_best[active] + 1)
         if report is not None:
             report(name, it + 1, log.losses[-1], (za[lowest] * scales).detach())
+        stuck = (since_best[active] >= patience) & (best_loss[active] >= first_loss[active] - tolerance) \
+            & (retried[active] < retries)
+        if bool(stuck.any()):  # never improved on its start: again from there, with smaller steps
+            rows = active[stuck]
+            z[rows], m[rows], v[rows], steps_taken[rows] = best_z[rows], 0.0, 0.0, 0.0
+            step_scale[rows] *= 0.25
+            retried[rows] += 1
+            since_best[rows] = 0
         going = since_best[active] < patience
         if not bool(going.any()):
             log.stop_reason = f"plateau: no improvement over {patience} iterations"
             break
         with torch.no_grad():
-            rows, g = active[going], grad[going]
+            moving = going & ~stuck
+            rows, g = active[moving], grad[moving]
+            steps_taken[rows] += 1
+            n = steps_taken[rows]
             m[rows] = m[rows] * b1 + g * (1 - b1)
             v[rows] = v[rows] * b2 + (g * g).sum(-1) / g.shape[-1] * (1 - b2)
-            m_hat = m[rows] / (1 - b1 ** (it + 1))
-            v_hat = v[rows] / (1 - b2 ** (it + 1))
-            step = z[rows] - step_lr * m_hat / (v_hat.sqrt() + 1e-12)[:, None]
+            m_hat = m[rows] / (1 - b1 ** n)[:, None]
+            v_hat = v[rows] / (1 - b2 ** n)
+            step = z[rows] - (step_lr * step_scale[rows] / (v_hat.sqrt() + 1e-12))[:, None] * m_hat
             z[rows] = step if lo is None else torch.maximum(torch.minimum(step, hi), lo)
-        active = rows
+        active = active[going]
     log.finish(t0)
     best_x = best_z * scales
     if single:

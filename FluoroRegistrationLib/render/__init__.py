@@ -35,7 +35,7 @@ def render(volumes: RenderVolume | Sequence[RenderVolume], camera: Camera, poses
     """DRR of one or more volumes, each at its own poses, summed.
 
     Args:
-        volumes: a RenderVolume (or an implant's ImplantBody, drawn exactly from its mesh), or a
+        volumes: a RenderVolume (or an implant's ImplantBody: from its mesh, or its occupancy grid for "fast"), or a
             sequence of them (one per bone or component).
         camera: the C-arm intrinsics.
         poses: for one volume a (B, 4, 4) or (4, 4) tensor; for a sequence, a sequence of those
@@ -46,24 +46,26 @@ def render(volumes: RenderVolume | Sequence[RenderVolume], camera: Camera, poses
     """
     fn = get_renderer(method)
     if not isinstance(volumes, Sequence):
-        return _draw(fn, volumes, camera, poses, **kwargs)
+        return _draw(fn, volumes, camera, poses, method, **kwargs)
     volumes = list(volumes)
     if isinstance(poses, torch.Tensor):
         raise FluoroRegError("several volumes need one pose tensor each (a list); got a single tensor")
     poses = list(poses)
     if len(poses) != len(volumes):
         raise FluoroRegError(f"got {len(volumes)} volumes but {len(poses)} poses; pass one pose per volume")
-    images = [_draw(fn, v, camera, p, **kwargs) for v, p in zip(volumes, poses)]
+    images = [_draw(fn, v, camera, p, method, **kwargs) for v, p in zip(volumes, poses)]
     if len({img.shape[0] for img in images}) != 1:
         raise FluoroRegError("every volume's poses must have the same batch size")
     return torch.stack(images, 0).sum(0)
 
 
-def _draw(fn, volume, camera: Camera, poses, **kwargs) -> torch.Tensor:
-    """One volume's image: a body that draws itself exactly (an implant's mesh) does; a render
-    volume goes through ``fn``."""
+def _draw(fn, volume, camera: Camera, poses, method: str, **kwargs) -> torch.Tensor:
+    """One volume's image: a body that draws itself (an implant: ``method`` picks its exact mesh or
+    its occupancy grid) does; a render volume goes through ``fn``."""
     draw = getattr(volume, "draw", None)
-    return draw(camera, poses, region=kwargs.get("region")) if draw is not None else fn(volume, camera, poses, **kwargs)
+    if draw is not None:
+        return draw(camera, poses, region=kwargs.get("region"), method=method)
+    return fn(volume, camera, poses, **kwargs)
 
 
 def project_label(volume: RenderVolume, camera: Camera, poses, method: str = "fast", **kwargs) -> torch.Tensor:

@@ -117,15 +117,18 @@ def _detector_window(corners_cam: torch.Tensor, camera: Camera) -> tuple[int, in
     return r0, r1, c0, c1
 
 
-def _march(slices: torch.Tensor, H: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Sum over slices of bilinear lookups: slices (S, 1, n_c, n_b), H (B, S, 3, 3), u (w,), v (h,) -> (B, h, w)."""
+def _march(slices: torch.Tensor, H: torch.Tensor, u: torch.Tensor, v: torch.Tensor, ramp=None) -> torch.Tensor:
+    """Sum over slices of bilinear lookups: slices (S, 1, n_c, n_b), H (B, S, 3, 3), u (w,), v (h,) -> (B, h, w);
+    with ``ramp`` (lo, hi), each sample ``o`` counts as ``clamp((o - lo) / (hi - lo), 0, 1)``."""
     grid = _HomographyGrid.apply(H, u, v)
     samples = F.grid_sample(slices, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    if ramp is not None:
+        samples = ((samples - ramp[0]) / (ramp[1] - ramp[0])).clamp(0.0, 1.0)
     B, h, w = H.shape[0], v.shape[0], u.shape[0]
     return samples.sum(0).view(B, h, w)
 
 
-def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samples, piece_samples):
+def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samples, piece_samples, ramp=None):
     """Render poses that share a slice axis over a detector window -> (B, h, w)."""
     dtype, device = volume.mu.dtype, volume.mu.device
     r0, r1, c0, c1 = window
@@ -161,8 +164,8 @@ def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samp
         rows = []
         for r0_ in range(0, h, rows_per_piece):
             vr = v[r0_:r0_ + rows_per_piece]
-            rows.append(checkpoint(_march, slices, Hb, u, vr, use_reentrant=False) if recompute
-                        else _march(slices, Hb, u, vr))
+            rows.append(checkpoint(_march, slices, Hb, u, vr, ramp, use_reentrant=False) if recompute
+                        else _march(slices, Hb, u, vr, ramp))
         pieces.append(torch.cat(rows, 1) if len(rows) > 1 else rows[0])
     total = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
     return total * step_mm
@@ -170,7 +173,7 @@ def _render_axis_group(volume, camera, camera_from_index, axis, window, max_samp
 
 def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.Tensor,
                 max_samples: int = 16_000_000, piece_samples: int = 1_000_000,
-                region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                region: tuple[int, int, int, int] | None = None, occupancy_ramp: tuple | None = None) -> torch.Tensor:
     """Fast DRR of one render volume at B poses (trilinear samples, one per slice).
 
     Args:
@@ -184,6 +187,10 @@ def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.
             that one piece's temporaries stay in cache.
         region: (r0, r1, c0, c1), end-exclusive: draw only these detector rows and columns (the
             pixels a similarity looks at); None: the whole detector.
+        occupancy_ramp: (lo, hi) for a volume of occupancy fractions (an implant's voxelised mesh,
+            :mod:`..implant.voxelize`): each trilinear sample ``o`` is drawn as
+            ``clamp((o - lo) / (hi - lo), 0, 1)``, a surface sharper than the partial-volume blur;
+            the image is then a path length (mm). None: samples drawn as they are.
     Returns:
         (B, 1, rows, cols) line integrals in the volume's dtype; (B, 1, r1 - r0, c1 - c0) with a region.
     """
@@ -206,13 +213,13 @@ def render_fast(volume: RenderVolume, camera: Camera, camera_from_volume: torch.
     groups = axes.unique()
     if len(groups) == 1:
         crop = _render_axis_group(volume, camera, camera_from_index, int(groups[0]), window, max_samples,
-                                   piece_samples)
+                                   piece_samples, occupancy_ramp)
     else:
         crop = torch.zeros(B, r1 - r0, c1 - c0, dtype=dtype, device=device)
         for axis in groups.tolist():
             sel = (axes == axis).nonzero().squeeze(-1)
             part = _render_axis_group(volume, camera, camera_from_index[sel], axis, window, max_samples,
-                                      piece_samples)
+                                      piece_samples, occupancy_ramp)
             crop = crop.index_put((sel,), part)
     image = F.pad(crop, (c0 - C0, C1 - c1, r0 - R0, R1 - r1))
     return image[:, None]

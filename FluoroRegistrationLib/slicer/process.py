@@ -117,14 +117,16 @@ def write_inputs(folder, ct: ImageVolume, labels: ImageVolume, label_ids: dict, 
         else None
     frames = list(frame) if names else [frame]
     mask_list = (list(masks) if masks is not None else [None] * len(frames)) if names else [masks]
-    write_image(ct, folder / "ct.nii.gz")
-    write_image(ImageVolume(labels.array.astype(np.int16), labels.volume_from_index), folder / "labels.nii.gz")
-    (folder / "labels.json").write_text(json.dumps({b: int(i) for b, i in label_ids.items()}))
+    argv = []
+    if label_ids:  # none: implant components only (their --implant arguments are the caller's)
+        write_image(ct, folder / "ct.nii.gz")
+        write_image(ImageVolume(labels.array.astype(np.int16), labels.volume_from_index), folder / "labels.nii.gz")
+        (folder / "labels.json").write_text(json.dumps({b: int(i) for b, i in label_ids.items()}))
+        argv = ["--ct", folder / "ct.nii.gz", "--labels", folder / "labels.nii.gz", "--label-names",
+                folder / "labels.json", "--bone", ",".join(label_ids)]
     (folder / "calib.json").write_text(json.dumps(calibration))
     write_poses(folder / "init.json", initial_poses)
-    argv = ["--ct", folder / "ct.nii.gz", "--labels", folder / "labels.nii.gz", "--label-names",
-            folder / "labels.json", "--bone", ",".join(label_ids), "--calib", folder / "calib.json",
-            "--init", folder / "init.json", "--polarity", polarity]
+    argv += ["--calib", folder / "calib.json", "--init", folder / "init.json", "--polarity", polarity]
     for k, (image, mask) in enumerate(zip(frames, mask_list)):
         suffix = f"_{names[k]}" if names else ""
         np.save(folder / f"frame{suffix}.npy", np.asarray(image, dtype=np.float32))

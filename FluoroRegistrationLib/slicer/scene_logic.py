@@ -272,17 +272,21 @@ class FluoroRegistrationLogic:
 
     # ------------------------------------------------------------------------------------ registration
     def prepareRegistration(self, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, maskNode=None,
-                            device=None, config=None, polarity: str = "auto") -> RegistrationJob:
+                            device=None, config=None, polarity: str = "auto", implants=None) -> RegistrationJob:
         """Read everything registration needs from the scene (main thread) into a job that touches no
-        MRML; the frame, masks and configuration go through the one path's own preparation."""
+        MRML; the frame, masks and configuration go through the one path's own preparation.
+        ``implants``: {name: modelNode or (modelNode, material)}, components registered beside the
+        bones (``bones`` may then be empty and the CT and label nodes None)."""
         from ..register import Registration, prepare_frame
+        from .implants import implant_bodies
 
         rig = as_rig(calibration)
         frameNodes = rig.per_view(frameNode, "frame node")
         maskNodes = [None] * len(rig) if maskNode is None else rig.per_view(maskNode, "mask node")
         frames = [prepare_frame(self.frameImage(n, v.camera), v.camera, polarity) for n, v in zip(frameNodes, rig.views)]
-        volumes = self.boneVolumes(ctNode, labelNode, bones)
-        registration = Registration(volumes, config, self.boneIds(labelNode, bones))
+        with_bones = bool(bones) or not implants  # neither: boneIds says what to pass
+        volumes = {**(self.boneVolumes(ctNode, labelNode, bones) if with_bones else {}), **implant_bodies(implants)}
+        registration = Registration(volumes, config, self.boneIds(labelNode, bones) if with_bones else {})
         initial = self.poses(volumes, initialPoseNodes)
         masks = [None if m is None else self.masksFromLabelMap(m, v.camera, registration.label_ids)
                  for m, v in zip(maskNodes, rig.views)]
@@ -291,37 +295,45 @@ class FluoroRegistrationLogic:
         return RegistrationJob(registration, frames, rig, initial, masks, device)
 
     def startRegistrationProcess(self, folder, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes,
-                                 maskNode=None, config=None, polarity: str = "auto", python: str | None = None):
+                                 maskNode=None, config=None, polarity: str = "auto", python: str | None = None,
+                                 implants=None):
         """Write the scene's inputs to ``folder`` and start ``fluororeg register`` on them in a child
         process (:class:`~.process.RegistrationProcess`): the GUI polls it, so Slicer's event loop never
         waits and Python threads are not needed. ``config``: a RegistrationConfig or nested dict."""
         from .process import RegistrationProcess
 
         argv = self.writeRegistrationInputs(folder, ctNode, labelNode, frameNode, calibration, bones,
-                                            initialPoseNodes, maskNode, config, polarity)
+                                            initialPoseNodes, maskNode, config, polarity, implants)
         return RegistrationProcess(folder, argv, python)
 
     def writeRegistrationInputs(self, folder, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes,
-                                maskNode=None, config=None, polarity: str = "auto") -> list:
+                                maskNode=None, config=None, polarity: str = "auto", implants=None) -> list:
         """The scene's inputs as files in ``folder``; returns the ``fluororeg register`` arguments that
-        read them (without --out): what Register runs, for a script or a cluster to run as well."""
+        read them (without --out): what Register runs, for a script or a cluster to run as well.
+        ``implants`` as in :meth:`register`: each written as ``folder/<name>.stl`` (LPS mm)."""
         from ..register import RegistrationConfig
+        from .implants import implant_bodies, write_implant
         from .process import write_inputs
 
         rig = as_rig(calibration)
         frameNodes = rig.per_view(frameNode, "frame node")
         maskNodes = [None] * len(rig) if maskNode is None else rig.per_view(maskNode, "mask node")
-        ids = self.boneIds(labelNode, bones)
-        ct, labels = self.ctAndLabels(ctNode, labelNode)
+        bodies = implant_bodies(implants)
+        ids = self.boneIds(labelNode, bones) if bones or not bodies else {}
+        ct, labels = self.ctAndLabels(ctNode, labelNode) if ids else (None, None)
         masks = [None if m is None else self.maskLabels(m) for m in maskNodes]
         settings = (config if isinstance(config, RegistrationConfig) else  # checked here, before the child starts
                     RegistrationConfig.from_dict(config or {})).to_dict()
-        initial = {b: p.numpy() for b, p in self.poses(list(ids), initialPoseNodes).items()}
+        initial = {b: p.numpy() for b, p in self.poses(list(ids) + list(bodies), initialPoseNodes).items()}
         frames = [self.frameImage(n, v.camera) for n, v in zip(frameNodes, rig.views)]
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        extra = []
+        for name, body in bodies.items():
+            extra += ["--implant", f"{name}={write_implant(body, folder)},mu={body.mu_per_mm!r}"]
         if len(rig) == 1:
             return write_inputs(folder, ct, labels, ids, frames[0], rig.cameras[0].to_dict(), initial, masks[0],
-                                settings, polarity)
-        return write_inputs(folder, ct, labels, ids, frames, rig.to_dict(), initial, masks, settings, polarity)
+                                settings, polarity) + extra
+        return write_inputs(folder, ct, labels, ids, frames, rig.to_dict(), initial, masks, settings, polarity) + extra
 
     def finishRegistrationProcess(self, process, outputPoseNodes) -> dict:
         """Write a finished process's poses into the output transform nodes (with their status
@@ -334,7 +346,7 @@ class FluoroRegistrationLogic:
 
     def register(self, ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, outputPoseNodes,
                  maskNode=None, device=None, progress=None, cancel=None, config=None,
-                 polarity: str = "auto") -> RegistrationResult:
+                 polarity: str = "auto", implants=None) -> RegistrationResult:
         """Register the bones to the frame and write each pose into its output transform node.
 
         Args:
@@ -346,11 +358,14 @@ class FluoroRegistrationLogic:
             progress, cancel: passed to the core (``progress(stage, iteration, similarity, pose)``).
             config: a RegistrationConfig or nested dict (None: the defaults).
             polarity: the frame's, "auto", "bone-dark" or "bone-bright".
+            implants: {name: modelNode or (modelNode, material)}: implant components (their CAD
+                surfaces loaded as models) registered beside the bones, each with its initial and
+                output transform node under its name; ``bones`` may be empty.
         Returns:
             The core's RegistrationResult.
         """
         job = self.prepareRegistration(ctNode, labelNode, frameNode, calibration, bones, initialPoseNodes, maskNode,
-                                       device, config, polarity)
+                                       device, config, polarity, implants)
         per_bone(outputPoseNodes, list(job.bones), "output pose transform")  # fail before the work, not after
         result = job.run(progress, cancel)
         self.writePoses(result.poses(), outputPoseNodes)

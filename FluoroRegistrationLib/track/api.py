@@ -59,7 +59,7 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
                    model=None, keyframe: int = 0, landmarks=None, side: str = "right", fps: float | None = None,
                    lowpass_hz: float | None = None, workers: int = 0, scheduler: str | None = None,
                    config: TrackConfig | None = None, polarity: str = "auto", progress: bool = True,
-                   animation: bool = True) -> TrackResult:
+                   animation: bool = True, implants=()) -> TrackResult:
     """Track ``bones`` through ``sequence`` (a folder of frames, a stack file or a video) and write
     into ``out``: frames/NNNNN.json (resumable), poses.csv, kinematics.csv, kinematics.png, overlay.gif.
 
@@ -88,11 +88,13 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
     job = TrackJob(sequences[0], str(ct), str(labels), names, tuple(bones), str(calib), str(out),
                    first_masks, None if model is None else str(model), fps, polarity,
                    config or TrackConfig(), threads=max(1, torch.get_num_threads()) if workers == 0 else 1,
-                   views=tuple(sequences[1:]), view_masks=tuple(mask_list[1:]) if mask_list else ())
+                   views=tuple(sequences[1:]), view_masks=tuple(mask_list[1:]) if mask_list else (),
+                   implants=tuple(str(spec) for spec in implants))
     starts = read_starts(init, keyframe)
     count = FrameSequence.open(job.sequence, fps).count
+    tracked = list(bones) + [str(spec).split("=", 1)[0].strip() for spec in implants]
     for k, poses in starts.items():
-        missing = [b for b in bones if b not in poses]
+        missing = [b for b in tracked if b not in poses]
         if missing or not 0 <= k < count:
             raise FluoroRegError(f"keyframe {k}: " + (f"no start for {', '.join(missing)}" if missing else
                                                       f"outside the sequence's {count} frames"))

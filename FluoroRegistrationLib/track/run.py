@@ -32,7 +32,8 @@ class TrackJob:
     masks: None (no masks), "auto" (the segmentation ``model``) or a folder of label maps over the
     frames named ``<frame stem>_labels.<ext>``. threads: torch threads per task. views: the further
     views' sequences of a rig (``calib`` is then the rig's JSON); view_masks: their mask folders (one
-    per further view; empty: none, or "auto" when ``masks`` is)."""
+    per further view; empty: none, or "auto" when ``masks`` is). implants: components tracked beside
+    the bones, each as ``NAME=MESH[,material=M][,scale=S][,repair]`` (:func:`~..implant.body.implant_from_spec`)."""
 
     sequence: str
     ct: str
@@ -49,17 +50,18 @@ class TrackJob:
     threads: int = 2
     views: tuple = ()
     view_masks: tuple = ()
+    implants: tuple = ()
 
 
 def tracker_for(job: TrackJob) -> Tracker:
     """The job's Tracker in this process (built on first use)."""
     key = (job.sequence, job.ct, job.labels, str(job.label_names), job.bones, job.calib, job.out, job.masks,
-           job.model, job.fps, job.polarity, repr(job.config), job.views, job.view_masks)
+           job.model, job.fps, job.polarity, repr(job.config), job.views, job.view_masks, job.implants)
     if key not in _TRACKERS:
         from ..register import Registration
 
         sequence = FrameSequence.open(job.sequence, job.fps)
-        cold = Registration.from_ct(job.ct, job.labels, list(job.bones), job.label_names, job.config.cold)
+        cold = _cold_registration(job)
         refine = Registration(cold.volumes, job.config.refine, cold.label_ids)
         model = None
         if job.masks == "auto":
@@ -79,6 +81,20 @@ def tracker_for(job: TrackJob) -> Tracker:
                                  job.config, job.polarity, views,
                                  [_mask_source(m, v) for m, v in zip(job.view_masks, views)])
     return _TRACKERS[key]
+
+
+def _cold_registration(job: TrackJob):
+    """The bones (from the CT and labels) and the implant components (from their meshes) as one
+    :class:`~..register.Registration` with the job's cold settings."""
+    from ..implant.body import implant_from_spec
+    from ..register import Registration
+
+    implants = dict(implant_from_spec(spec) for spec in job.implants)
+    bones = [b for b in job.bones if b not in implants]
+    if not bones:
+        return Registration(implants, job.config.cold)
+    cold = Registration.from_ct(job.ct, job.labels, bones, job.label_names, job.config.cold)
+    return Registration({**cold.volumes, **implants}, cold.config, cold.label_ids) if implants else cold
 
 
 def _mask_source(masks, sequence: FrameSequence):
