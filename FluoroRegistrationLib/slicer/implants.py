@@ -73,7 +73,7 @@ def model_from_mesh(scene, mesh: ImplantMesh, name: str | None = None):
     faces = mesh.faces.numpy()
     cells = np.hstack([np.full((len(faces), 1), 3, dtype=np.int64), faces]).ravel()
     polys = vtk.vtkCellArray()
-    polys.SetCells(len(faces), numpy_to_vtkIdTypeArray(cells, deep=True))
+    polys.ImportLegacyFormat(numpy_to_vtkIdTypeArray(cells, deep=True))
     polydata = vtk.vtkPolyData()
     polydata.SetPoints(points)
     polydata.SetPolys(polys)
