@@ -62,13 +62,13 @@ def _scene(folder: str, bones: tuple, calibration: str):
 def _components(phantom: Path, names) -> dict:
     """The implant components among ``names`` that ``phantom/implants.json`` lists (a folder simulated
     with implants), each as registration draws it ({name: ImplantBody}, its mesh and material)."""
-    index = phantom / "implants.json"
-    if not index.is_file():
+    if not (phantom / "implants.json").is_file():
         return {}
-    from ..implant.body import implant_body
+    from ..implant.body import component_body
+    from ..simulate.writer import read_implants
 
-    listed = json.loads(index.read_text())
-    return {n: implant_body(phantom / listed[n]["file"], n, listed[n]["material"]) for n in names if n in listed}
+    listed = read_implants(phantom)
+    return {n: component_body(listed[n][0], listed[n][2]) for n in names if n in listed}
 
 
 def _view_folder(folder: str, index: int, name: str) -> Path:

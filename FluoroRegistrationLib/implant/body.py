@@ -118,11 +118,11 @@ class ImplantBody:
 
     def _densities(self):
         """The occupancy grid with :data:`OCCUPANCY_RAMP` applied voxel by voxel (what coarse levels average)."""
+        from ..render.fast import sharpened
         from ..volume import RenderVolume
 
         occ = self.occupancy()
-        lo, hi = OCCUPANCY_RAMP
-        return RenderVolume(((occ.mu - lo) / (hi - lo)).clamp(0.0, 1.0), occ.volume_from_index, self.name,
+        return RenderVolume(sharpened(occ.mu, OCCUPANCY_RAMP), occ.volume_from_index, self.name,
                             occ.centroid, occ.points, occ.surface, None)
 
     def _simplified(self, pixel_mm: float) -> "ImplantBody":
@@ -198,7 +198,11 @@ def implant_body(path, name: str | None = None, material: str = "cobalt_chrome",
     """An :class:`ImplantBody` from a mesh file (see :func:`.mesh.load_mesh`) and a material."""
     from .mesh import load_mesh
 
-    mesh = load_mesh(path, name=name, scale=scale, repair=repair)
+    return component_body(load_mesh(path, name=name, scale=scale, repair=repair), material)
+
+
+def component_body(mesh: ImplantMesh, material: str = "cobalt_chrome") -> ImplantBody:
+    """An :class:`ImplantBody` of a checked mesh (named by it) and a material (see :func:`material_mu`)."""
     material_name, mu = material_mu(material)
     return ImplantBody(mesh, mu, mesh.name, material_name)
 

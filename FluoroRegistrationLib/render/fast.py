@@ -117,13 +117,18 @@ def _detector_window(corners_cam: torch.Tensor, camera: Camera) -> tuple[int, in
     return r0, r1, c0, c1
 
 
+def sharpened(occupancy: torch.Tensor, ramp: tuple) -> torch.Tensor:
+    """Occupancy fractions (any shape) through ``ramp`` (lo, hi): 0 below lo, 1 above hi, linear between."""
+    return ((occupancy - ramp[0]) / (ramp[1] - ramp[0])).clamp(0.0, 1.0)
+
+
 def _march(slices: torch.Tensor, H: torch.Tensor, u: torch.Tensor, v: torch.Tensor, ramp=None) -> torch.Tensor:
     """Sum over slices of bilinear lookups: slices (S, 1, n_c, n_b), H (B, S, 3, 3), u (w,), v (h,) -> (B, h, w);
     with ``ramp`` (lo, hi), each sample ``o`` counts as ``clamp((o - lo) / (hi - lo), 0, 1)``."""
     grid = _HomographyGrid.apply(H, u, v)
     samples = F.grid_sample(slices, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     if ramp is not None:
-        samples = ((samples - ramp[0]) / (ramp[1] - ramp[0])).clamp(0.0, 1.0)
+        samples = sharpened(samples, ramp)
     B, h, w = H.shape[0], v.shape[0], u.shape[0]
     return samples.sum(0).view(B, h, w)
 

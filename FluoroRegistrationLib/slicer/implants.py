@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FluoroRegError
-from ..implant.body import ImplantBody, material_mu
+from ..implant.body import ImplantBody, component_body
 from ..implant.mesh import ImplantMesh, from_trimesh
 from .nodes import node_name
 
@@ -48,9 +48,7 @@ def implant_bodies(implants) -> dict[str, ImplantBody]:
     bodies = {}
     for name, spec in dict(implants or {}).items():
         node, material = spec if isinstance(spec, (tuple, list)) else (spec, "cobalt_chrome")
-        mesh = mesh_from_model(node, name)
-        material_name, mu = material_mu(material)
-        bodies[name] = ImplantBody(mesh, mu, name, material_name)
+        bodies[name] = component_body(mesh_from_model(node, name), material)
     return bodies
 
 
