@@ -14,6 +14,7 @@ Chromium fails instead of skipping.
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -107,22 +108,31 @@ def test_page_loads_and_sliders_change_the_drr(browser, phantom_server):
     page.locator("#pose-x-value").fill(f"{x + 15:.2f}")
     page.locator("#pose-x-value").press("Enter")
     page.wait_for_function("src => document.querySelector('#overlay').src !== src", arg=before, timeout=10000)
-    # the slider moved with the keyboard, one event every 40 ms (25 per second): count the pictures
+    # the slider moved with the keyboard, one event due every 40 ms (25 per second) on a fixed schedule, so
+    # the time a key press itself takes (30 ms on a loaded 2-core machine) does not slow the input: count the pictures
     thumb(page, "rz").focus()
-    page.evaluate("() => { window.__t = []; new MutationObserver(() => window.__t.push(performance.now()))"
+    page.evaluate("() => { window.__t = []; window.__t0 = performance.now(); "
+                  "new MutationObserver(() => window.__t.push(performance.now() - window.__t0))"
                   ".observe(document.querySelector('#overlay'), {attributes: true, attributeFilter: ['src']}); }")
     t0 = time.perf_counter()
-    for _ in range(40):
+    for i in range(40):
         page.keyboard.press("ArrowRight")
-        page.wait_for_timeout(40)
+        time.sleep(max(0.0, t0 + 0.040 * (i + 1) - time.perf_counter()))
     elapsed = time.perf_counter() - t0
     page.wait_for_timeout(800)
-    updates = len(page.evaluate("window.__t"))
+    picture_ms = page.evaluate("window.__t")
+    updates = len(picture_ms)
     rate = updates / elapsed
+    inputs_per_second = 40 / elapsed
+    server = page.locator("#preview-stats").inner_text()
     (ARTIFACTS / "preview_rate.json").write_text(json.dumps({"updates": updates, "seconds": elapsed, "per_second": rate,
-                                                             "server": page.locator("#preview-stats").inner_text()}))
+                                                             "inputs_per_second": inputs_per_second, "server": server,
+                                                             "picture_ms": [round(t) for t in picture_ms]}))
     assert float(page.locator("#pose-rz-value").input_value()) == pytest.approx(20.0)  # 40 steps of 0.5 deg
-    assert rate >= 15, f"{updates} pictures in {elapsed:.2f} s"
+    # 15 pictures per second, or when the browser could not deliver 25 inputs per second, 60 % of the inputs
+    assert rate >= min(15.0, 0.6 * inputs_per_second), f"{updates} pictures for 40 inputs in {elapsed:.2f} s"
+    server_ms = float(re.search(r"([0-9.]+) ms per update", server).group(1))
+    assert server_ms <= 1000 / 15, f"the server draws a preview in {server_ms} ms"
     page.screenshot(path=str(ARTIFACTS / "gui_sliders.png"))
     page.close()
 

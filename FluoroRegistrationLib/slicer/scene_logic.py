@@ -18,6 +18,7 @@ and ``register`` takes the frame nodes (and mask nodes) as lists in the rig's or
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -176,7 +177,7 @@ class FluoroRegistrationLogic:
         camera = _preview_camera(as_camera(calibration), longest)
         volumes = self.boneVolumes(ctNode, labelNode, bones)
         poses = self._view_poses(volumes, poseNodes, cameraFromReference)
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(1 if longest is not None else torch.get_num_threads()):
             drr = render(list(volumes.values()), camera, [poses[b].float() for b in volumes], "fast")
         check_node(outputNode, "vtkMRMLScalarVolumeNode", "DRR output")
         set_volume(outputNode, drr[0].numpy().astype(np.float32), _scene_from_view(cameraFromReference) @ frame_ijk_to_ras(camera))
@@ -402,6 +403,22 @@ def per_bone(nodes, bones: list, what: str) -> dict:
         raise FluoroRegError(f"{len(bones)} bones ({', '.join(bones)}) need {len(bones)} {what} nodes, "
                              f"got {len(nodes)}; give one transform node per bone")
     return dict(zip(bones, nodes))
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    """Run the block with ``count`` torch threads. A live preview uses one: beside the browser or
+    Slicer's own drawing on 2 cores, one thread drew the phantom's 128 px preview in 13 ms against
+    25-40 ms with two (test_gui_browser's server statistics)."""
+    before = torch.get_num_threads()
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _preview_camera(camera: Camera, longest: int | None) -> Camera:
