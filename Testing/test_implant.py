@@ -294,10 +294,12 @@ def test_coarse_levels_draw_a_simplified_closed_surface(implanted_phantom):
     _, meshes = implanted_phantom
     body = ImplantBody(from_trimesh(meshes["femoral"], "femoral"), 1.0, "femoral")
     coarse = body.for_pixel_mm(2.8)
-    assert len(coarse.mesh.faces) < len(body.mesh.faces) / 2
-    assert not mesh_problems(trimesh.Trimesh(coarse.mesh.vertices.numpy(), coarse.mesh.faces.numpy(), process=False))
+    assert "exact_mesh" not in vars(coarse)  # simplified only when an exact drawing asks for it
+    simplified = coarse.exact_mesh
+    assert len(simplified.faces) < len(body.mesh.faces) / 2
+    assert not mesh_problems(trimesh.Trimesh(simplified.vertices.numpy(), simplified.faces.numpy(), process=False))
     fine = body.for_pixel_mm(0.35)
-    assert fine.mesh is body.mesh and fine.grid is body.occupancy()  # the full mesh, the finest grid
+    assert fine.exact_mesh is body.mesh and fine.grid is body.occupancy()  # the full mesh, the finest grid
     assert body.for_pixel_mm(2.8) is coarse  # cached
     camera = Camera(1000.0, 48, 48, 4.0, 4.0)  # 2.8 mm pixels at 700 mm
     pose = _pose(*(-body.centroid[:2]).tolist(), 700.0 - float(body.centroid[2]))

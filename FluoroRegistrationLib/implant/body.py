@@ -57,6 +57,7 @@ class ImplantBody:
     grid: object = field(default=None, compare=False, repr=False)  # its occupancy RenderVolume (built when first drawn)
     grid_ramp: tuple | None = OCCUPANCY_RAMP  # the ramp its samples take; None: the grid holds densities already
     _levels: dict = field(default_factory=dict, compare=False, repr=False)  # pixel size -> coarser body
+    level_pixel_mm: float | None = None  # the pyramid level's pixel at the component (None: full detail)
 
     @cached_property
     def centroid(self) -> torch.Tensor:
@@ -102,10 +103,9 @@ class ImplantBody:
         return -torch.expm1(-line_integral)
 
     def for_pixel_mm(self, pixel_mm: float) -> "ImplantBody":
-        """As a pyramid level whose pixels span ``pixel_mm`` at the component draws it: the surface
-        simplified to faces about half a pixel across (a CAD or marching-cubes mesh of 10^5 faces
-        costs the coarse levels' batches of poses 10-20x more and shows them nothing more), kept
-        only while it is still one closed solid; the full mesh when that saves little."""
+        """As a pyramid level whose pixels span ``pixel_mm`` at the component draws it: the occupancy
+        grid coarsened to the pixel (what registration draws), and for an exact drawing
+        (:attr:`exact_mesh`) the surface simplified to the pixel, made only if one is asked for."""
         key = round(float(pixel_mm), 3)
         if key not in self._levels:
             factor = max(1, int(key / self.voxel_mm))
@@ -113,8 +113,17 @@ class ImplantBody:
                 grid, ramp = self.occupancy(), self.grid_ramp
             else:  # sharpen first, then average: a thin plate's block means would fall under the ramp and vanish
                 grid, ramp = self._densities().coarsened(factor), None
-            self._levels[key] = replace(self._simplified(key), grid=grid, grid_ramp=ramp, _levels={})
+            self._levels[key] = replace(self, grid=grid, grid_ramp=ramp, _levels={}, level_pixel_mm=key)
         return self._levels[key]
+
+    @cached_property
+    def exact_mesh(self) -> ImplantMesh:
+        """The surface ``draw(method="exact")`` traces: the mesh, or at a coarse level the mesh
+        simplified to faces about half a pixel across (a CAD or marching-cubes mesh of 10^5 faces
+        costs a batch of poses 10-20x more there and shows it nothing more), kept only while it is
+        still one closed solid; the full mesh when that saves little. Made when first drawn (1.3 s for
+        a 155k-face femoral component; registration draws its levels from the grid)."""
+        return self.mesh if self.level_pixel_mm is None else self._simplified(self.level_pixel_mm)
 
     def _densities(self):
         """The occupancy grid with :data:`OCCUPANCY_RAMP` applied voxel by voxel (what coarse levels average)."""
@@ -125,11 +134,11 @@ class ImplantBody:
         return RenderVolume(sharpened(occ.mu, OCCUPANCY_RAMP), occ.volume_from_index, self.name,
                             occ.centroid, occ.points, occ.surface, None)
 
-    def _simplified(self, pixel_mm: float) -> "ImplantBody":
+    def _simplified(self, pixel_mm: float) -> ImplantMesh:
         area = float(_face_areas(self.mesh).sum())
         faces = int(area / (0.5 * pixel_mm) ** 2 * 2)  # two triangles per half-pixel square
         if faces > 0.5 * len(self.mesh.faces):
-            return self
+            return self.mesh
         try:
             import trimesh
 
@@ -141,12 +150,11 @@ class ImplantBody:
                     break
                 coarse = full.simplify_quadric_decimation(face_count=max(target, 500))
                 if not mesh_problems(coarse):
-                    mesh = ImplantMesh(torch.as_tensor(coarse.vertices, dtype=torch.float64).to(self.device),
+                    return ImplantMesh(torch.as_tensor(coarse.vertices, dtype=torch.float64).to(self.device),
                                        torch.as_tensor(coarse.faces, dtype=torch.int64).to(self.device), self.mesh.name)
-                    return replace(self, mesh=mesh, grid=None, _levels={})
         except ImportError:  # fast_simplification (the decimation backend) missing: draw the full mesh
             pass
-        return self
+        return self.mesh
 
     def draw(self, camera, poses: torch.Tensor, region=None, method: str = "exact") -> torch.Tensor:
         """(B, 1, rows, cols) line integrals mu L at ``poses`` (B, 4, 4) or (4, 4): ``exact`` through
@@ -159,7 +167,7 @@ class ImplantBody:
         from ..render.mesh import render_mesh
 
         poses = poses.to(torch.float64) if poses.dtype != torch.float64 else poses
-        return render_mesh(self.mesh, camera, poses, self.mu_per_mm, region=region).to(self.dtype)
+        return render_mesh(self.exact_mesh, camera, poses, self.mu_per_mm, region=region).to(self.dtype)
 
     def silhouette(self, camera, poses: torch.Tensor, region=None) -> torch.Tensor:
         """(B, 1, rows, cols) exact path length (mm) through the component: > 0 where it projects."""
