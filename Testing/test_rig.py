@@ -354,6 +354,31 @@ def test_the_depth_sd_is_the_laplace_approximation_of_a_known_profile():
     assert depth_sd_mm(offsets, torch.full_like(losses, 0.2), pixels) == math.inf
 
 
+def test_the_tilt_sd_is_the_laplace_approximation_of_a_known_surface():
+    """A quadratic loss over the two rotations across the beam, its principal curvatures k1 < k2 along
+    turned axes: the largest sd is the Laplace value of k1, along k1's axis; a direction with no
+    curvature (a shape alike turned either way) gives inf."""
+    from FluoroRegistrationLib.register.depth import PIXELS_PER_SAMPLE, tilt_grid, tilt_sd_deg
+
+    rho0, k1, k2, turn = 0.7, 0.002, 0.03, math.radians(30)  # k per deg^2
+    weak = torch.tensor([math.cos(turn), math.sin(turn)], dtype=F64)
+    strong = torch.tensor([-math.sin(turn), math.cos(turn)], dtype=F64)
+
+    def objective(x, k_weak=k1):
+        deg = torch.rad2deg(x[:, :2])
+        return (1 - rho0) + 0.5 * k_weak * (deg @ weak) ** 2 + 0.5 * k2 * (deg @ strong) ** 2 + 0.01 * x[:, 5] ** 2
+
+    offsets, losses = tilt_grid(objective, torch.zeros(6, dtype=F64))
+    assert offsets.shape == (9, 2) and losses.shape == (9,)
+    pixels = 9000.0
+    sd, direction = tilt_sd_deg(offsets, losses, pixels)
+    n_eff = pixels / PIXELS_PER_SAMPLE
+    assert sd == pytest.approx(math.sqrt((1 - rho0 ** 2) / (n_eff * rho0 * k1)), rel=1e-6)
+    assert abs(float(direction @ weak)) == pytest.approx(1.0, abs=1e-9)
+    flat = tilt_grid(lambda x: objective(x, k_weak=0.0), torch.zeros(6, dtype=F64))
+    assert tilt_sd_deg(*flat, pixels)[0] == math.inf
+
+
 def test_a_bead_phantom_calibrates_the_rig_from_a_rough_nominal_one():
     from FluoroRegistrationLib.geometry.rig_calibration import bead_image, calibrate_rig, detect_beads, helix_beads
 

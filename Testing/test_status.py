@@ -13,7 +13,7 @@ from FluoroRegistrationLib.geometry import Camera, CentredParameterization
 from FluoroRegistrationLib.phantom import write_phantom
 from FluoroRegistrationLib.register import RegistrationConfig, register
 from FluoroRegistrationLib.register.config import Checks
-from FluoroRegistrationLib.register.status import Evidence, evidence, in_field_fraction, judge
+from FluoroRegistrationLib.register.status import Evidence, Status, evidence, in_field_fraction, judge, judge_tilt
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.volume import RenderVolume, whole_volume
 from FluoroRegistrationLib import FluoroRegError
@@ -43,6 +43,20 @@ def test_judge_flags_by_each_reason():
     # the thresholds belong to one similarity: another one's values are not judged by them
     assert judge(Evidence(0.05, 1.0, 0.7, similarity_name="gcc")).flag == "ok"
     assert judge(Evidence(0.05, 1.0, 0.7, similarity_name="gcc"), Checks(similarity_name="gcc")).flag == "failed"
+
+
+def test_an_unpinned_rotation_across_the_beam_raises_a_check_naming_its_axis():
+    checks = Checks()
+    ok = Status("ok", ())
+    assert judge_tilt(ok, 0.1, (0.0, 0.0, 1.0), checks) is ok
+    flagged = judge_tilt(ok, math.inf, (0.0, 0.08, -1.0), checks)
+    assert flagged.flag == "check" and "(0.00, 0.08, -1.00) axis not at all" in flagged.reason
+    assert "+-0.9 deg" in judge_tilt(ok, 0.9, (1.0, 0.0, 0.0), checks).reason
+    failed = judge_tilt(Status("failed", ("similarity 0.020: no sign of the bone in the frame",)), 2.0, (1, 0, 0), checks)
+    assert failed.flag == "failed" and len(failed.reasons) == 2  # a worse flag is kept, the finding added
+    assert judge_tilt(ok, 0.9, (1, 0, 0), Checks(tilt_sd_deg=1.0)) is ok
+    with pytest.raises(FluoroRegError, match="Checks.tilt_sd_deg"):
+        Checks(tilt_sd_deg=0)
 
 
 def test_checks_are_validated():

@@ -27,8 +27,8 @@ from ..errors import FluoroRegError
 from ..geometry import Camera, CentredParameterization, transform_points
 from ..volume import RenderVolume
 from .config import RegistrationConfig, Ranking
-from .status import Status, evidence, judge, overall
-from .depth import depth_profile, depth_sd_mm, weighed_pixels
+from .status import Status, evidence, judge, judge_tilt, overall
+from .depth import depth_profile, depth_sd_mm, tilt_grid, tilt_sd_deg, weighed_pixels
 from .objective import (_CROP_MARGIN, JointObjective, Level, _level_objective, _Objective, _pool, _weights,  # noqa: F401
                         level_for, level_volume, pixel_at_bone_mm)
 from .optimize import (Cancelled, StageLog, adam_refine, differs, distinct_minima, grid_search, line_search,
@@ -87,6 +87,8 @@ class BoneResult:
     status: Status = field(default_factory=Status)  # ok | check | failed, with the reasons
     view_similarity: dict = field(default_factory=dict)  # {view: similarity} with several views
     depth_sd_mm: float | None = None  # standard deviation along the first view's beam (register/depth.py)
+    tilt_sd_deg: float | None = None  # the largest standard deviation of a rotation across the first view's beam
+    tilt_axis: tuple | None = None  # (3,) the axis of that rotation in the bone's own (volume) frame
 
     def to_dict(self) -> dict:
         return {"camera_from_volume": self.camera_from_volume.tolist(), "status": self.status.flag,
@@ -94,6 +96,8 @@ class BoneResult:
                 "iterations": self.iterations, "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason,
                 **({"view_similarity": self.view_similarity} if self.view_similarity else {}),
                 **({"depth_sd_mm": _finite(self.depth_sd_mm)} if self.depth_sd_mm is not None else {}),
+                **({"tilt_sd_deg": _finite(self.tilt_sd_deg), "tilt_axis": [round(a, 3) for a in self.tilt_axis]}
+                   if self.tilt_sd_deg is not None and self.tilt_axis is not None else {}),
                 "stages": [{"name": s.name, "iterations": s.iterations, "seconds": round(s.seconds, 3),
                             "stop_reason": s.stop_reason, "final_loss": s.losses[-1] if s.losses else None,
                             "parts": s.parts}
@@ -511,11 +515,15 @@ def register_bone_views(bone: RenderVolume, views: list[ViewImage], initial: tor
     similarity, per_view, status = _views_status(bone, prepared, job, x, initial, config)
     finest = job.level_objective(len(job.levels) - 1)
     sd = depth_sd_mm(*depth_profile(finest, x), weighed_pixels(finest))
+    pose = job.par.pose(x).detach()
+    tilt, direction = tilt_sd_deg(*tilt_grid(finest, x), weighed_pixels(finest))
+    tilt_axis = pose[:3, :3].T @ torch.cat([direction, direction.new_zeros(1)])  # camera axes -> the bone's
+    status = judge_tilt(status, tilt, tuple(tilt_axis.tolist()), config.checks)
     stages = job.stages
-    return BoneResult(bone.name, job.par.pose(x).detach(), initial, similarity,
-                      sum(s.iterations for s in stages), time.perf_counter() - t0,
-                      stages[-1].stop_reason if stages else "no stage", [v for s in stages for v in s.losses], stages,
-                      status, per_view, sd)
+    return BoneResult(bone.name, pose, initial, similarity, sum(s.iterations for s in stages),
+                      time.perf_counter() - t0, stages[-1].stop_reason if stages else "no stage",
+                      [v for s in stages for v in s.losses], stages, status, per_view, sd, tilt,
+                      tuple(tilt_axis.tolist()))
 
 
 def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,

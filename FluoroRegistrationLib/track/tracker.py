@@ -205,7 +205,7 @@ class Tracker:
                                "status": r.status.flag, "reason": r.status.reason, "stop_reason": r.stop_reason,
                                "predicted": np.asarray(initial[b]).tolist(), "cold": cold, "recovered": False,
                                "flag": r.status.flag, "reasons": list(r.status.reasons),
-                               "depth_sd_mm": r.to_dict().get("depth_sd_mm")}
+                               "depth_sd_mm": r.to_dict().get("depth_sd_mm"), "tilt_sd_deg": r.to_dict().get("tilt_sd_deg")}
                            for b, r in result.bones.items()}
         record["seconds"] = time.perf_counter() - t0
         return record
