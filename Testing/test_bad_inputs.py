@@ -127,7 +127,7 @@ STAGES = ("search", "ranking", "pyramid", "steps", "depth_scan", "tilt_probe", "
 @FUZZ
 @given(st.dictionaries(st.sampled_from(STAGES + ("similarity", "seed", "device", "other")),
                        st.one_of(JSON, st.dictionaries(st.text(max_size=12) | st.sampled_from(
-                           ("enabled", "range_mm", "pixel_mm", "iterations", "learning_rate", "patience", "starts", "level",
+                           ("enabled", "range_mm", "pixel_mm", "iterations", "learning_rate", "patience", "retries", "starts", "level",
                             "points", "step_deg", "range_deg", "dilation_mm", "fail_similarity")), NUMBERS,
                            max_size=3)), max_size=4))
 def test_fuzz_registration_config(data):

@@ -74,6 +74,9 @@ def test_config_errors_are_one_line_and_name_the_fix(tmp_path):
         experiment_from_dict({"frames": {"folder": "x"}, "options": {"pyramid": {"learning_rate": -1}}})
     with pytest.raises(FluoroRegError, match=r"Pyramid.patience = 0 is out of range; allowed >= 1"):
         experiment_from_dict({"frames": {"folder": "x"}, "options": {"pyramid": {"patience": 0}}})
+    with pytest.raises(FluoroRegError, match=r"Pyramid.retries = -1 is out of range; allowed >= 0 and <= 10"):
+        experiment_from_dict({"frames": {"folder": "x"}, "options": {"pyramid": {"retries": -1}}})
+    assert experiment_from_dict({"frames": {"folder": "x"}, "options": {"pyramid": {"retries": 0}}}) is not None
     with pytest.raises(FluoroRegError, match="Pyramid.iterations has 1 entries but pixel_mm has 4 levels"):
         experiment_from_dict({"frames": {"folder": "x"}, "conditions": [
             {"name": "a", "options": {"pyramid": {"iterations": [5]}}}]})

@@ -370,11 +370,9 @@ class _BoneRegistration:
                 x, _ = self.depth_scan(x, index, label)
             else:
                 x = torch.stack([self.depth_scan(row, index, label)[0] for row in x])
-        # smaller steps for a start Adam cannot improve: a metal component's silhouette (drawn by its
-        # appearance) has a basin narrower than the steps at fine levels; bones keep their path (measured
-        # on 6 bone runs: retries changed no median beyond the runs' rounding noise and cost 10-35 % more
-        # iterations)
-        retries = 2 if getattr(self.bone, "appearance", None) is not None else 0
+        retries = self.config.pyramid.retries
+        if retries is None:  # automatic: components (drawn through an appearance) retry, bones do not
+            retries = 2 if getattr(self.bone, "appearance", None) is not None else 0
         return self.log(adam_refine(self.level_objective(index), x, self.scales,
                                     iterations=self.levels[index][0].iterations,
                                     lr=self.config.pyramid.learning_rate, patience=self.config.pyramid.patience,
