@@ -320,7 +320,7 @@ def cmd_track(args) -> None:
                             [b.strip() for b in bone.split(",") if b.strip()], args.label_names, masks,
                             args.model, args.keyframe, args.landmarks, args.side, args.fps, args.lowpass,
                             args.workers or 0, args.scheduler, config, args.polarity, animation=not args.no_animation,
-                            implants=args.implant)
+                            implants=args.implant, joint=args.joint.split(","))
     frames = sum(r is not None for r in result.records)
     flags = result.flags
     print(f"{frames} frames in {result.seconds:.1f} s ({frames / max(result.seconds, 1e-9):.2f} frames/s): "
@@ -672,6 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="segmentation model folder for --mask auto")
     p.add_argument("--landmarks", help="JSON of femur and tibia landmarks (LPS mm, CT frame); default: "
                    "approximate ones from the labels")
+    p.add_argument("--joint", default="femur,tibia",
+                   help="the tracked bodies whose knee kinematics are written, femur side then tibia side "
+                   "(default femur,tibia; an implanted knee: e.g. femoral,tray, with the components' landmarks "
+                   "in --landmarks, or the bones' when the meshes lie in the CT's frame)")
     p.add_argument("--side", choices=["right", "left"], default="right")
     p.add_argument("--fps", type=float, help="frame rate when the sequence does not say (default: DICOM frame "
                    "time, the video's, else 30)")

@@ -556,3 +556,48 @@ def test_the_slicer_logic_registers_a_component_as_the_python_api_does(implanted
     assert spec.startswith(f"femoral={tmp_path / 'job' / 'femoral.stl'},mu=") and "--ct" not in argv
     with pytest.raises(FluoroRegError, match="is not a model node"):
         logic.register(None, None, frame, calib, [], {"femoral": initial}, {"femoral": output}, implants={"femoral": frame})
+
+
+def test_an_implanted_knee_reads_its_kinematics_from_the_components(implanted_folder, tmp_path, capsys):
+    """Grood-Suntay of the femoral component against the tray (``joint=("femoral", "tray")``) at
+    their simulated poses reads the knee flexion the simulator posed (frames.json) within the
+    landmarks' few degrees (test_kinematics: the labels' epicondylar axis against the phantom's
+    flexion axis), the components sharing their bones' landmarks (meshes in the CT's frame); a joint
+    that names an untracked body, or landmarks without its entry, is a one-line error."""
+    from FluoroRegistrationLib.cli import main
+    from FluoroRegistrationLib.files import read_poses, write_poses
+    from FluoroRegistrationLib.implant.body import implant_body
+    from FluoroRegistrationLib.kinematics import landmarks_from_labels
+    from FluoroRegistrationLib.track.api import _checked_joint, joint_landmarks
+    from FluoroRegistrationLib.track.outputs import knee_kinematics
+    from FluoroRegistrationLib.volume import load_ct, load_labels, read_label_names
+
+    folder = implanted_folder
+    poses = read_poses(folder / "poses" / "0000.json")
+    posed = json.loads((folder / "frames.json").read_text())["0000"]
+    labels = load_labels(folder / "phantom" / "labels.nii.gz", load_ct(folder / "phantom" / "ct.nii.gz"))
+    marks = landmarks_from_labels(labels, read_label_names(folder / "phantom" / "labels.json"), "right")
+    joint = _checked_joint(["femoral", "tray"], ["femoral", "tray"])
+    records = [{"frame": 0, "time_ms": 0.0, "bones": {b: {"camera_from_volume": poses[b].tolist(), "flag": "ok"}
+                                                      for b in joint}}]
+    body = implant_body(folder / "phantom" / "femoral.stl", "femoral")
+    row = knee_kinematics(records, joint_landmarks(marks, joint), "right", body.surface.numpy(), joint)[0]
+    # the simulator turns the tibia by Rx(flexion) Ry(adduction) Rz(rotation) in the CT's LPS axes: for a
+    # right knee its +Ry swings the distal tibia laterally, i.e. Grood-Suntay abduction (measured here:
+    # flexion 38.97 / 38.37, ab/adduction 2.54 / -3.39, rotation -4.87 / -5.57 deg, posed / read)
+    flexion, adduction, rotation = row["values"][:3]
+    assert row["flag"] == "ok"
+    assert flexion == pytest.approx(posed["flexion_deg"], abs=3.0), (row, posed)
+    assert adduction == pytest.approx(-posed["adduction_deg"], abs=3.0), (row, posed)
+    assert rotation == pytest.approx(posed["rotation_deg"], abs=3.0), (row, posed)
+    with pytest.raises(FluoroRegError, match="joint femoral,tray: tray is not tracked; tracked: femoral"):
+        _checked_joint(["femoral", "tray"], ["femoral"])
+    write_poses(tmp_path / "init.json", {"femoral": poses["femoral"]})
+    assert main(["track", "--ct", str(folder / "phantom" / "ct.nii.gz"), "--labels", str(folder / "phantom" / "labels.nii.gz"),
+                 "--frames", str(folder / "frames"), "--calib", str(folder / "calib_true.json"), "--init",
+                 str(tmp_path / "init.json"), "--implant", f"femoral={folder / 'phantom' / 'femoral.stl'}",
+                 "--joint", "femoral,tray", "--out", str(tmp_path / "out")]) == 2  # refused before any work
+    assert "tray is not tracked" in capsys.readouterr().err
+    assert _checked_joint(["femur", "tibia"], ["femoral"]) is None  # the default pair untracked: no kinematics
+    with pytest.raises(FluoroRegError, match="no entry for tray \\(or tibia\\)"):
+        joint_landmarks({"femur": marks["femur"]}, joint)

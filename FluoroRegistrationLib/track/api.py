@@ -59,7 +59,7 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
                    model=None, keyframe: int = 0, landmarks=None, side: str = "right", fps: float | None = None,
                    lowpass_hz: float | None = None, workers: int = 0, scheduler: str | None = None,
                    config: TrackConfig | None = None, polarity: str = "auto", progress: bool = True,
-                   animation: bool = True, implants=()) -> TrackResult:
+                   animation: bool = True, implants=(), joint=("femur", "tibia")) -> TrackResult:
     """Track ``bones`` through ``sequence`` (a folder of frames, a stack file or a video) and write
     into ``out``: frames/NNNNN.json (resumable), poses.csv, kinematics.csv, kinematics.png, overlay.gif.
 
@@ -69,7 +69,9 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
 
     init: poses JSON at ``keyframe`` or per keyframe (:func:`read_starts`). masks: None, "auto" (with
     ``model``) or a folder of ``<frame>_labels.png``. landmarks: JSON path (default: approximate ones
-    from the labels). workers: 0 serial, N a local Dask cluster; scheduler: a Dask address."""
+    from the labels). joint: the tracked bodies whose knee kinematics are written, the femur's side
+    then the tibia's (an implanted knee: e.g. ("femoral", "tray"); see :func:`joint_landmarks`).
+    workers: 0 serial, N a local Dask cluster; scheduler: a Dask address."""
     from ..volume import default_label_names
 
     out = Path(out)
@@ -98,15 +100,46 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
         if missing or not 0 <= k < count:
             raise FluoroRegError(f"keyframe {k}: " + (f"no start for {', '.join(missing)}" if missing else
                                                       f"outside the sequence's {count} frames"))
+    joint = _checked_joint(joint, tracked)
     tracker = tracker_for(job)  # inputs checked (CT, labels, calibration, masks) before any work
     t0 = time.perf_counter()
     records = track(job, starts, workers, scheduler, progress)
     result = TrackResult(records, [], seconds=time.perf_counter() - t0)
-    _write_outputs(result, tracker, job, landmarks, side, lowpass_hz, animation)
+    _write_outputs(result, tracker, job, landmarks, side, lowpass_hz, animation, joint)
     return result
 
 
-def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side, lowpass_hz, animation) -> None:
+def _checked_joint(joint, tracked: list[str]) -> tuple | None:
+    """``joint`` as (femur side, tibia side), or None when the default pair is not tracked (no
+    kinematics); a named pair that is not tracked is a one-line error."""
+    joint = tuple(str(j).strip() for j in joint)
+    if len(joint) != 2 or joint[0] == joint[1] or not all(joint):
+        raise FluoroRegError(f"joint {','.join(joint)!r}: give the femur's side and the tibia's side, e.g. "
+                             "femur,tibia or femoral,tray")
+    missing = [j for j in joint if j not in tracked]
+    if not missing:
+        return joint
+    if joint == ("femur", "tibia"):
+        return None
+    raise FluoroRegError(f"joint {','.join(joint)}: {', '.join(missing)} is not tracked; tracked: "
+                         f"{', '.join(tracked)}")
+
+
+def joint_landmarks(marks: dict, joint: tuple) -> dict:
+    """{"femur": ..., "tibia": ...} landmarks for ``joint``'s two bodies: each body's own entry in
+    ``marks`` (landmarks in its frame, e.g. a component's CAD frame), else the bone's (a component whose
+    mesh lies in the CT's frame, as `fluororeg phantom --implant` writes them, shares its bone's)."""
+    out = {}
+    for bone, body in zip(("femur", "tibia"), joint):
+        if body not in marks and bone not in marks:
+            raise FluoroRegError(f"the landmarks have no entry for {body} (or {bone}); add its landmarks "
+                                 "(docs/CONVENTIONS.md, kinematics)")
+        out[bone] = marks[body] if body in marks else marks[bone]
+    return out
+
+
+def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side, lowpass_hz, animation,
+                   joint: tuple | None = ("femur", "tibia")) -> None:
     from ..kinematics import landmarks_from_labels, read_landmarks
     from ..volume import load_ct, load_labels, read_label_names
     from .outputs import knee_kinematics, overlay_gif, plot_kinematics, write_kinematics_csv, write_poses_csv
@@ -121,7 +154,7 @@ def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side,
         result.smoothed = smooth_records(result.records, tracker.centres, lowpass_hz)
         write_poses_csv(out / "poses_smoothed.csv", result.smoothed)
         result.paths["poses_smoothed"] = out / "poses_smoothed.csv"
-    if "femur" in volumes and "tibia" in volumes:
+    if joint is not None:
         if landmarks is not None:
             marks = read_landmarks(landmarks)
         else:
@@ -129,10 +162,11 @@ def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side,
             marks = landmarks_from_labels(labels, read_label_names(job.label_names), side)
             (out / "landmarks.json").write_text(json.dumps(marks, indent=1))
             result.paths["landmarks"] = out / "landmarks.json"
-        result.kinematics = knee_kinematics(result.smoothed or result.records, marks, side,
-                                            volumes["femur"].surface.numpy())
+        result.kinematics = knee_kinematics(result.smoothed or result.records, joint_landmarks(marks, joint), side,
+                                            volumes[joint[0]].surface.cpu().numpy(), joint)
         write_kinematics_csv(out / "kinematics.csv", result.kinematics)
-        plot_kinematics(out / "kinematics.png", result.kinematics, f"{side} knee, {len(result.kinematics)} frames")
+        plot_kinematics(out / "kinematics.png", result.kinematics,
+                        f"{side} knee ({joint[0]} / {joint[1]}), {len(result.kinematics)} frames")
         result.paths.update(kinematics=out / "kinematics.csv", curves=out / "kinematics.png")
     if animation:
         overlay_gif(out / "overlay.gif", tracker.sequence, result.records, _outline_maker(tracker))

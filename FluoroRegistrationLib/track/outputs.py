@@ -34,19 +34,24 @@ def write_poses_csv(path, records: list[dict | None]) -> None:
                             f"{b['similarity']:.5f}", b["flag"], "; ".join(b.get("reasons", [])), int(b["recovered"])])
 
 
-def knee_kinematics(records: list[dict | None], landmarks: dict, side: str, femur_points: np.ndarray) -> list[dict]:
+def knee_kinematics(records: list[dict | None], landmarks: dict, side: str, femur_points: np.ndarray,
+                    joint: tuple = ("femur", "tibia")) -> list[dict]:
     """Per frame the Grood-Suntay angles and translations and the condyles' lowest points (NaN where
-    the femur or tibia has no trusted pose). Smoothing is done on the poses (:mod:`.smoothing`)."""
+    either side of the joint has no trusted pose). ``joint``: the tracked bodies on the femur's and
+    the tibia's side (an implanted knee: the femoral component and the tray); ``landmarks``
+    {"femur": ..., "tibia": ...} in those bodies' own frames; ``femur_points`` (N, 3) the femur
+    side's surface in its frame. Smoothing is done on the poses (:mod:`.smoothing`)."""
     Fa, Ta = femur_frame(landmarks["femur"], side), tibia_frame(landmarks["tibia"], side)
+    femur_side, tibia_side = joint
     rows = []
     for r in (r for r in records if r is not None):
         bones = r.get("bones", {})
-        ok = all(b in bones and bones[b]["flag"] != "failed" for b in ("femur", "tibia"))
+        ok = all(b in bones and bones[b]["flag"] != "failed" for b in joint)
         if ok:
-            pf, pt = (np.asarray(bones[b]["camera_from_volume"]) for b in ("femur", "tibia"))
+            pf, pt = (np.asarray(bones[b]["camera_from_volume"]) for b in joint)
             values = list(grood_suntay(pf @ Fa, pt @ Ta, side).as_tuple())
             values += list(condyle_lowest_points(femur_points, pf, pt, Ta, side))
-            flag = worst(bones["femur"]["flag"], bones["tibia"]["flag"])
+            flag = worst(bones[femur_side]["flag"], bones[tibia_side]["flag"])
         else:
             values, flag = [math.nan] * 8, "failed"
         rows.append({"frame": r["frame"], "time_ms": r["time_ms"], "values": values, "flag": flag})
