@@ -652,8 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("track", help="track bones through a fluoroscopy sequence; poses and knee kinematics",
                        epilog=CONVENTIONS)
-    p.add_argument("--ct", required=True)
-    p.add_argument("--labels", required=True)
+    p.add_argument("--ct", help="the CT (needed with --bone)")
+    p.add_argument("--labels", help="its labelmap (needed with --bone)")
     p.add_argument("--label-names", help="labels JSON or femur=1,tibia=2 (default: labels.json beside the labels)")
     p.add_argument("--bone", default=None, help="bones to track (default femur,tibia; none with --implant)")
     p.add_argument("--implant", action="append", default=[],

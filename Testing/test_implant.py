@@ -474,10 +474,11 @@ def test_the_evaluation_harness_registers_components_from_their_meshes(implanted
 
 @pytest.mark.slow
 def test_track_follows_a_component_through_a_sequence(tmp_path, capsys):
-    """`fluororeg track --implant` follows the femoral component through four frames of a flexion
-    (simulated with the total knee, 128 px of 2 mm, realism low, no mask), from a start 2 mm / 1.5 deg
-    off at the first frame: every frame within 0.5 mm in plane of its truth (the component's bone's
-    simulated pose), poses.csv names it, and a bad --implant is one line. At 1.4 mm per pixel at the
+    """`fluororeg track --implant` (no CT, no labels) follows the femoral component through four frames
+    of a flexion (simulated with the total knee, 128 px of 2 mm, realism low, no mask), from a start
+    2 mm / 1.5 deg off at the first frame: every frame within 0.5 mm in plane of its truth (the
+    component's bone's simulated pose), poses.csv names it, the animation draws its outline, and a bad
+    --implant is one line. At 1.4 mm per pixel at the
     component and without a mask its depth is loose (measured: one frame 16 mm along the beam, 5 deg),
     so only the image plane is asserted here; benchmarks/implants.py measures accuracy at 512 px."""
     from FluoroRegistrationLib.cli import main
@@ -494,14 +495,14 @@ def test_track_follows_a_component_through_a_sequence(tmp_path, capsys):
     start = CentredParameterization(body.centroid, truth[0]).pose(
         torch.tensor([0.02, -0.015, 0.01, 1.5, -1.0, 1.0], dtype=torch.float64))
     write_poses(tmp_path / "init.json", {"femoral": start})
-    common = ["track", "--ct", str(sim / "phantom" / "ct.nii.gz"), "--labels", str(sim / "phantom" / "labels.nii.gz"),
-              "--frames", str(sim / "frames"), "--calib", str(sim / "calib_true.json"), "--init",
-              str(tmp_path / "init.json"), "--no-animation"]
+    common = ["track", "--frames", str(sim / "frames"), "--calib", str(sim / "calib_true.json"), "--init",
+              str(tmp_path / "init.json")]  # a component alone: no CT, no labels
     assert main(common + ["--implant", "femoral", "--out", str(tmp_path / "bad")]) == 2
     assert "give NAME=MESH" in capsys.readouterr().err
     assert main(common + ["--implant", f"femoral={sim / 'phantom' / 'femoral.stl'}", "--out", str(tmp_path / "out")]) == 0
     header, *rows = (tmp_path / "out" / "poses.csv").read_text().splitlines()
     assert len(rows) >= 4 and all("femoral" in row for row in rows)
+    assert (tmp_path / "out" / "overlay.gif").stat().st_size > 1000
     for k in range(4):
         record = json.loads((tmp_path / "out" / "frames" / f"{k:05d}.json").read_text())
         pose = torch.tensor(record["bones"]["femoral"]["camera_from_volume"], dtype=torch.float64)
@@ -598,6 +599,14 @@ def test_an_implanted_knee_reads_its_kinematics_from_the_components(implanted_fo
                  str(tmp_path / "init.json"), "--implant", f"femoral={folder / 'phantom' / 'femoral.stl'}",
                  "--joint", "femoral,tray", "--out", str(tmp_path / "out")]) == 2  # refused before any work
     assert "tray is not tracked" in capsys.readouterr().err
+    common = ["track", "--frames", str(folder / "frames"), "--calib", str(folder / "calib_true.json"),
+              "--implant", f"femoral={folder / 'phantom' / 'femoral.stl'}", "--out", str(tmp_path / "out2")]
+    assert main(common + ["--init", str(tmp_path / "init.json"), "--bone", "femur"]) == 2
+    assert "tracking femur needs the CT and its labels (--ct, --labels)" in capsys.readouterr().err
+    write_poses(tmp_path / "init2.json", {"femoral": poses["femoral"], "tray": poses["tray"]})
+    assert main(common + ["--init", str(tmp_path / "init2.json"), "--implant", f"tray={folder / 'phantom' / 'tray.stl'}",
+                          "--joint", "femoral,tray"]) == 2
+    assert "need landmarks: give --landmarks" in capsys.readouterr().err
     assert _checked_joint(["femur", "tibia"], ["femoral"]) is None  # the default pair untracked: no kinematics
     with pytest.raises(FluoroRegError, match="no entry for tray \\(or tibia\\)"):
         joint_landmarks({"femur": marks["femur"]}, joint)

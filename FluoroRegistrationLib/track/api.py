@@ -80,14 +80,18 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
         raise FluoroRegError("masks 'auto' needs a segmentation model (--model DIR from `fluororeg segment train`)")
     if side not in ("right", "left"):
         raise FluoroRegError(f"side {side!r}: give right or left")
-    names = label_names if label_names is not None else str(default_label_names(labels))
+    if bones and (ct is None or labels is None):
+        raise FluoroRegError(f"tracking {', '.join(bones)} needs the CT and its labels (--ct, --labels); "
+                             "components alone (--implant) need neither")
+    names = label_names if label_names is not None or labels is None else str(default_label_names(labels))
     sequences = [str(s) for s in sequence] if isinstance(sequence, (list, tuple)) else [str(sequence)]
     mask_list = [str(m) for m in masks] if isinstance(masks, (list, tuple)) else None
     if mask_list is not None and len(mask_list) != len(sequences):
         raise FluoroRegError(f"{len(mask_list)} mask folders for {len(sequences)} sequences; give one per view "
                              "(or 'auto')")
     first_masks = mask_list[0] if mask_list else (None if masks is None else str(masks))
-    job = TrackJob(sequences[0], str(ct), str(labels), names, tuple(bones), str(calib), str(out),
+    job = TrackJob(sequences[0], None if ct is None else str(ct), None if labels is None else str(labels), names,
+                   tuple(bones), str(calib), str(out),
                    first_masks, None if model is None else str(model), fps, polarity,
                    config or TrackConfig(), threads=max(1, torch.get_num_threads()) if workers == 0 else 1,
                    views=tuple(sequences[1:]), view_masks=tuple(mask_list[1:]) if mask_list else (),
@@ -101,6 +105,9 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
             raise FluoroRegError(f"keyframe {k}: " + (f"no start for {', '.join(missing)}" if missing else
                                                       f"outside the sequence's {count} frames"))
     joint = _checked_joint(joint, tracked)
+    if joint is not None and landmarks is None and labels is None:
+        raise FluoroRegError(f"the kinematics of {','.join(joint)} need landmarks: give --landmarks (or --ct and "
+                             "--labels when the meshes lie in the CT's frame)")
     tracker = tracker_for(job)  # inputs checked (CT, labels, calibration, masks) before any work
     t0 = time.perf_counter()
     records = track(job, starts, workers, scheduler, progress)

@@ -36,8 +36,8 @@ class TrackJob:
     the bones, each as ``NAME=MESH[,material=M][,scale=S][,repair]`` (:func:`~..implant.body.implant_from_spec`)."""
 
     sequence: str
-    ct: str
-    labels: str
+    ct: str | None  # None: components alone
+    labels: str | None
     label_names: object
     bones: tuple
     calib: str
