@@ -552,8 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bone", help="bone(s) to register, e.g. femur or femur,tibia")
     p.add_argument("--implant", action="append", default=[],
                    help="an implant component to register: NAME=MESH[,material=cobalt_chrome|titanium_alloy|polyethylene|"
-                        "mu=<1/mm>][,scale=S][,repair] (STL, OBJ or PLY in mm; repeatable; its initial pose keyed NAME "
-                        "in --init, its mask NAME=mask.png)")
+                        "mu=<1/mm>][,scale=S][,repair][,follows=OTHER] (STL, OBJ or PLY in mm; repeatable; its initial "
+                        "pose keyed NAME in --init, its mask NAME=mask.png; follows=tray: not registered, it takes the "
+                        "tray's pose, its mesh in the tray's frame, e.g. a polyethylene insert)")
     p.add_argument("--frame", required=True, action="append",
                    help="fluoroscopy frame (PNG, TIFF, .npy, DICOM); with a rig (biplane), one --frame per view in "
                    "the rig's order")
@@ -658,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bone", default=None, help="bones to track (default femur,tibia; none with --implant)")
     p.add_argument("--implant", action="append", default=[],
                    help="an implant component to track beside the bones: NAME=MESH[,material=cobalt_chrome|"
-                        "titanium_alloy|polyethylene][,mu=V][,scale=S][,repair] (repeatable; its start in --init under NAME)")
+                        "titanium_alloy|polyethylene][,mu=V][,scale=S][,repair][,follows=OTHER] (repeatable; its start in "
+                        "--init under NAME; follows=tray: it takes the tray's pose, e.g. an insert)")
     p.add_argument("--frames", dest="sequence", required=True, action="append",
                    help="the sequence: a folder of frames, a multi-page TIFF, a multi-frame DICOM, an (N, H, W) .npy or "
                    "a video; with a rig (biplane), one --frames per view in the rig's order, synchronised")

@@ -610,3 +610,43 @@ def test_an_implanted_knee_reads_its_kinematics_from_the_components(implanted_fo
     assert _checked_joint(["femur", "tibia"], ["femoral"]) is None  # the default pair untracked: no kinematics
     with pytest.raises(FluoroRegError, match="no entry for tray \\(or tibia\\)"):
         joint_landmarks({"femur": marks["femur"]}, joint)
+
+
+def test_an_insert_follows_its_tray(implanted_folder, tmp_path, capsys):
+    """``follows=tray``: the insert is not registered (polyethylene barely shows) and takes the tray's
+    registered pose (its mesh in the tray's frame), needing no start of its own; on the command line
+    and in the Python API alike; a component following one that is not registered, or itself, is a
+    one-line error."""
+    from FluoroRegistrationLib.cli import main
+    from FluoroRegistrationLib.files import read_poses, write_poses
+    from FluoroRegistrationLib.implant.body import implant_from_spec, parse_implant_spec
+    from FluoroRegistrationLib.register import Registration
+
+    folder = implanted_folder
+    truth = read_poses(folder / "poses" / "0000.json")
+    write_poses(tmp_path / "init.json", {"tray": truth["tray"]})
+    quick = {"search": {"enabled": False}, "pyramid": {"pixel_mm": [2.8, 1.4], "iterations": [4, 3]},
+             "tilt_probe": {"enabled": False}, "axial_probe": {"enabled": False}}
+    spec = [f"tray={folder / 'phantom' / 'tray.stl'},material=titanium_alloy",
+            f"insert={folder / 'phantom' / 'insert.stl'},material=pe,follows=tray"]
+    bodies = dict(implant_from_spec(s) for s in spec)
+    assert bodies["insert"].follows == "tray" and bodies["tray"].follows is None
+    result = Registration(bodies, quick).register(folder / "frames" / "0000.png", folder / "calib_true.json",
+                                                  tmp_path / "init.json")
+    tray, insert = result.bones["tray"], result.bones["insert"]
+    assert torch.equal(insert.camera_from_volume, tray.camera_from_volume) and insert.iterations == 0
+    assert insert.stop_reason == "follows tray" and insert.status.flag == tray.status.flag
+    assert "pose of tray (follows it)" in insert.status.reason
+    config = tmp_path / "quick.json"
+    config.write_text(json.dumps(quick))
+    args = ["register", "--frame", str(folder / "frames" / "0000.png"), "--calib", str(folder / "calib_true.json"),
+            "--init", str(tmp_path / "init.json"), "--config", str(config), "--out", str(tmp_path / "r.json")]
+    assert main(args + ["--implant", spec[0], "--implant", spec[1]]) in (0, 3)
+    written = read_poses(tmp_path / "r.json")
+    torch.testing.assert_close(written["insert"], written["tray"])
+    assert main(args + ["--implant", spec[1]]) == 2
+    assert "insert follows tray, which is not registered; register tray too" in capsys.readouterr().err
+    with pytest.raises(FluoroRegError, match="cannot follow itself"):
+        parse_implant_spec("tray=t.stl,follows=tray")
+    with pytest.raises(FluoroRegError, match="unknown option 'follow=tray'"):
+        parse_implant_spec("insert=i.stl,follow=tray")

@@ -58,6 +58,7 @@ class ImplantBody:
     grid_ramp: tuple | None = OCCUPANCY_RAMP  # the ramp its samples take; None: the grid holds densities already
     _levels: dict = field(default_factory=dict, compare=False, repr=False)  # pixel size -> coarser body
     level_pixel_mm: float | None = None  # the pyramid level's pixel at the component (None: full detail)
+    follows: str | None = None  # a registered body whose pose it takes (not registered itself), or None
 
     @cached_property
     def centroid(self) -> torch.Tensor:
@@ -215,26 +216,50 @@ def component_body(mesh: ImplantMesh, material: str = "cobalt_chrome") -> Implan
     return ImplantBody(mesh, mu, mesh.name, material_name)
 
 
-def implant_from_spec(spec: str) -> tuple[str, ImplantBody]:
-    """(name, body) from the command line's ``NAME=MESH[,material=M][,mu=V][,scale=S][,repair]``
-    (``fluororeg register --implant``, ``fluororeg track --implant``)."""
+@dataclass(frozen=True)
+class ImplantSpec:
+    """A component as the command line names it (``NAME=MESH[,material=M][,mu=V][,scale=S][,repair]
+    [,follows=OTHER]``): ``follows`` names a registered component whose pose it takes (its mesh in
+    that component's mesh frame, e.g. a polyethylene insert locked in its tray)."""
+
+    name: str
+    path: str
+    material: str = "cobalt_chrome"
+    scale: float = 1.0
+    repair: bool = False
+    follows: str | None = None
+
+
+def parse_implant_spec(spec: str) -> ImplantSpec:
+    """The :class:`ImplantSpec` of a command line's ``--implant`` value (the mesh is not read)."""
     head, *options = [part.strip() for part in str(spec).split(",")]
     name, _, path = head.partition("=")
-    if not name or not path:
+    if not name.strip() or not path.strip():
         raise FluoroRegError(f"--implant {spec!r}: give NAME=MESH, e.g. femoral=component.stl,material=cobalt_chrome")
-    settings = {"material": "cobalt_chrome", "scale": "1", "repair": False}
+    settings = {"material": "cobalt_chrome", "scale": "1", "repair": False, "follows": None}
     for option in options:
         key, eq, value = option.partition("=")
         if key == "repair" and not eq:
             settings["repair"] = True
         elif key == "mu" and eq:
             settings["material"] = option
-        elif key in ("material", "scale") and eq:
-            settings[key] = value
+        elif key in ("material", "scale", "follows") and eq and value.strip():
+            settings[key] = value.strip()
         else:
-            raise FluoroRegError(f"--implant {spec!r}: unknown option {option!r}; use material=, scale= or repair")
+            raise FluoroRegError(f"--implant {spec!r}: unknown option {option!r}; use material=, scale=, follows= "
+                                 "or repair")
     try:
         scale = float(settings["scale"])
     except ValueError:
         raise FluoroRegError(f"--implant {spec!r}: scale {settings['scale']!r} is not a number") from None
-    return name.strip(), implant_body(path, name.strip(), settings["material"], scale, settings["repair"])
+    if settings["follows"] == name.strip():
+        raise FluoroRegError(f"--implant {spec!r}: a component cannot follow itself; name another, e.g. follows=tray")
+    return ImplantSpec(name.strip(), path.strip(), settings["material"], scale, settings["repair"], settings["follows"])
+
+
+def implant_from_spec(spec: str) -> tuple[str, ImplantBody]:
+    """(name, body) from the command line's ``--implant`` value (:func:`parse_implant_spec`)
+    (``fluororeg register --implant``, ``fluororeg track --implant``)."""
+    s = parse_implant_spec(spec)
+    body = implant_body(s.path, s.name, s.material, s.scale, s.repair)
+    return s.name, replace(body, follows=s.follows) if s.follows else body

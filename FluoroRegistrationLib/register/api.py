@@ -27,7 +27,7 @@ from ..frame import Frame, frame_from_array, load_frame
 from ..geometry import Camera, Rig, as_rig
 from ..volume import ImageVolume, RenderVolume
 from .config import RegistrationConfig
-from .pipeline import RegistrationResult, ViewImage, register_views
+from .pipeline import RegistrationResult, ViewImage, followed, register_views
 
 
 def as_config(config) -> RegistrationConfig:
@@ -181,7 +181,8 @@ class Registration:
         rig = as_rig(calibration)
         frames = rig.per_view(frame, "frame")
         mask_specs = masks if isinstance(masks, str) or masks is None else rig.per_view(masks, "mask")
-        initial = as_initial_poses(initial_poses, list(self.volumes))
+        leaders = followed(self.volumes)
+        initial = as_initial_poses(initial_poses, [b for b in self.volumes if b not in leaders])
         views = []
         for k, v in enumerate(rig.views):
             prepared = prepare_frame(frames[k], v.camera, polarity, index)

@@ -585,17 +585,41 @@ def register_views(bones: dict[str, RenderVolume], views: list[ViewImage], initi
         unknown = [b for b in view.masks if b not in bones]
         if unknown:
             raise FluoroRegError(f"mask given for {', '.join(unknown)} but no such bone is registered ({', '.join(bones)})")
-    missing = [b for b in bones if b not in initial_poses]
+    leaders = followed(bones)
+    missing = [b for b in bones if b not in initial_poses and b not in leaders]
     if missing:
         raise FluoroRegError(f"no initial pose for {', '.join(missing)}; add it to the initial poses")
     result = RegistrationResult(config=config)
     t0 = time.perf_counter()
     for name, bone in bones.items():
+        if name in leaders:
+            continue
         bone_progress = None if progress is None else (
             lambda stage, it, sim, pose, name=name: progress(f"{name}: {stage}", it, sim, pose))
         result.bones[name] = register_bone_views(bone, views, initial_poses[name], config, bone_progress, cancel)
+    for name, leader in leaders.items():
+        result.bones[name] = _following(name, result.bones[leader])
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def followed(bones: dict) -> dict[str, str]:
+    """{name: the body whose pose it takes} for the bodies that follow another (an implant's
+    ``follows``: a polyethylene insert locked in its tray) and are not registered themselves."""
+    leaders = {name: b.follows for name, b in bones.items() if getattr(b, "follows", None)}
+    for name, leader in leaders.items():
+        if leader not in bones or leader in leaders:
+            what = "is not registered" if leader not in bones else "follows another itself"
+            raise FluoroRegError(f"{name} follows {leader}, which {what}; register {leader} too "
+                                 f"(registered: {', '.join(b for b in bones if b not in leaders)})")
+    return leaders
+
+
+def _following(name: str, leader: BoneResult) -> BoneResult:
+    """A follower's result: its leader's pose and status (its mesh lies in the leader's mesh frame)."""
+    reasons = leader.status.reasons + (f"pose of {leader.bone} (follows it)",)
+    return BoneResult(name, leader.camera_from_volume.clone(), leader.initial.clone(), leader.similarity, 0, 0.0,
+                      f"follows {leader.bone}", [], [], Status(leader.status.flag, reasons))
 
 
 def _search_starts(candidates: tuple, best: torch.Tensor, separation: torch.Tensor,

@@ -98,9 +98,12 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
                    implants=tuple(str(spec) for spec in implants))
     starts = read_starts(init, keyframe)
     count = FrameSequence.open(job.sequence, fps).count
-    tracked = list(bones) + [str(spec).split("=", 1)[0].strip() for spec in implants]
+    from ..implant.body import parse_implant_spec
+
+    specs = [parse_implant_spec(spec) for spec in implants]
+    tracked = list(bones) + [s.name for s in specs]
     for k, poses in starts.items():
-        missing = [b for b in tracked if b not in poses]
+        missing = [b for b in tracked if b not in poses and b not in {s.name for s in specs if s.follows}]
         if missing or not 0 <= k < count:
             raise FluoroRegError(f"keyframe {k}: " + (f"no start for {', '.join(missing)}" if missing else
                                                       f"outside the sequence's {count} frames"))

@@ -203,7 +203,7 @@ class Tracker:
             return {**record, "error": str(err), "flag": "failed", "bones": {}, "seconds": time.perf_counter() - t0}
         record["bones"] = {b: {"camera_from_volume": r.camera_from_volume.tolist(), "similarity": r.similarity,
                                "status": r.status.flag, "reason": r.status.reason, "stop_reason": r.stop_reason,
-                               "predicted": np.asarray(initial[b]).tolist(), "cold": cold, "recovered": False,
+                               "predicted": np.asarray(initial.get(b, r.camera_from_volume)).tolist(), "cold": cold, "recovered": False,
                                "flag": r.status.flag, "reasons": list(r.status.reasons),
                                "depth_sd_mm": r.to_dict().get("depth_sd_mm"), "tilt_sd_deg": r.to_dict().get("tilt_sd_deg")}
                            for b, r in result.bones.items()}
