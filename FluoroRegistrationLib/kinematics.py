@@ -140,14 +140,15 @@ def grood_suntay(femur_world: np.ndarray, tibia_world: np.ndarray, side: str) ->
                       float(mirror * q[0]), float(q[1]), float(-q[2]))
 
 
-def read_landmarks(path) -> dict[str, dict[str, np.ndarray]]:
-    """{"femur": {name: [x, y, z]}, "tibia": {...}} from a JSON file (LPS mm in the CT's frame)."""
+def read_landmarks(path, bodies: tuple = ("femur", "tibia")) -> dict[str, dict[str, np.ndarray]]:
+    """{body: {name: [x, y, z]}} from a JSON file (LPS mm in each body's own frame: the CT's for
+    bones, a component's mesh frame for it), every object entry kept; ``bodies`` must be there."""
     from .files import read_yaml
 
     data = read_yaml(path, "landmarks file", "give a JSON of femur and tibia points (LPS mm)")
-    if not isinstance(data, dict) or not all(isinstance(data.get(b), dict) for b in ("femur", "tibia")):
-        raise FluoroRegError(f"landmarks file {path} needs objects 'femur' and 'tibia' of named points")
-    return {b: dict(data[b]) for b in ("femur", "tibia")}
+    if not isinstance(data, dict) or not all(isinstance(data.get(b), dict) for b in bodies):
+        raise FluoroRegError(f"landmarks file {path} needs objects {' and '.join(repr(b) for b in bodies)} of named points")
+    return {b: dict(v) for b, v in data.items() if isinstance(v, dict)}
 
 
 def landmarks_from_labels(labels, names: dict[str, int], side: str) -> dict[str, dict[str, list]]:

@@ -569,7 +569,7 @@ def test_an_implanted_knee_reads_its_kinematics_from_the_components(implanted_fo
     from FluoroRegistrationLib.files import read_poses, write_poses
     from FluoroRegistrationLib.implant.body import implant_body
     from FluoroRegistrationLib.kinematics import landmarks_from_labels
-    from FluoroRegistrationLib.track.api import _checked_joint, joint_landmarks
+    from FluoroRegistrationLib.track.api import _checked_joint, _joint_marks, joint_landmarks
     from FluoroRegistrationLib.track.outputs import knee_kinematics
     from FluoroRegistrationLib.volume import load_ct, load_labels, read_label_names
 
@@ -610,6 +610,13 @@ def test_an_implanted_knee_reads_its_kinematics_from_the_components(implanted_fo
     assert _checked_joint(["femur", "tibia"], ["femoral"]) is None  # the default pair untracked: no kinematics
     with pytest.raises(FluoroRegError, match="no entry for tray \\(or tibia\\)"):
         joint_landmarks({"femur": marks["femur"]}, joint)
+    # landmarks in the components' own frames, read from a file under their names, before any tracking
+    (tmp_path / "marks.json").write_text(json.dumps({"femoral": marks["femur"], "tray": marks["tibia"]}))
+    assert joint_landmarks(_joint_marks(joint, tmp_path / "marks.json", None, None), joint) == \
+        {"femur": marks["femur"], "tibia": marks["tibia"]}
+    (tmp_path / "femoral_only.json").write_text(json.dumps({"femoral": marks["femur"]}))
+    with pytest.raises(FluoroRegError, match="no entry for tray"):
+        _joint_marks(joint, tmp_path / "femoral_only.json", None, None)
 
 
 def test_an_insert_follows_its_tray(implanted_folder, tmp_path, capsys):
@@ -646,6 +653,9 @@ def test_an_insert_follows_its_tray(implanted_folder, tmp_path, capsys):
     torch.testing.assert_close(written["insert"], written["tray"])
     assert main(args + ["--implant", spec[1]]) == 2
     assert "insert follows tray, which is not registered; register tray too" in capsys.readouterr().err
+    assert main(["track", "--frames", str(folder / "frames"), "--calib", str(folder / "calib_true.json"), "--init",
+                 str(tmp_path / "init.json"), "--implant", spec[1], "--out", str(tmp_path / "trk")]) == 2
+    assert "insert follows tray, which is not tracked on its own; track tray too" in capsys.readouterr().err
     with pytest.raises(FluoroRegError, match="cannot follow itself"):
         parse_implant_spec("tray=t.stl,follows=tray")
     with pytest.raises(FluoroRegError, match="unknown option 'follow=tray'"):

@@ -377,6 +377,19 @@ def test_the_tilt_sd_is_the_laplace_approximation_of_a_known_surface():
     assert abs(float(direction @ weak)) == pytest.approx(1.0, abs=1e-9)
     flat = tilt_grid(lambda x: objective(x, k_weak=0.0), torch.zeros(6, dtype=F64))
     assert tilt_sd_deg(*flat, pixels)[0] == math.inf
+    # at a result turned 40 deg from the start (x[:3] != 0), the grid turns about the camera's axes:
+    # the same loss written about that pose gives the same sd and direction
+    from FluoroRegistrationLib.geometry import rotation_from_rotvec, rotvec_from_rotation
+
+    x0 = torch.tensor([0.3, -0.4, 0.45, 1.0, 2.0, 3.0], dtype=F64)
+    R0 = rotation_from_rotvec(x0[:3])
+
+    def turned(x):
+        turn = rotvec_from_rotation(rotation_from_rotvec(x[:, :3]) @ R0.T)  # the turn from x0, camera axes
+        return objective(torch.cat([turn, x[:, 3:] - x0[3:]], 1)) + 0.5 * k2 * torch.rad2deg(turn[:, 2]) ** 2
+
+    sd_turned, direction_turned = tilt_sd_deg(*tilt_grid(turned, x0), pixels)
+    assert sd_turned == pytest.approx(sd, rel=1e-6) and abs(float(direction_turned @ weak)) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_bead_phantom_calibrates_the_rig_from_a_rough_nominal_one():

@@ -51,10 +51,12 @@ def test_an_unpinned_rotation_across_the_beam_raises_a_check_naming_its_axis():
     assert judge_tilt(ok, 0.1, (0.0, 0.0, 1.0), checks) is ok
     flagged = judge_tilt(ok, math.inf, (0.0, 0.08, -1.0), checks)
     assert flagged.flag == "check" and "(0.00, 0.08, -1.00) axis not at all" in flagged.reason
-    assert "+-0.9 deg" in judge_tilt(ok, 0.9, (1.0, 0.0, 0.0), checks).reason
+    assert "+-1.5 deg" in judge_tilt(ok, 1.5, (1.0, 0.0, 0.0), checks).reason
+    assert judge_tilt(ok, 0.9, (1.0, 0.0, 0.0), checks) is ok  # 1 deg by default
     failed = judge_tilt(Status("failed", ("similarity 0.020: no sign of the bone in the frame",)), 2.0, (1, 0, 0), checks)
     assert failed.flag == "failed" and len(failed.reasons) == 2  # a worse flag is kept, the finding added
-    assert judge_tilt(ok, 0.9, (1, 0, 0), Checks(tilt_sd_deg=1.0)) is ok
+    assert judge_tilt(ok, 0.9, (1, 0, 0), Checks(tilt_sd_deg=0.5)).flag == "check"
+    assert judge_tilt(ok, math.inf, (1, 0, 0), Checks(tilt_sd_deg=None)) is ok  # switched off
     with pytest.raises(FluoroRegError, match="Checks.tilt_sd_deg"):
         Checks(tilt_sd_deg=0)
 

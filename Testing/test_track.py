@@ -342,3 +342,16 @@ def test_depth_scans_can_be_kept_to_the_coarse_levels(femur_lateral):
         names[min_pixel] = [s.name for s in result.bones["femur"].stages]
     assert any(n.startswith("depth scan") for n in names[0.0])
     assert not any(n.startswith("depth scan") for n in names[2.0]) and len(names[2.0]) == 2
+
+
+def test_an_unpinned_turn_alone_sends_no_frame_to_recovery():
+    """A cold re-registration cannot pin a turn the frame does not show (a tibial tray seen from the
+    side, status.judge_tilt): such a check alone is not recovered; with any other finding it is."""
+    from FluoroRegistrationLib.register.status import UNPINNED
+    from FluoroRegistrationLib.track.tracker import _worth_recovering
+
+    unpinned = f"{UNPINNED} the bone's (0.00, 0.08, -1.00) axis not at all: it looks alike turned either way"
+    assert not _worth_recovering({"flag": "check", "reasons": [unpinned]})
+    assert _worth_recovering({"flag": "check", "reasons": [unpinned, "similarity 0.210 fell below its recent 0.550"]})
+    assert _worth_recovering({"flag": "failed", "reasons": ["similarity 0.020: no sign of the bone in the frame"]})
+    assert not _worth_recovering({"flag": "ok", "reasons": []})

@@ -67,7 +67,10 @@ def main(argv=None, name: str = "views", results: str = "VIEWS_RESULTS.md", doc:
               f"{exp.frames.get('simulate', exp.frames)}): {len(rows)} runs, wall time of this invocation "
               f"{wall / 60:.1f} min on {args.workers or 'all'} worker(s); errors in the first view's camera frame, "
               "medians over every run; seconds per bone are each run's own.\n\n")
-    text = header + views_table(rows, exp.bins) + "\n"
+    from FluoroRegistrationLib.evaluate.summary import status_table, summarise
+
+    text = (header + views_table(rows, exp.bins) + "\n\nThe result status (ok | check | failed) against the truth:\n\n"
+            + status_table(summarise(rows, exp.bins)) + "\n")
     if args.results:
         Path(args.results).write_text(text)
     print(text)

@@ -153,7 +153,8 @@ class Registration:
                 raise FluoroRegError("a segmentation model is used with masks='auto' (--mask auto); add it or drop the model")
             return {}
         if isinstance(masks, str) and masks == "auto":
-            return auto_masks(model, frame, list(self.volumes))
+            follower_of = followed(self.volumes)  # a follower is not registered: no mask asked for it
+            return auto_masks(model, frame, [b for b in self.volumes if b not in follower_of])
         if isinstance(masks, dict):
             unknown = [b for b in masks if b not in self.volumes]
             if unknown:
@@ -181,8 +182,8 @@ class Registration:
         rig = as_rig(calibration)
         frames = rig.per_view(frame, "frame")
         mask_specs = masks if isinstance(masks, str) or masks is None else rig.per_view(masks, "mask")
-        leaders = followed(self.volumes)
-        initial = as_initial_poses(initial_poses, [b for b in self.volumes if b not in leaders])
+        follower_of = followed(self.volumes)
+        initial = as_initial_poses(initial_poses, [b for b in self.volumes if b not in follower_of])
         views = []
         for k, v in enumerate(rig.views):
             prepared = prepare_frame(frames[k], v.camera, polarity, index)

@@ -219,7 +219,8 @@ class Checks:
     the mask overlap under ``fail_mask_coverage`` / ``check_mask_coverage`` (status.mask_coverage);
     ``check`` when a rotation across the beam is pinned no better than ``tilt_sd_deg`` (its standard
     deviation, register/depth.py: 0.08-0.11 deg for the phantom's bones and femoral component at their
-    true poses, unbounded for a tibial tray seen from the side, turned about its stem).
+    true poses at 512 px, which grows as 1 / sqrt(pixels) on smaller detectors; unbounded for a tibial
+    tray seen from the side, turned about its stem; None: not judged).
 
     The similarity thresholds hold for ``similarity_name`` only (the default, patch-gncc, at the
     finest level); a registration with another similarity is not judged by its similarity unless
@@ -236,7 +237,7 @@ class Checks:
     depth_fraction: tuple = (0.2, 0.98)
     fail_mask_coverage: float = 0.5
     check_mask_coverage: float = 0.8
-    tilt_sd_deg: float = 0.5
+    tilt_sd_deg: float | None = 1.0  # None: not judged
 
     def __post_init__(self):
         from ..similarity import SIMILARITIES
@@ -250,7 +251,8 @@ class Checks:
         _number("Checks", "check_in_field", self.check_in_field, self.fail_in_field, 1)
         _number("Checks", "fail_mask_coverage", self.fail_mask_coverage, 0, 1)
         _number("Checks", "check_mask_coverage", self.check_mask_coverage, self.fail_mask_coverage, 1)
-        _number("Checks", "tilt_sd_deg", self.tilt_sd_deg, 0, 180, low_open=True)
+        if self.tilt_sd_deg is not None:
+            _number("Checks", "tilt_sd_deg", self.tilt_sd_deg, 0, 180, low_open=True)
         depth = _tuple("Checks", "depth_fraction", self.depth_fraction, "[0.2, 0.98]")
         if len(depth) != 2:
             raise FluoroRegError(f"Checks.depth_fraction = {self.depth_fraction!r} must be two numbers (low, high)")

@@ -82,12 +82,17 @@ def laplace_sd(loss: float, second: float, pixels: float) -> float:
 
 def tilt_grid(objective, x: torch.Tensor, step_deg: float = TILT_STEP_DEG,
               points: int = TILT_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss on a ``points`` x ``points`` grid over the rotations about the camera's x and y axes
-    (``x[0]``, ``x[1]``) about ``x`` (6,): offsets (K, 2) in degrees and losses (K,), one batch."""
+    """The loss on a ``points`` x ``points`` grid of turns about the camera's x and y axes through the
+    bone's centre, from the pose ``x`` (6,) (the centred parameterisation: ``x[:3]`` a rotation vector
+    applied on the left, in camera axes, so a turn is composed with it, not added): offsets (K, 2) in
+    degrees and losses (K,), one batch."""
+    from ..geometry import rotation_from_rotvec, rotvec_from_rotation
+
     axis = (torch.arange(points, dtype=torch.float64) - (points - 1) / 2) * step_deg
     offsets = torch.cartesian_prod(axis, axis)
-    xs = x.detach().to(torch.float64).repeat(len(offsets), 1)
-    xs[:, :2] += torch.deg2rad(offsets)
+    xs = x.detach().to(torch.float64).cpu().repeat(len(offsets), 1)
+    turns = torch.cat([torch.deg2rad(offsets), offsets.new_zeros(len(offsets), 1)], 1)
+    xs[:, :3] = rotvec_from_rotation(rotation_from_rotvec(turns) @ rotation_from_rotvec(xs[:, :3]))
     with torch.no_grad():
         losses = objective(xs).to(torch.float64).cpu()
     return offsets, losses
@@ -102,7 +107,8 @@ def tilt_sd_deg(offsets: torch.Tensor, losses: torch.Tensor, pixels: float) -> t
     c = torch.linalg.lstsq(A, losses[:, None]).solution[:, 0]
     hessian = torch.stack([torch.stack([2 * c[3], c[4]]), torch.stack([c[4], 2 * c[5]])])
     values, vectors = torch.linalg.eigh(hessian)
-    scale = 1e-12 * max(1.0, float(losses.abs().max())) / float(offsets.abs().max()) ** 2  # rounding-level curvature
+    # float32 losses carry rounding of ~1e-7: a curvature that small over the grid is none
+    scale = 1e-6 * max(1.0, float(losses.abs().max())) / float(offsets.abs().max()) ** 2
     weakest = float(values[0]) if float(values[0]) > scale else 0.0
     return laplace_sd(float(losses.min()), weakest, pixels), vectors[:, 0]
 

@@ -585,19 +585,19 @@ def register_views(bones: dict[str, RenderVolume], views: list[ViewImage], initi
         unknown = [b for b in view.masks if b not in bones]
         if unknown:
             raise FluoroRegError(f"mask given for {', '.join(unknown)} but no such bone is registered ({', '.join(bones)})")
-    leaders = followed(bones)
-    missing = [b for b in bones if b not in initial_poses and b not in leaders]
+    follower_of = followed(bones)
+    missing = [b for b in bones if b not in initial_poses and b not in follower_of]
     if missing:
         raise FluoroRegError(f"no initial pose for {', '.join(missing)}; add it to the initial poses")
     result = RegistrationResult(config=config)
     t0 = time.perf_counter()
     for name, bone in bones.items():
-        if name in leaders:
+        if name in follower_of:
             continue
         bone_progress = None if progress is None else (
             lambda stage, it, sim, pose, name=name: progress(f"{name}: {stage}", it, sim, pose))
         result.bones[name] = register_bone_views(bone, views, initial_poses[name], config, bone_progress, cancel)
-    for name, leader in leaders.items():
+    for name, leader in follower_of.items():
         result.bones[name] = _following(name, result.bones[leader])
     result.seconds = time.perf_counter() - t0
     return result
@@ -606,13 +606,15 @@ def register_views(bones: dict[str, RenderVolume], views: list[ViewImage], initi
 def followed(bones: dict) -> dict[str, str]:
     """{name: the body whose pose it takes} for the bodies that follow another (an implant's
     ``follows``: a polyethylene insert locked in its tray) and are not registered themselves."""
-    leaders = {name: b.follows for name, b in bones.items() if getattr(b, "follows", None)}
-    for name, leader in leaders.items():
-        if leader not in bones or leader in leaders:
-            what = "is not registered" if leader not in bones else "follows another itself"
-            raise FluoroRegError(f"{name} follows {leader}, which {what}; register {leader} too "
-                                 f"(registered: {', '.join(b for b in bones if b not in leaders)})")
-    return leaders
+    follower_of = {name: b.follows for name, b in bones.items() if getattr(b, "follows", None)}
+    for name, leader in follower_of.items():
+        if leader not in bones:
+            raise FluoroRegError(f"{name} follows {leader}, which is not registered; register {leader} too "
+                                 f"(registered: {', '.join(b for b in bones if b not in follower_of)})")
+        if leader in follower_of:
+            raise FluoroRegError(f"{name} follows {leader}, which follows {follower_of[leader]}; let {name} follow "
+                                 f"{follower_of[leader]} directly")
+    return follower_of
 
 
 def _following(name: str, leader: BoneResult) -> BoneResult:

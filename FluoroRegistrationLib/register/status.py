@@ -144,16 +144,19 @@ def judge(ev: Evidence, checks: Checks | None = None) -> Status:
     return Status("check", tuple(check)) if check else Status("ok", ())
 
 
+UNPINNED = "the frame pins the turn about"  # how judge_tilt's finding begins (a frame's limit, not a search's)
+
+
 def judge_tilt(status: Status, sd_deg: float, axis: tuple, checks: Checks | None = None) -> Status:
     """``status`` with a ``check`` (an ``ok`` raised; a worse flag kept) when a rotation across the
-    beam is pinned no better than ``checks.tilt_sd_deg``: ``sd_deg`` its standard deviation, ``axis``
-    (3,) its axis in the bone's own frame (register/depth.py)."""
+    beam is pinned no better than ``checks.tilt_sd_deg`` (None: not judged): ``sd_deg`` its standard
+    deviation, ``axis`` (3,) its axis in the bone's own frame (register/depth.py)."""
     checks = checks or Checks()
-    if not sd_deg > checks.tilt_sd_deg:
+    if checks.tilt_sd_deg is None or not sd_deg > checks.tilt_sd_deg:
         return status
     spread = "not at all" if not math.isfinite(sd_deg) else f"only to +-{sd_deg:.1f} deg (1 sd)"
-    reason = (f"the frame pins the turn about the bone's ({', '.join(f'{a:.2f}' for a in axis)}) axis {spread}: "
-              "it looks alike turned either way; add a view, or check the overlay")
+    reason = (f"{UNPINNED} the bone's ({', '.join(f'{a:.2f}' for a in axis)}) axis {spread}: it looks alike "
+              "turned either way; add a view (or one at another angle), or check the overlay")
     return Status("check" if status.flag == "ok" else status.flag, status.reasons + (reason,))
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import FluoroRegError
 from ..geometry import Rig
+from ..implant.body import parse_implant_spec
 from .run import TrackJob, track, tracker_for
 from .sequence import FrameSequence
 from .tracker import TrackConfig, flag_counts
@@ -98,25 +99,32 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
                    implants=tuple(str(spec) for spec in implants))
     starts = read_starts(init, keyframe)
     count = FrameSequence.open(job.sequence, fps).count
-    from ..implant.body import parse_implant_spec
-
     specs = [parse_implant_spec(spec) for spec in implants]
     tracked = list(bones) + [s.name for s in specs]
+    follower_of = _followers(specs, tracked)
     for k, poses in starts.items():
-        missing = [b for b in tracked if b not in poses and b not in {s.name for s in specs if s.follows}]
+        missing = [b for b in tracked if b not in poses and b not in follower_of]
         if missing or not 0 <= k < count:
             raise FluoroRegError(f"keyframe {k}: " + (f"no start for {', '.join(missing)}" if missing else
                                                       f"outside the sequence's {count} frames"))
     joint = _checked_joint(joint, tracked)
-    if joint is not None and landmarks is None and labels is None:
-        raise FluoroRegError(f"the kinematics of {','.join(joint)} need landmarks: give --landmarks (or --ct and "
-                             "--labels when the meshes lie in the CT's frame)")
+    marks = _joint_marks(joint, landmarks, ct, labels)
     tracker = tracker_for(job)  # inputs checked (CT, labels, calibration, masks) before any work
     t0 = time.perf_counter()
     records = track(job, starts, workers, scheduler, progress)
     result = TrackResult(records, [], seconds=time.perf_counter() - t0)
-    _write_outputs(result, tracker, job, landmarks, side, lowpass_hz, animation, joint)
+    _write_outputs(result, tracker, job, marks, side, lowpass_hz, animation, joint)
     return result
+
+
+def _followers(specs: list, tracked: list[str]) -> dict[str, str]:
+    """{component: the body whose pose it takes} of the ``--implant`` specs, each leader tracked on its own."""
+    follower_of = {s.name: s.follows for s in specs if s.follows}
+    for name, leader in follower_of.items():
+        if leader not in tracked or leader in follower_of:
+            raise FluoroRegError(f"{name} follows {leader}, which is not tracked on its own; track {leader} too "
+                                 f"(--implant {leader}=MESH)")
+    return follower_of
 
 
 def _checked_joint(joint, tracked: list[str]) -> tuple | None:
@@ -148,9 +156,28 @@ def joint_landmarks(marks: dict, joint: tuple) -> dict:
     return out
 
 
-def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side, lowpass_hz, animation,
+def _joint_marks(joint: tuple | None, landmarks, ct, labels) -> dict | None:
+    """The landmarks the kinematics of ``joint`` use, read and checked before any tracking: from
+    ``landmarks`` (a JSON path), else None (taken from the labels after tracking); errors as one line."""
+    if joint is None:
+        return None
+    if landmarks is None:
+        if ct is None or labels is None:
+            raise FluoroRegError(f"the kinematics of {','.join(joint)} need landmarks: give --landmarks (or --ct "
+                                 "and --labels when the meshes lie in the CT's frame)")
+        return None
+    from ..kinematics import read_landmarks
+
+    marks = read_landmarks(landmarks, ())
+    joint_landmarks(marks, joint)
+    return marks
+
+
+def _write_outputs(result: TrackResult, tracker, job: TrackJob, marks: dict | None, side, lowpass_hz, animation,
                    joint: tuple | None = ("femur", "tibia")) -> None:
-    from ..kinematics import landmarks_from_labels, read_landmarks
+    """poses.csv (and low-passed), the kinematics of ``joint`` with ``marks`` (None: landmarks from
+    the job's labels), the animation."""
+    from ..kinematics import landmarks_from_labels
     from ..volume import load_ct, load_labels, read_label_names
     from .outputs import knee_kinematics, overlay_gif, plot_kinematics, write_kinematics_csv, write_poses_csv
 
@@ -165,9 +192,7 @@ def _write_outputs(result: TrackResult, tracker, job: TrackJob, landmarks, side,
         write_poses_csv(out / "poses_smoothed.csv", result.smoothed)
         result.paths["poses_smoothed"] = out / "poses_smoothed.csv"
     if joint is not None:
-        if landmarks is not None:
-            marks = read_landmarks(landmarks)
-        else:
+        if marks is None:
             labels = load_labels(job.labels, load_ct(job.ct))
             marks = landmarks_from_labels(labels, read_label_names(job.label_names), side)
             (out / "landmarks.json").write_text(json.dumps(marks, indent=1))

@@ -33,7 +33,8 @@ class TrackJob:
     frames named ``<frame stem>_labels.<ext>``. threads: torch threads per task. views: the further
     views' sequences of a rig (``calib`` is then the rig's JSON); view_masks: their mask folders (one
     per further view; empty: none, or "auto" when ``masks`` is). implants: components tracked beside
-    the bones, each as ``NAME=MESH[,material=M][,scale=S][,repair]`` (:func:`~..implant.body.implant_from_spec`)."""
+    the bones, each as ``NAME=MESH[,material=M][,scale=S][,repair][,follows=OTHER]``
+    (:func:`~..implant.body.parse_implant_spec`)."""
 
     sequence: str
     ct: str | None  # None: components alone

@@ -27,6 +27,7 @@ import torch
 from ..errors import FluoroRegError
 from ..geometry import Camera, rotation_from_rotvec, rotvec_from_rotation
 from ..register import DepthScan, GlobalSearch, Pyramid, Registration, RegistrationConfig
+from ..register.status import UNPINNED
 from .confidence import RANK, TrackChecks, judge_frame, worst
 from .sequence import FrameSequence
 
@@ -158,6 +159,9 @@ class Tracker:
         seed = read_record(self.out, start)
         if seed is None:
             raise FluoroRegError(f"frame {start} has no record in {self.out}; register the keyframe first")
+        if not seed.get("bones"):
+            raise FluoroRegError(f"frame {start}, where tracking starts, has no poses ({seed.get('error', 'failed')}); "
+                                 "fix it or start from another keyframe (--keyframe)")
         history, done = [seed], []
         for index in range(start + step, stop, step):
             record = read_record(self.out, index)
@@ -176,7 +180,7 @@ class Tracker:
         record = self._register(index, prediction, cold=False)
         if record.get("error") is None:
             record = self._judge(record, history)
-            if self.config.recover and any(b["flag"] != "ok" for b in record["bones"].values()):
+            if self.config.recover and any(_worth_recovering(b) for b in record["bones"].values()):
                 record = self._recover(index, prediction, record, history)
         return self._finish(record, history, judged=True)
 
@@ -205,7 +209,7 @@ class Tracker:
                                "status": r.status.flag, "reason": r.status.reason, "stop_reason": r.stop_reason,
                                "predicted": np.asarray(initial.get(b, r.camera_from_volume)).tolist(), "cold": cold, "recovered": False,
                                "flag": r.status.flag, "reasons": list(r.status.reasons),
-                               "depth_sd_mm": r.to_dict().get("depth_sd_mm"), "tilt_sd_deg": r.to_dict().get("tilt_sd_deg")}
+                               **{k: v for k, v in r.to_dict().items() if k in ("depth_sd_mm", "tilt_sd_deg", "tilt_axis")}}
                            for b, r in result.bones.items()}
         record["seconds"] = time.perf_counter() - t0
         return record
@@ -239,6 +243,12 @@ class Tracker:
         if self.on_frame is not None:
             self.on_frame(record)
         return record
+
+
+def _worth_recovering(result: dict) -> bool:
+    """A bone flagged for something a cold registration could change: an unpinned turn across the
+    beam alone (:func:`~..register.status.judge_tilt`) is the frame's limit, and recovery cannot lift it."""
+    return result["flag"] != "ok" and not all(r.startswith(UNPINNED) for r in result.get("reasons", []))
 
 
 def flag_counts(records: list[dict]) -> dict[str, int]:
