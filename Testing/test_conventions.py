@@ -134,7 +134,7 @@ def test_the_conventions_page_lists_every_registration_setting_with_its_default(
         for f in dataclasses.fields(value):
             default = getattr(value, f.name)
             assert f"`{f.name}`" in rows[stage.name], (stage.name, f.name)
-            shown = ("(true)" if default else "(false)") if isinstance(default, bool) else (
+            shown = "null" if default is None else ("(true)" if default else "(false)") if isinstance(default, bool) else (
                 "(" + ", ".join(f"{v:g}" for v in default) + ")" if isinstance(default, tuple) else
                 f'"{default}"' if isinstance(default, str) else f"{default:g}")
             assert f"`{f.name}` {shown}" in rows[stage.name] or f"`{f.name}` ({shown[1:-1]})" in rows[stage.name] \
