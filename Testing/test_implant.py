@@ -373,7 +373,7 @@ def test_the_fast_drawing_has_the_gradients_of_its_values():
             values = (item.appearance(item.draw(camera, par.pose(x), method="fast"))[:, 0] * weights).sum((-2, -1))
             (grad,) = torch.autograd.grad(values.sum(), x)
             integral = float(torch.trapezoid(grad[:, axis], t))
-            change = float(values[-1] - values[0])
+            change = float((values[-1] - values[0]).detach())
             variation = float(torch.trapezoid(grad[:, axis].abs(), t))
             assert abs(change) > 0.05, (item.name, axis)
             assert abs(integral - change) < 0.03 * variation, (item.name, axis, integral, change)
