@@ -655,7 +655,7 @@ def test_an_insert_follows_its_tray(implanted_folder, tmp_path, capsys):
     assert "insert follows tray, which is not registered; register tray too" in capsys.readouterr().err
     assert main(["track", "--frames", str(folder / "frames"), "--calib", str(folder / "calib_true.json"), "--init",
                  str(tmp_path / "init.json"), "--implant", spec[1], "--out", str(tmp_path / "trk")]) == 2
-    assert "insert follows tray, which is not tracked on its own; track tray too" in capsys.readouterr().err
+    assert "insert follows tray, which is not tracked; track tray too" in capsys.readouterr().err
     with pytest.raises(FluoroRegError, match="cannot follow itself"):
         parse_implant_spec("tray=t.stl,follows=tray")
     with pytest.raises(FluoroRegError, match="unknown option 'follow=tray'"):

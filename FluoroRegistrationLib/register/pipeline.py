@@ -516,12 +516,12 @@ def register_bone_views(bone: RenderVolume, views: list[ViewImage], initial: tor
     pose = job.par.pose(x).detach()
     tilt, direction = tilt_sd_deg(*tilt_grid(finest, x), weighed_pixels(finest))
     tilt_axis = pose[:3, :3].T @ torch.cat([direction, direction.new_zeros(1)])  # camera axes -> the bone's
-    status = judge_tilt(status, tilt, tuple(tilt_axis.tolist()), config.checks)
+    tilt_axis = tuple(tilt_axis.tolist())
+    status = judge_tilt(status, tilt, tilt_axis, config.checks)
     stages = job.stages
     return BoneResult(bone.name, pose, initial, similarity, sum(s.iterations for s in stages),
                       time.perf_counter() - t0, stages[-1].stop_reason if stages else "no stage",
-                      [v for s in stages for v in s.losses], stages, status, per_view, sd, tilt,
-                      tuple(tilt_axis.tolist()))
+                      [v for s in stages for v in s.losses], stages, status, per_view, sd, tilt, tilt_axis)
 
 
 def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,
@@ -603,14 +603,16 @@ def register_views(bones: dict[str, RenderVolume], views: list[ViewImage], initi
     return result
 
 
-def followed(bones: dict) -> dict[str, str]:
+def followed(bones: dict, doing: str = "register") -> dict[str, str]:
     """{name: the body whose pose it takes} for the bodies that follow another (an implant's
-    ``follows``: a polyethylene insert locked in its tray) and are not registered themselves."""
+    ``follows``: a polyethylene insert locked in its tray) and are not registered themselves.
+    ``bones``: {name: anything with a ``follows`` attribute, or not}; ``doing`` words the errors
+    ("register", "track")."""
     follower_of = {name: b.follows for name, b in bones.items() if getattr(b, "follows", None)}
     for name, leader in follower_of.items():
         if leader not in bones:
-            raise FluoroRegError(f"{name} follows {leader}, which is not registered; register {leader} too "
-                                 f"(registered: {', '.join(b for b in bones if b not in follower_of)})")
+            raise FluoroRegError(f"{name} follows {leader}, which is not {doing}ed; {doing} {leader} too "
+                                 f"({doing}ed: {', '.join(b for b in bones if b not in follower_of)})")
         if leader in follower_of:
             raise FluoroRegError(f"{name} follows {leader}, which follows {follower_of[leader]}; let {name} follow "
                                  f"{follower_of[leader]} directly")

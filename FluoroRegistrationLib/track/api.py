@@ -20,6 +20,7 @@ import torch
 from ..errors import FluoroRegError
 from ..geometry import Rig
 from ..implant.body import parse_implant_spec
+from ..register.pipeline import followed
 from .run import TrackJob, track, tracker_for
 from .sequence import FrameSequence
 from .tracker import TrackConfig, flag_counts
@@ -101,7 +102,7 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
     count = FrameSequence.open(job.sequence, fps).count
     specs = [parse_implant_spec(spec) for spec in implants]
     tracked = list(bones) + [s.name for s in specs]
-    follower_of = _followers(specs, tracked)
+    follower_of = followed({**dict.fromkeys(bones), **{s.name: s for s in specs}}, "track")
     for k, poses in starts.items():
         missing = [b for b in tracked if b not in poses and b not in follower_of]
         if missing or not 0 <= k < count:
@@ -115,16 +116,6 @@ def track_sequence(sequence, ct, labels, calib, init, out, bones=("femur", "tibi
     result = TrackResult(records, [], seconds=time.perf_counter() - t0)
     _write_outputs(result, tracker, job, marks, side, lowpass_hz, animation, joint)
     return result
-
-
-def _followers(specs: list, tracked: list[str]) -> dict[str, str]:
-    """{component: the body whose pose it takes} of the ``--implant`` specs, each leader tracked on its own."""
-    follower_of = {s.name: s.follows for s in specs if s.follows}
-    for name, leader in follower_of.items():
-        if leader not in tracked or leader in follower_of:
-            raise FluoroRegError(f"{name} follows {leader}, which is not tracked on its own; track {leader} too "
-                                 f"(--implant {leader}=MESH)")
-    return follower_of
 
 
 def _checked_joint(joint, tracked: list[str]) -> tuple | None:
