@@ -131,3 +131,44 @@ def test_cuda_equals_cpu(method):
     gpu.square().sum().backward()
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-9)
     assert torch.allclose(cpu_x.grad, gpu_x.grad.cpu(), atol=1e-7, rtol=1e-6)
+
+
+def sparse_volume(n=40):
+    """A mostly empty float64 volume: a thin rod along i and a smooth blob in a far corner, so the
+    slabs' non-zero boxes differ from slab to slab and from the grid."""
+    mu = torch.zeros(n, n, n, dtype=F64)
+    mu[18:22, 6:10, 4:36] = 0.03  # [k, j, i]: the rod runs along i
+    blob = torch.rand(8, 8, 8, generator=G, dtype=F64)
+    mu[28:36, 26:34, 26:34] = torch.nn.functional.avg_pool3d(blob[None, None], 3, 1, 1)[0, 0] * 0.05
+    return RenderVolume(mu, centred_affine(mu.shape, spacing=1.5), "sparse")
+
+
+def test_skipping_empty_space_keeps_the_image_and_gradients_and_halves_the_samples(monkeypatch):
+    from FluoroRegistrationLib.render import fast
+
+    vol = sparse_volume()
+    cam = Camera(400.0, 48, 44, 1.2, 1.2)
+    rot = torch.randn(4, 3, generator=G, dtype=F64) * 0.4
+    rot[1] = torch.tensor([0.0, 1.3, 0.0], dtype=F64)  # another slice axis in the same batch
+    base = pose_from_rotvec(rot, torch.tensor([2.0, -1.0, 220.0], dtype=F64).expand(4, 3))
+    par = CentredParameterization(torch.zeros(3, dtype=F64), torch.eye(4, dtype=F64))
+    samples = {}
+    march = fast._march
+
+    def counting(slices, H, u, v, ramp=None):
+        samples[key] = samples.get(key, 0) + slices.shape[0] * H.shape[0] * len(u) * len(v)
+        return march(slices, H, u, v, ramp)
+
+    monkeypatch.setattr(fast, "_march", counting)
+    monkeypatch.setattr(fast, "_SKIP_FROM", 0)  # this small a volume is drawn unskipped by default
+    out = {}
+    for key in (False, True):
+        x = (torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=F64) * 0.01).requires_grad_()
+        image = fast.render_fast(vol, cam, base @ par.pose(x), region=(3, 45, 2, 40), skip_empty=key)
+        weights = torch.randn(image.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+        (image * weights).sum().backward()
+        out[key] = (image.detach(), x.grad)
+    assert out[False][0].abs().max() > 0.1 and (out[False][0] == 0).float().mean() > 0.2  # the bone and air in the picture
+    assert torch.allclose(out[True][0], out[False][0], rtol=0, atol=1e-12)
+    assert torch.allclose(out[True][1], out[False][1], rtol=1e-10, atol=1e-10)
+    assert samples[True] < 0.5 * samples[False]
