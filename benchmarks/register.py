@@ -194,6 +194,8 @@ def main(argv=None):
     parser.add_argument("--similarity", default="patch-gncc", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
     parser.add_argument("--conditions", default="mask,no mask", help="comma list of: mask, no mask")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--config", help="registration settings YAML (as fluororeg register --config); the "
+                        "options above override it")
     parser.add_argument("--out", help="also write the table (Markdown) here")
     args = parser.parse_args(argv)
     import torch
@@ -203,8 +205,14 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     mm, deg = (float(v) for v in args.offset.split(","))
     error = None if not args.calibration_error else tuple(float(v) for v in args.calibration_error.split(","))
-    config = RegistrationConfig.from_dict({"search": {"enabled": not args.no_global_search}, "seed": args.seed,
-                                           "similarity": args.similarity})
+    settings = {}
+    if args.config:
+        import yaml
+
+        settings = yaml.safe_load(Path(args.config).read_text()) or {}
+    search = {**settings.get("search", {}), **({"enabled": False} if args.no_global_search else {})}
+    config = RegistrationConfig.from_dict({**settings, "search": search, "seed": args.seed,
+                                           "similarity": args.similarity}, where=args.config or "registration config")
     rows, summary = run(args.frames, args.realism, (mm, deg), args.seed, config=config, sim_dir=args.sim_dir,
                         calibration=args.calibration, calibration_error=error,
                         conditions=tuple(c.strip() for c in args.conditions.split(",")))
