@@ -559,6 +559,54 @@ def test_the_slicer_logic_registers_a_component_as_the_python_api_does(implanted
         logic.register(None, None, frame, calib, [], {"femoral": initial}, {"femoral": output}, implants={"femoral": frame})
 
 
+def test_the_slicer_logic_lets_the_insert_follow_its_tray(implanted_folder, tmp_path):
+    """(model, material, follows) in the Slicer logic: the insert needs no initial node, takes the
+    tray's registered pose and status into its own output node, and the worker's inputs carry
+    ``follows=tray`` with no start for it; a leader that is not among the components is one line."""
+    slicer = pytest.importorskip("slicer", reason="needs the PyPI package slicer-core (test extra)")
+    from PIL import Image
+
+    from FluoroRegistrationLib.files import read_poses
+    from FluoroRegistrationLib.implant.body import implant_body
+    from FluoroRegistrationLib.slicer import FluoroRegistrationLogic, to_parent_from_pose
+    from FluoroRegistrationLib.slicer.implants import model_from_mesh
+    from FluoroRegistrationLib.slicer.nodes import numpy_to_matrix, set_volume, to_parent
+    from FluoroRegistrationLib.slicer.scene_logic import STATUS_ATTRIBUTE
+
+    folder = implanted_folder
+    tray = implant_body(folder / "phantom" / "tray.stl", "tray", "titanium_alloy")
+    insert = implant_body(folder / "phantom" / "insert.stl", "insert", "polyethylene")
+    truth = read_poses(folder / "poses" / "0000.json")["tray"]
+    start = CentredParameterization(tray.centroid, truth).pose(
+        torch.tensor([0.01, 0.0, -0.01, 0.5, -0.5, 0.0], dtype=torch.float64))
+    quick = {"search": {"enabled": False}, "pyramid": {"pixel_mm": [2.8], "iterations": [5]},
+             "tilt_probe": {"enabled": False}, "axial_probe": {"enabled": False}, "ranking": {"level": 0}}
+    calib = folder / "calib_true.json"
+    scene = slicer.vtkMRMLScene()
+    logic = FluoroRegistrationLogic(scene)
+    frame = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
+    set_volume(frame, np.asarray(Image.open(folder / "frames" / "0000.png"), dtype=np.float32)[None], np.eye(4))
+    logic.placeFrame(frame, calib)
+    models = {"tray": model_from_mesh(scene, tray.mesh, "tray"), "insert": model_from_mesh(scene, insert.mesh, "insert")}
+    implants = {"tray": (models["tray"], "titanium_alloy"), "insert": (models["insert"], "polyethylene", "tray")}
+    initial = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "tray start")
+    initial.SetMatrixTransformToParent(numpy_to_matrix(to_parent_from_pose(start.numpy())))
+    outputs = {n: scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", f"{n} registered") for n in ("tray", "insert")}
+    result = logic.register(None, None, frame, calib, [], {"tray": initial}, outputs, config=quick, implants=implants)
+    assert result.bones["insert"].stop_reason == "follows tray"
+    np.testing.assert_allclose(to_parent(outputs["insert"]), to_parent(outputs["tray"]), atol=1e-12)
+    assert not np.allclose(to_parent(outputs["tray"]), np.eye(4))
+    assert outputs["insert"].GetAttribute(STATUS_ATTRIBUTE) == outputs["tray"].GetAttribute(STATUS_ATTRIBUTE)
+    argv = logic.writeRegistrationInputs(tmp_path / "job", None, None, frame, calib, [], {"tray": initial},
+                                         implants=implants)
+    specs = [argv[i + 1] for i, a in enumerate(argv) if a == "--implant"]
+    assert any(s.startswith("insert=") and s.endswith(",follows=tray") for s in specs)
+    assert set(read_poses(tmp_path / "job" / "init.json")) == {"tray"}
+    with pytest.raises(FluoroRegError, match="insert follows tray, which is not registered"):
+        logic.register(None, None, frame, calib, [], {}, {"insert": outputs["insert"]}, config=quick,
+                       implants={"insert": implants["insert"]})
+
+
 def test_an_implanted_knee_reads_its_kinematics_from_the_components(implanted_folder, tmp_path, capsys):
     """Grood-Suntay of the femoral component against the tray (``joint=("femoral", "tray")``) at
     their simulated poses reads the knee flexion the simulator posed (frames.json) within the

@@ -43,13 +43,32 @@ def mesh_from_model(modelNode, name: str | None = None) -> ImplantMesh:
 
 
 def implant_bodies(implants) -> dict[str, ImplantBody]:
-    """{name: ImplantBody} from {name: modelNode} or {name: (modelNode, material)} (material: a
-    name such as cobalt_chrome or ``mu=<1/mm>``; default cobalt_chrome)."""
+    """{name: ImplantBody} from {name: modelNode}, {name: (modelNode, material)} or {name:
+    (modelNode, material, follows)} (material: a name such as cobalt_chrome or ``mu=<1/mm>``,
+    default cobalt_chrome; follows: another component whose pose this one takes, e.g. a
+    polyethylene insert locked in its tray, as ``--implant ...,follows=tray``)."""
+    from dataclasses import replace
+
+    from ..register.pipeline import followed
+
     bodies = {}
     for name, spec in dict(implants or {}).items():
-        node, material = spec if isinstance(spec, (tuple, list)) else (spec, "cobalt_chrome")
-        bodies[name] = component_body(mesh_from_model(node, name), material)
+        parts = tuple(spec) if isinstance(spec, (tuple, list)) else (spec,)
+        if not 1 <= len(parts) <= 3:
+            raise FluoroRegError(f"implant {name}: give a model node, (model, material) or (model, material, "
+                                 f"follows), got {len(parts)} items")
+        node, material, follows = (parts + ("cobalt_chrome", None)[len(parts) - 1:])[:3]
+        body = component_body(mesh_from_model(node, name), material or "cobalt_chrome")
+        if follows == name:
+            raise FluoroRegError(f"implant {name} cannot follow itself; name another component, e.g. the tray")
+        bodies[name] = replace(body, follows=follows) if follows else body
+    followed(bodies)  # a leader that is not among the components: one line now, not in the worker
     return bodies
+
+
+def following(volumes: dict) -> set[str]:
+    """The names among ``volumes`` that follow another (registered from no start of their own)."""
+    return {name for name, v in volumes.items() if getattr(v, "follows", None)}
 
 
 def write_implant(body: ImplantBody, folder) -> Path:
@@ -80,4 +99,4 @@ def model_from_mesh(scene, mesh: ImplantMesh, name: str | None = None):
     return node
 
 
-__all__ = ["implant_bodies", "mesh_from_model", "model_from_mesh", "write_implant"]
+__all__ = ["following", "implant_bodies", "mesh_from_model", "model_from_mesh", "write_implant"]

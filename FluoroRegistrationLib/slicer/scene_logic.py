@@ -276,10 +276,11 @@ class FluoroRegistrationLogic:
                             device=None, config=None, polarity: str = "auto", implants=None) -> RegistrationJob:
         """Read everything registration needs from the scene (main thread) into a job that touches no
         MRML; the frame, masks and configuration go through the one path's own preparation.
-        ``implants``: {name: modelNode or (modelNode, material)}, components registered beside the
-        bones (``bones`` may then be empty and the CT and label nodes None)."""
+        ``implants``: {name: modelNode, (modelNode, material) or (modelNode, material, follows)},
+        components registered beside the bones (``bones`` may then be empty and the CT and label
+        nodes None)."""
         from ..register import Registration, prepare_frame
-        from .implants import implant_bodies
+        from .implants import following, implant_bodies
 
         rig = as_rig(calibration)
         frameNodes = rig.per_view(frameNode, "frame node")
@@ -288,7 +289,7 @@ class FluoroRegistrationLogic:
         with_bones = bool(bones) or not implants  # neither: boneIds says what to pass
         volumes = {**(self.boneVolumes(ctNode, labelNode, bones) if with_bones else {}), **implant_bodies(implants)}
         registration = Registration(volumes, config, self.boneIds(labelNode, bones) if with_bones else {})
-        initial = self.poses(volumes, initialPoseNodes)
+        initial = self.poses([b for b in volumes if b not in following(volumes)], initialPoseNodes)
         masks = [None if m is None else self.masksFromLabelMap(m, v.camera, registration.label_ids)
                  for m, v in zip(maskNodes, rig.views)]
         if len(rig) == 1:
@@ -313,7 +314,7 @@ class FluoroRegistrationLogic:
         read them (without --out): what Register runs, for a script or a cluster to run as well.
         ``implants`` as in :meth:`register`: each written as ``folder/<name>.stl`` (LPS mm)."""
         from ..register import RegistrationConfig
-        from .implants import implant_bodies, write_implant
+        from .implants import following, implant_bodies, write_implant
         from .process import write_inputs
 
         rig = as_rig(calibration)
@@ -325,12 +326,14 @@ class FluoroRegistrationLogic:
         masks = [None if m is None else self.maskLabels(m) for m in maskNodes]
         settings = (config if isinstance(config, RegistrationConfig) else  # checked here, before the child starts
                     RegistrationConfig.from_dict(config or {})).to_dict()
-        initial = {b: p.numpy() for b, p in self.poses(list(ids) + list(bodies), initialPoseNodes).items()}
+        starting = list(ids) + [b for b in bodies if b not in following(bodies)]
+        initial = {b: p.numpy() for b, p in self.poses(starting, initialPoseNodes).items()}
         frames = [self.frameImage(n, v.camera) for n, v in zip(frameNodes, rig.views)]
         Path(folder).mkdir(parents=True, exist_ok=True)
         extra = []
         for name, body in bodies.items():
-            extra += ["--implant", f"{name}={write_implant(body, folder)},mu={body.mu_per_mm!r}"]
+            follows = f",follows={body.follows}" if body.follows else ""
+            extra += ["--implant", f"{name}={write_implant(body, folder)},mu={body.mu_per_mm!r}{follows}"]
         if len(rig) == 1:
             return write_inputs(folder, ct, labels, ids, frames[0], rig.cameras[0].to_dict(), initial, masks[0],
                                 settings, polarity) + extra
@@ -359,9 +362,11 @@ class FluoroRegistrationLogic:
             progress, cancel: passed to the core (``progress(stage, iteration, similarity, pose)``).
             config: a RegistrationConfig or nested dict (None: the defaults).
             polarity: the frame's, "auto", "bone-dark" or "bone-bright".
-            implants: {name: modelNode or (modelNode, material)}: implant components (their CAD
-                surfaces loaded as models) registered beside the bones, each with its initial and
-                output transform node under its name; ``bones`` may be empty.
+            implants: {name: modelNode, (modelNode, material) or (modelNode, material, follows)}:
+                implant components (their CAD surfaces loaded as models) registered beside the bones,
+                each with its initial and output transform node under its name (a component that
+                follows another needs no initial node: it takes that one's pose and status);
+                ``bones`` may be empty.
         Returns:
             The core's RegistrationResult.
         """
