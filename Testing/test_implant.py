@@ -477,7 +477,8 @@ def test_track_follows_a_component_through_a_sequence(tmp_path, capsys):
     """`fluororeg track --implant` (no CT, no labels) follows the femoral component through four frames
     of a flexion (simulated with the total knee, 128 px of 2 mm, realism low, no mask), from a start
     2 mm / 1.5 deg off at the first frame: every frame within 0.5 mm in plane of its truth (the
-    component's bone's simulated pose), poses.csv names it, the animation draws its outline, and a bad
+    component's bone's simulated pose), poses.csv names it, the animation draws its outline, a
+    component that follows it (``follows=femoral``) takes its pose in every frame, and a bad
     --implant is one line. At 1.4 mm per pixel at the
     component and without a mask its depth is loose (measured: one frame 16 mm along the beam, 5 deg),
     so only the image plane is asserted here; benchmarks/implants.py measures accuracy at 512 px."""
@@ -499,9 +500,14 @@ def test_track_follows_a_component_through_a_sequence(tmp_path, capsys):
               str(tmp_path / "init.json")]  # a component alone: no CT, no labels
     assert main(common + ["--implant", "femoral", "--out", str(tmp_path / "bad")]) == 2
     assert "give NAME=MESH" in capsys.readouterr().err
-    assert main(common + ["--implant", f"femoral={sim / 'phantom' / 'femoral.stl'}", "--out", str(tmp_path / "out")]) == 0
+    follower = f"insert={sim / 'phantom' / 'insert.stl'},material=polyethylene,follows=femoral"
+    assert main(common + ["--implant", f"femoral={sim / 'phantom' / 'femoral.stl'}", "--implant", follower,
+                          "--out", str(tmp_path / "out")]) == 0
     header, *rows = (tmp_path / "out" / "poses.csv").read_text().splitlines()
-    assert len(rows) >= 4 and all("femoral" in row for row in rows)
+    assert len(rows) >= 4 and all("femoral" in row for row in rows) and any("insert" in row for row in rows)
+    for k in range(4):  # the follower (no start of its own) takes the leader's pose in every frame
+        bones = json.loads((tmp_path / "out" / "frames" / f"{k:05d}.json").read_text())["bones"]
+        assert bones["insert"]["camera_from_volume"] == bones["femoral"]["camera_from_volume"]
     assert (tmp_path / "out" / "overlay.gif").stat().st_size > 1000
     for k in range(4):
         record = json.loads((tmp_path / "out" / "frames" / f"{k:05d}.json").read_text())
