@@ -205,14 +205,13 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     mm, deg = (float(v) for v in args.offset.split(","))
     error = None if not args.calibration_error else tuple(float(v) for v in args.calibration_error.split(","))
-    settings = {}
-    if args.config:
-        import yaml
+    from FluoroRegistrationLib.files import read_yaml
 
-        settings = yaml.safe_load(Path(args.config).read_text()) or {}
-    search = {**settings.get("search", {}), **({"enabled": False} if args.no_global_search else {})}
-    config = RegistrationConfig.from_dict({**settings, "search": search, "seed": args.seed,
-                                           "similarity": args.similarity}, where=args.config or "registration config")
+    base = read_yaml(args.config, "--config") if args.config else {}
+    overrides = {"seed": args.seed, "similarity": args.similarity}
+    if args.no_global_search:
+        overrides["search"] = {"enabled": False}
+    config = RegistrationConfig.from_dict(base, f"--config {args.config}").merged(overrides)
     rows, summary = run(args.frames, args.realism, (mm, deg), args.seed, config=config, sim_dir=args.sim_dir,
                         calibration=args.calibration, calibration_error=error,
                         conditions=tuple(c.strip() for c in args.conditions.split(",")))

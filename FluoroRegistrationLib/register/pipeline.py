@@ -610,6 +610,8 @@ def followed(bones: dict, doing: str = "register") -> dict[str, str]:
     ("register", "track")."""
     follower_of = {name: b.follows for name, b in bones.items() if getattr(b, "follows", None)}
     for name, leader in follower_of.items():
+        if leader == name:
+            raise FluoroRegError(f"{name} cannot follow itself; name another component, e.g. the tray")
         if leader not in bones:
             raise FluoroRegError(f"{name} follows {leader}, which is not {doing}ed; {doing} {leader} too "
                                  f"({doing}ed: {', '.join(b for b in bones if b not in follower_of)})")

@@ -57,18 +57,11 @@ def implant_bodies(implants) -> dict[str, ImplantBody]:
         if not 1 <= len(parts) <= 3:
             raise FluoroRegError(f"implant {name}: give a model node, (model, material) or (model, material, "
                                  f"follows), got {len(parts)} items")
-        node, material, follows = (parts + ("cobalt_chrome", None)[len(parts) - 1:])[:3]
+        node, material, follows = parts + (None,) * (3 - len(parts))
         body = component_body(mesh_from_model(node, name), material or "cobalt_chrome")
-        if follows == name:
-            raise FluoroRegError(f"implant {name} cannot follow itself; name another component, e.g. the tray")
         bodies[name] = replace(body, follows=follows) if follows else body
-    followed(bodies)  # a leader that is not among the components: one line now, not in the worker
+    followed(bodies)  # a leader that is not among the components, or itself: one line now, not in the worker
     return bodies
-
-
-def following(volumes: dict) -> set[str]:
-    """The names among ``volumes`` that follow another (registered from no start of their own)."""
-    return {name for name, v in volumes.items() if getattr(v, "follows", None)}
 
 
 def write_implant(body: ImplantBody, folder) -> Path:
@@ -99,4 +92,4 @@ def model_from_mesh(scene, mesh: ImplantMesh, name: str | None = None):
     return node
 
 
-__all__ = ["following", "implant_bodies", "mesh_from_model", "model_from_mesh", "write_implant"]
+__all__ = ["implant_bodies", "mesh_from_model", "model_from_mesh", "write_implant"]

@@ -280,7 +280,8 @@ class FluoroRegistrationLogic:
         components registered beside the bones (``bones`` may then be empty and the CT and label
         nodes None)."""
         from ..register import Registration, prepare_frame
-        from .implants import following, implant_bodies
+        from ..register.pipeline import followed
+        from .implants import implant_bodies
 
         rig = as_rig(calibration)
         frameNodes = rig.per_view(frameNode, "frame node")
@@ -289,7 +290,8 @@ class FluoroRegistrationLogic:
         with_bones = bool(bones) or not implants  # neither: boneIds says what to pass
         volumes = {**(self.boneVolumes(ctNode, labelNode, bones) if with_bones else {}), **implant_bodies(implants)}
         registration = Registration(volumes, config, self.boneIds(labelNode, bones) if with_bones else {})
-        initial = self.poses([b for b in volumes if b not in following(volumes)], initialPoseNodes)
+        follower_of = followed(volumes)  # followers take their leaders' poses: no start of their own
+        initial = self.poses([b for b in volumes if b not in follower_of], initialPoseNodes)
         masks = [None if m is None else self.masksFromLabelMap(m, v.camera, registration.label_ids)
                  for m, v in zip(maskNodes, rig.views)]
         if len(rig) == 1:
@@ -314,7 +316,8 @@ class FluoroRegistrationLogic:
         read them (without --out): what Register runs, for a script or a cluster to run as well.
         ``implants`` as in :meth:`register`: each written as ``folder/<name>.stl`` (LPS mm)."""
         from ..register import RegistrationConfig
-        from .implants import following, implant_bodies, write_implant
+        from ..register.pipeline import followed
+        from .implants import implant_bodies, write_implant
         from .process import write_inputs
 
         rig = as_rig(calibration)
@@ -326,7 +329,8 @@ class FluoroRegistrationLogic:
         masks = [None if m is None else self.maskLabels(m) for m in maskNodes]
         settings = (config if isinstance(config, RegistrationConfig) else  # checked here, before the child starts
                     RegistrationConfig.from_dict(config or {})).to_dict()
-        starting = list(ids) + [b for b in bodies if b not in following(bodies)]
+        follower_of = followed(bodies)
+        starting = list(ids) + [b for b in bodies if b not in follower_of]
         initial = {b: p.numpy() for b, p in self.poses(starting, initialPoseNodes).items()}
         frames = [self.frameImage(n, v.camera) for n, v in zip(frameNodes, rig.views)]
         Path(folder).mkdir(parents=True, exist_ok=True)
