@@ -29,6 +29,7 @@ from .web_session import PREVIEW_LONGEST, WebSession, find_inputs, inputs_from_f
 LABELS = {"x": "x (mm, across)", "y": "y (mm, down)", "z": "z (mm, depth)", "rx": "turn about x (deg)",
           "ry": "turn about y (deg)", "rz": "turn about z (deg, in-plane)"}
 REST_SECONDS = 0.3  # full-size DRR once the pose has not moved for this long
+PREVIEW_AFTER_SECONDS = 0.002  # the coarse draw waits this long, so the slider event's reply goes out first
 log = logging.getLogger("fluororeg.gui")
 
 
@@ -40,6 +41,7 @@ class RegistrationPage:
         self.state, self.ctrl = server.state, server.controller
         self._quiet = False  # True while the page itself writes slider values
         self._rest = None
+        self._preview_due = False  # a coarse draw is scheduled
         self._times: list[float] = []
         self.state.update({"data_dir": "", "model_dir": "", "bone": None, "bones": [], "registered": [], "uploads": None, "track_dir": "", "track_summary": "",
                            "kinematics": "", "frame_index": 0,
@@ -142,8 +144,22 @@ class RegistrationPage:
             return
         for name, value in changed.items():
             self.guard(self.session.move, self.state.bone, name, value)
-        self.guard(self.refresh, PREVIEW_LONGEST)
+        self.schedule_preview()
         self.schedule_rest()
+
+    def schedule_preview(self) -> None:
+        """Draw the coarse DRR after this event's reply has gone out, once for all the slider events
+        that arrive meanwhile: the browser sends its next value as soon as the reply comes, so the
+        pictures keep pace with the draw, not with a draw plus a round trip (the latest pose wins)."""
+        if self._preview_due:
+            return
+        self._preview_due = True
+        asyncio.get_event_loop().call_later(PREVIEW_AFTER_SECONDS, self._preview)
+
+    def _preview(self) -> None:
+        self._preview_due = False
+        with self.state:
+            self.guard(self.refresh, PREVIEW_LONGEST)
 
     def schedule_rest(self) -> None:
         """Full-size DRR once the sliders rest for REST_SECONDS."""
@@ -244,12 +260,18 @@ def _number(value) -> bool:
 def build_ui(server) -> None:
     """The page: a drawer with the workflow, the frame with its overlays in the middle."""
     from trame.ui.vuetify3 import SinglePageWithDrawerLayout
-    from trame.widgets import html
+    from trame.widgets import client, html
     from trame.widgets import vuetify3 as v
 
     with SinglePageWithDrawerLayout(server, full_height=True) as layout:
         layout.title.set_text("FluoroRegistration")
         layout.drawer.width = 400
+        # the footer's busy spinner turns at every slider event and has the browser repaint and re-render
+        # the page continuously: on 2 software-rendered cores it halved the pictures per second
+        layout.footer.clear()
+        layout.footer.hide()
+        # and the sliders' gliding thumbs (a transition per key press) cost as much again: they jump
+        client.Style(".v-slider-thumb, .v-slider-track__fill { transition: none !important; }")
         with layout.drawer:
             with v.VCard(classes="ma-2", title="Data"):
                 with v.VCardText():
