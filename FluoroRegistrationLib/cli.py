@@ -44,9 +44,12 @@ def cmd_phantom(args) -> None:
     from .phantom import make_knee_phantom, write_phantom
 
     spacing = _floats(args.spacing, 3, "--spacing")
-    size = _floats(args.size, 3, "--size")
+    size = _floats(args.size or ("300,240,200" if args.anatomy == "spine" else "160,160,240"), 3, "--size")
     if min(spacing) <= 0 or min(size) <= 0:
         raise FluoroRegError("--spacing and --size must be positive")
+    if args.anatomy == "spine":
+        _spine_phantom(args, spacing, size)
+        return
     phantom = make_knee_phantom(spacing_mm=spacing, flexion_deg=args.flexion, seed=args.seed, size_mm=size,
                                 side=args.side)
     implants = ""
@@ -62,6 +65,19 @@ def cmd_phantom(args) -> None:
     shape = "x".join(map(str, phantom.hu.shape[::-1]))
     print(f"knee phantom ({shape} voxels, flexion {args.flexion:g} deg) -> " + ", ".join(map(str, paths.values()))
           + implants)
+
+
+def _spine_phantom(args, spacing, size) -> None:
+    from .phantom import write_phantom
+    from .phantom_spine import make_spine_phantom
+
+    if args.implant or args.flexion or args.side != "right":
+        raise FluoroRegError("--implant, --flexion and --side are the knee's; the spine phantom takes --spacing, "
+                             "--size and --seed")
+    phantom = make_spine_phantom(spacing_mm=spacing, seed=args.seed, size_mm=size)
+    paths = write_phantom(phantom, args.out)
+    shape = "x".join(map(str, phantom.hu.shape[::-1]))
+    print(f"lumbar spine phantom ({shape} voxels; L1-L5, ribs, pelvis) -> " + ", ".join(map(str, paths.values())))
 
 
 def cmd_render(args) -> None:
@@ -113,10 +129,10 @@ def cmd_simulate(args) -> None:
         from .volume import default_label_names
 
         names = default_label_names(args.labels)
-    flex = _floats(args.flexion_range, 2, "--flexion-range")
+    flex = None if args.flexion_range is None else _floats(args.flexion_range, 2, "--flexion-range")
     from .phantom import check_flexion
 
-    if check_flexion(flex[0], "--flexion-range start") > check_flexion(flex[1], "--flexion-range end"):
+    if flex is not None and check_flexion(flex[0], "--flexion-range start") > check_flexion(flex[1], "--flexion-range end"):
         raise FluoroRegError(f"--flexion-range {args.flexion_range} runs backwards; give min,max (e.g. 0,90)")
     simulate_folder(args.out, args.ct, args.labels, names, frames=args.frames,
                     sequence=None if args.sequence == "none" else args.sequence, seed=args.seed,
@@ -493,10 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "to fluoroscopy. " + CONVENTIONS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("phantom", help="write the built-in procedural knee phantom (CT + labels)")
+    p = sub.add_parser("phantom", help="write the built-in procedural knee phantom (CT + labels), or the lumbar spine's")
     p.add_argument("--out", required=True, help="output folder (ct.nii.gz, labels.nii.gz, labels.json)")
+    p.add_argument("--anatomy", choices=["knee", "spine"], default="knee",
+                   help="knee (femur, tibia, patella, fibula) or spine (L1-L5 among ribs, pelvis, organs, bowel gas)")
     p.add_argument("--spacing", default="1.0", help="voxel size in mm: one value or sx,sy,sz (default 1)")
-    p.add_argument("--size", default="160,160,240", help="extent in mm x,y,z (default 160,160,240)")
+    p.add_argument("--size", help="extent in mm x,y,z (default 160,160,240 for the knee, 300,240,200 for the spine)")
     p.add_argument("--flexion", type=float, default=0.0, help="knee flexion in degrees (default 0)")
     p.add_argument("--side", choices=["right", "left"], default="right")
     p.add_argument("--seed", type=int, default=0)
@@ -527,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence", choices=["none", "flexion", "gait", "squat", "step-up"], default="none",
                    help="independent random knee poses (none), a flexion-extension cycle, a gait cycle, a squat "
                    "or a step-up (screw-home rotation and roll-back)")
-    p.add_argument("--flexion-range", default="0,120", help="min,max knee flexion in degrees (default 0,120)")
+    p.add_argument("--flexion-range", help="min,max flexion in degrees (default 0,120 for a knee; -15,35 over the "
+                   "lumbar spine for a spine CT, whose label map names vertebrae L1 ...)")
     p.add_argument("--realism", choices=["off", "low", "medium", "high"], default="medium")
     p.add_argument("--calib", help="nominal calibration JSON (default: 512x512, 0.5 mm pixels, sdd 1000 mm)")
     p.add_argument("--size", type=int, help="resample the detector to size x size pixels")

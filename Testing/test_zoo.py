@@ -66,3 +66,19 @@ def test_zoo_table_counts_search_and_similarity_failures():
     assert "| m | g | femur | mask | 4 | 50 % |" in zoo_table([s]) and "2 (1 / 1)" in zoo_table([s])
     with pytest.raises(FluoroRegError, match="unknown zoo member"):
         ZooSettings(members=("nope",))
+
+
+def test_the_spine_member_is_the_spine_phantom_on_a_clinical_grid(tmp_path):
+    from FluoroRegistrationLib.evaluate.zoo import MEMBERS
+    from FluoroRegistrationLib.phantom_spine import SPINE_LABELS
+
+    spine = [m for m in MEMBERS.values() if m.anatomy == "spine"]
+    assert spine and all(m.bones and set(m.bones) <= set(SPINE_LABELS) for m in spine)
+    member = ZooMember("s", spacing_mm=(3.0, 3.0, 5.0), anatomy="spine", bones=("L3",))
+    ct, labels, names = _load(make_member(member, tmp_path, phantom_spacing_mm=3.0)["phantom"])
+    assert np.allclose(ct.spacing, (3.0, 3.0, 5.0)) and names == SPINE_LABELS
+    assert all((labels.array == names[v]).any() for v in ("L1", "L2", "L3", "L4", "L5", "ribs", "pelvis"))
+    with pytest.raises(FluoroRegError, match="not scaled or cut"):
+        ZooMember("bad", anatomy="spine", scale=1.2)
+    with pytest.raises(FluoroRegError, match="not knee or spine"):
+        ZooMember("bad", anatomy="hip")

@@ -5,7 +5,9 @@ A member is a CT made from the built-in knee phantom the way real data differ fr
 scaled (0.8-1.25x) with denser or lighter bone, resampled onto a grid a scanner produces
 (anisotropic 0.6 x 0.6 x 2.5 mm or 1 x 1 x 3 mm: linear for the CT, nearest for the labels), CT
 noise, and a field of view that cuts the bones (the frames are simulated from the whole leg, the
-registration only gets the cut CT). A geometry is a detector (size, pixel pitch) and a
+registration only gets the cut CT); or another anatomy: the procedural lumbar spine
+(phantom_spine.py), where each registered vertebra lies between two others, with ribs, the
+pelvis, organs and bowel gas in every lateral frame. A geometry is a detector (size, pixel pitch) and a
 source-to-detector distance; the knee sits at 0.7 of it (550-800 mm). For every member and
 geometry the simulator (not the registration's renderer) makes frames, and the evaluation harness
 (``run_experiment``, the one registration path) registers them from starts of 0-6 and 6-12 mm mTRE, with
@@ -38,6 +40,14 @@ class ZooMember:
     density: float = 1.0  # bone's HU above soft tissue, scaled
     noise_hu: float = 0.0  # CT noise (Gaussian, std)
     fov_z_mm: float | None = None  # the registration's CT keeps this slab around the knee (None: all)
+    anatomy: str = "knee"  # "knee" (phantom.py) or "spine" (phantom_spine.py)
+    bones: tuple | None = None  # what is registered (None: the zoo's bones, femur and tibia)
+
+    def __post_init__(self):
+        if self.anatomy not in ("knee", "spine"):
+            raise FluoroRegError(f"zoo member {self.name}: anatomy {self.anatomy!r} is not knee or spine")
+        if self.anatomy == "spine" and (self.scale != 1.0 or self.fov_z_mm is not None):
+            raise FluoroRegError(f"zoo member {self.name}: the spine is not scaled or cut (scale 1, fov_z_mm None)")
 
 
 MEMBERS = {m.name: m for m in (
@@ -47,7 +57,9 @@ MEMBERS = {m.name: m for m in (
     ZooMember("small-light-0.7x0.7x2.5", spacing_mm=(0.7, 0.7, 2.5), scale=0.8, density=0.8, noise_hu=20.0),
     ZooMember("large-dense-cut-fov", spacing_mm=(1.0, 1.0, 1.0), scale=1.25, density=1.2, noise_hu=15.0,
               fov_z_mm=150.0),
+    ZooMember("spine-0.8x0.8x2.5", spacing_mm=(0.8, 0.8, 2.5), noise_hu=20.0, anatomy="spine", bones=("L3", "L4")),
 )}
+FLEXION_RANGE_DEG = {"knee": (10.0, 60.0), "spine": None}  # None: the simulator's default for the anatomy
 
 GEOMETRIES = {
     "256px-1.35mm-sdd1020": Camera(1020.0, 256, 256, 1.35, 1.35),
@@ -84,10 +96,12 @@ def make_member(member: ZooMember, out, seed: int = 0, phantom_spacing_mm: float
     import SimpleITK as sitk
 
     from ..phantom import make_knee_phantom
+    from ..phantom_spine import make_spine_phantom
     from ..volume import SOFT_TISSUE_HU, ImageVolume, write_image
 
     out = Path(out)
-    ph = make_knee_phantom(spacing_mm=phantom_spacing_mm, flexion_deg=0.0, seed=seed)
+    ph = (make_spine_phantom(spacing_mm=phantom_spacing_mm, seed=seed) if member.anatomy == "spine" else
+          make_knee_phantom(spacing_mm=phantom_spacing_mm, flexion_deg=0.0, seed=seed))
     hu = ph.hu.astype(np.float32)
     bone = ph.labels > 0
     hu[bone] = SOFT_TISSUE_HU + (hu[bone] - SOFT_TISSUE_HU) * member.density
@@ -169,10 +183,11 @@ def run_zoo(settings: ZooSettings, out, workers: int | None = None, serial: bool
                 _link_registration_ct(member_dir, folder)
                 simulate_folder(folder, member_dir / "full" / "ct.nii.gz", member_dir / "full" / "labels.nii.gz",
                                 member_dir / "full" / "labels.json", frames=settings.frames, seed=settings.seed,
-                                realism=settings.realism, camera=GEOMETRIES[g], flexion_range=(10.0, 60.0))
+                                realism=settings.realism, camera=GEOMETRIES[g],
+                                flexion_range=FLEXION_RANGE_DEG[MEMBERS[m].anatomy])
             exp = experiment_from_dict({
                 "name": f"zoo {m} {g}", "seed": settings.seed, "frames": {"folder": str(folder)},
-                "bones": list(settings.bones), "calibration": "true",
+                "bones": list(MEMBERS[m].bones or settings.bones), "calibration": "true",
                 "starts": {"mtre_bins_mm": list(settings.mtre_bins_mm), "per_bin": settings.per_bin},
                 "conditions": [{"name": "mask", "mask": "truth"}, {"name": "no mask", "mask": "none"}],
                 "options": dict(options or {})})

@@ -39,6 +39,7 @@ from ..volume import load_ct, load_labels, read_label_names
 from .clutter import get_clutter, sample_clutter
 from .frames import FrameSimulator, occlusion_masks, realism_description
 from .scene import femur_pose, knee_centre, knee_poses, sample_knee_states
+from .spine_scene import SPINE_FLEXION_RANGE, body_centres, is_spine, sample_spine_states, spine_poses
 
 KNEE_DEPTH_FRACTION = 0.7  # source-to-knee distance / sdd, as on a mobile C-arm
 DEFAULT_CAMERA = Camera(sdd_mm=1000.0, rows=512, cols=512, row_spacing_mm=0.5, col_spacing_mm=0.5)
@@ -102,9 +103,13 @@ def _simulated_rig(camera: Camera, view_angles_deg, sim: FrameSimulator, generat
 
 def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frames: int = 8, sequence=None,
                     seed: int = 0, realism: str = "medium", camera: Camera | None = None,
-                    reference_flexion_deg: float | None = None, flexion_range=(0.0, 120.0),
+                    reference_flexion_deg: float | None = None, flexion_range=None,
                     interpolation: str = "nearest", clutter=None, view_angles_deg=(), implants=None) -> dict:
     """Simulate ``frames`` frames of a knee into ``out`` (see the module docstring). Returns paths.
+
+    The anatomy comes from the label names: a knee (femur, tibia ...; flexion in ``flexion_range``,
+    default 0-120 deg) or a spine (vertebrae L1 ...: lateral views bending through
+    ``flexion_range``, default spine_scene.SPINE_FLEXION_RANGE; no clutter, sequences or implants).
 
     ``clutter``: a preset name of ``simulate/clutter.py`` (none, mixed, heavy) or a ClutterModel;
     drawn anew for every frame from a generator of its own, so the knees and the C-arm are those
@@ -129,7 +134,10 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     clutter_model = get_clutter(clutter)
     components = read_implants(out / "phantom" if implants is True else implants) if implants else None
     sim = FrameSimulator(ct, labels, names, realism, interpolation=interpolation, implants=components)
-    centre = knee_centre(ct, labels, names)
+    spine = is_spine(names)
+    if spine and (clutter_model is not None or sequence or implants):
+        raise FluoroRegError("clutter, sequences and implants are a knee's; simulate a spine without them")
+    centre = body_centres(labels, names) if spine else knee_centre(ct, labels, names)
     generator = torch.Generator().manual_seed(seed)
     clutter_generator = torch.Generator().manual_seed(seed + 7919)
     # the nominal calibration knows the intensifier's distortion (as a grid calibration would)
@@ -144,16 +152,24 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     if len(rig) > 1:
         rig.to_json(out / "rig.json")
         true_rig.to_json(out / "rig_true.json")
-    states = sample_knee_states(frames, generator, sequence, flexion_range)
+    bones, depth_mm = [p.bone for p in sim.parts], KNEE_DEPTH_FRACTION * camera.sdd_mm
+    if spine:
+        states = sample_spine_states(frames, generator, flexion_range or SPINE_FLEXION_RANGE)
+    else:
+        flexion_range = flexion_range or (0.0, 120.0)
+        states = sample_knee_states(frames, generator, sequence, flexion_range)
     all_poses, meta = {}, {}
     for i, state in enumerate(tqdm(states, desc="simulate", unit="frame")):
         key = f"{i:04d}"
-        femur = femur_pose(centre, state, KNEE_DEPTH_FRACTION * camera.sdd_mm)
-        poses = knee_poses(centre, femur, state.flexion_deg, state.adduction_deg, state.rotation_deg,
-                           reference_flexion_deg or 0.0, bones=[p.bone for p in sim.parts], rollback_mm=state.rollback_mm)
-        scene = sample_clutter(clutter_model, centre, femur, true_rig.views[0].camera, clutter_generator,
-                               bones=[p.bone for p in sim.parts], reference_flexion_deg=reference_flexion_deg or 0.0,
-                               flexion_range=flexion_range)
+        if spine:
+            poses, scene = spine_poses(centre, state, depth_mm, bones), None
+        else:
+            femur = femur_pose(centre, state, depth_mm)
+            poses = knee_poses(centre, femur, state.flexion_deg, state.adduction_deg, state.rotation_deg,
+                               reference_flexion_deg or 0.0, bones=bones, rollback_mm=state.rollback_mm)
+            scene = sample_clutter(clutter_model, centre, femur, true_rig.views[0].camera, clutter_generator,
+                                   bones=bones, reference_flexion_deg=reference_flexion_deg or 0.0,
+                                   flexion_range=flexion_range)
         levels = []
         for k, (folder, view, g) in enumerate(zip(folders, true_rig.views, generators)):
             view_poses = {b: view.camera_from_reference @ T for b, T in poses.items()} if k else poses
@@ -161,14 +177,17 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
             levels.append(_write_frame(folder, key, sim.frame(view.camera, view_poses, g, clutter=view_scene), names))
             write_poses(folder / "poses" / f"{key}.json", _with_implants(view_poses, sim))
         all_poses[key] = {b: {"camera_from_volume": T.tolist()} for b, T in _with_implants(poses, sim).items()}
-        meta[key] = {"flexion_deg": state.flexion_deg, "adduction_deg": state.adduction_deg,
-                     "rotation_deg": state.rotation_deg, "rollback_mm": state.rollback_mm, "levels": levels[0]}
+        meta[key] = ({"flexion_deg": state.flexion_deg, "levels": levels[0]} if spine else
+                     {"flexion_deg": state.flexion_deg, "adduction_deg": state.adduction_deg,
+                      "rotation_deg": state.rotation_deg, "rollback_mm": state.rollback_mm, "levels": levels[0]})
         if clutter_model is not None:
             meta[key]["clutter"] = scene.describe()
     (out / "poses.json").write_text(json.dumps(all_poses, indent=1) + "\n")
     (out / "frames.json").write_text(json.dumps(meta, indent=1) + "\n")
     record = {"seed": seed, "frames": frames, "sequence": sequence, "ct": str(ct_path), "labels": str(labels_path),
-              "label_names": names, "knee_centre_mm": [float(c) for c in centre],
+              "label_names": names, "anatomy": "spine" if spine else "knee",
+              **({"body_centres_mm": {v: [float(c) for c in x] for v, x in centre.items()}} if spine else
+                 {"knee_centre_mm": [float(c) for c in centre]}),
               "interpolation": interpolation, "views": rig.names, "view_angles_deg": list(view_angles_deg),
               "clutter": None if clutter_model is None else asdict(clutter_model), "realism": realism_description(sim.realism, sim.spectrum)}
     (out / "simulation.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
