@@ -43,8 +43,9 @@ bench: $(STAMP)
 bench-register: $(STAMP)
 	$(PY) benchmarks/register.py --frames 20 --calibration true
 
-# the validation zoo: 5 CTs (grids, sizes, densities, noise, a cut field of view) x 3 detector
-# geometries, through the evaluation harness; one table (zoo_out/zoo.md)
+# the validation zoo: 5 knee CTs (grids, sizes, densities, noise, a cut field of view) and a lumbar
+# spine x 3 detector geometries, through the evaluation harness; one table (zoo_out/zoo.md); about
+# 2 hours on 2 cores (the spine's 1024 px frames take ~15 minutes each to simulate)
 zoo: $(STAMP)
 	$(VENV)/bin/fluororeg zoo --out zoo_out
 

@@ -124,6 +124,32 @@ def test_the_turn_about_the_long_axis_is_probed_after_the_second_level(scene):
     assert after["in_plane_mm"] < 0.5 and after["rotation_deg"] < 1.5
 
 
+def test_the_tilt_recheck_at_the_next_level_turns_a_wrong_tilt_back(scene):
+    """Adam held to a few steps cannot undo an 8 deg tilt; the recheck's grid at the level after the
+    ranking level finds the right one (and is absent when switched off)."""
+    bones, camera, truth, frame, mask = scene
+    par = CentredParameterization(bones["femur"].centroid, truth)
+    start = par.pose(torch.tensor([math.radians(8), 0.0, 0.0, 0.0, 0.0, 0.0], dtype=F64))
+    runs = {}
+    for recheck in (True, False):
+        # a search too small to move the pose (the recheck follows a global search only)
+        config = RegistrationConfig.from_dict({"search": {"range_mm": 0.1, "range_deg": 0.1, "steps": 1,
+                                                          "candidates": 2}, "ranking": {"level": 0},
+                                               "depth_scan": {"enabled": False},
+                                               "pyramid": {"pixel_mm": [2.8, 1.4], "iterations": [1, 1]},
+                                               "tilt_probe": {"recheck": recheck}})
+        femur = register(bones, frame, camera, {"femur": start}, masks={"femur": mask}, config=config).bones["femur"]
+        names = [s.name.rsplit(" ", 1)[0] for s in femur.stages]
+        runs[recheck] = (pose_errors(femur.camera_from_volume, truth, bones["femur"].centroid,
+                                     bones["femur"].points)["rotation_deg"], names)
+    assert "tilt recheck" in runs[True][1] and "tilt recheck" not in runs[False][1]
+    assert runs[False][0] > 5.0 and runs[True][0] < 2.5, runs
+    tracked = RegistrationConfig.from_dict({"search": {"enabled": False}, "ranking": {"level": 0},
+                                            "pyramid": {"pixel_mm": [2.8, 1.4], "iterations": [1, 1]}})
+    femur = register(bones, frame, camera, {"femur": start}, masks={"femur": mask}, config=tracked).bones["femur"]
+    assert not any(s.name.startswith("tilt recheck") for s in femur.stages)  # no search, no recheck
+
+
 def test_cancel_stops_the_registration(scene):
     bones, camera, truth, frame, mask = scene
     with pytest.raises(Cancelled):

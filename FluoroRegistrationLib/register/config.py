@@ -181,10 +181,18 @@ class _Probe:
 
 @dataclass(frozen=True)
 class TiltProbe(_Probe):
-    """At the ranking level: a grid over both out-of-plane rotations, +-``range_deg``."""
+    """At the ranking level: a grid over both out-of-plane rotations, +-``range_deg``. With
+    ``recheck``, after a global search, the grid runs again at the next finer level once it is
+    refined (and that level is refined again from a better tilt): a bone whose left and right halves
+    double up in a lateral view (a vertebra's pedicles and facets) shows a wrong tilt only there."""
 
     range_deg: float = 12.0
     step_deg: float = 4.0
+    recheck: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        _flag("TiltProbe", "recheck", self.recheck)
 
 
 @dataclass(frozen=True)

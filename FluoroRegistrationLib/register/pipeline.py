@@ -199,6 +199,8 @@ def expected_reports(config: RegistrationConfig, camera: Camera, depth_mm: float
         total += adam[index] + (scan if scans else 0)
         if index == first == rank and index > 0:
             total += tilt + axial + adam[index]  # the probes and one refinement after them
+        if index == rank + 1 and config.search.enabled and config.tilt_probe.recheck:
+            total += tilt  # the tilt recheck (its refinement, when one runs, is not counted)
     return max(1, round(total))
 
 
@@ -379,11 +381,12 @@ class _BoneRegistration:
                                     bounds=(-self.box, self.box), retries=retries,
                                     report=self.report, name=f"{label}refine {self.size(index)}"), index)
 
-    def tilt_probe(self, x, name: str):
-        """Best pose on a grid over both out-of-plane rotations at the ranking level."""
+    def tilt_probe(self, x, name: str, index: int | None = None):
+        """Best pose on a grid over both out-of-plane rotations at level ``index`` (None: the ranking level)."""
+        index = self.rank_level if index is None else index
         offsets = _probe_offsets(self.config.tilt_probe)
-        return self.log(grid_search(self.level_objective(self.rank_level), x, (0, 1), offsets, report=self.report,
-                                    name=f"{name} {self.size(self.rank_level)}"), self.rank_level)
+        return self.log(grid_search(self.level_objective(index), x, (0, 1), offsets, report=self.report,
+                                    name=f"{name} {self.size(index)}"), index)
 
     def axial_probe(self, x):
         """Best turn about the bone's long axis at the ranking level."""
@@ -440,7 +443,17 @@ class _BoneRegistration:
                     if probed is None or probed[1] >= loss - 1e-4:
                         break
                     x, loss = self.refine(probed[0], index, scan=False)
+            if index == self.rank_level + 1 and self._rechecks_tilt():
+                probed = self.tilt_probe(x, "tilt recheck", index)
+                if probed[1] < loss - 1e-4:
+                    x, loss = self.refine(probed[0], index, scan=False)
         return x
+
+    def _rechecks_tilt(self) -> bool:
+        """Whether the tilt grid runs again at the level after the ranking level: when enabled, and
+        only after a global search (a refinement from a close pose, as tracking's, keeps its tilt)."""
+        probe = self.config.tilt_probe
+        return probe.enabled and probe.recheck and self.config.search.enabled
 
 
 def _device_bone(bone: RenderVolume, config: RegistrationConfig) -> RenderVolume:
