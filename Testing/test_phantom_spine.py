@@ -12,7 +12,7 @@ from scipy import ndimage
 from FluoroRegistrationLib.geometry import Camera, rotation_angle, transform_points
 from FluoroRegistrationLib.phantom import write_phantom
 from FluoroRegistrationLib.phantom_spine import SPINE_LABELS, VERTEBRAE, make_spine_phantom
-from FluoroRegistrationLib.simulate.spine_scene import (SEGMENT_SHARE, SpineState, body_centres, is_spine,
+from FluoroRegistrationLib.simulate.spine_scene import (SEGMENT_SHARE, SpineState, is_spine,
                                                         spine_poses, spine_relative_poses, vertebrae)
 from FluoroRegistrationLib.volume import load_ct, load_labels
 

@@ -199,9 +199,16 @@ def expected_reports(config: RegistrationConfig, camera: Camera, depth_mm: float
         total += adam[index] + (scan if scans else 0)
         if index == first == rank and index > 0:
             total += tilt + axial + adam[index]  # the probes and one refinement after them
-        if index == rank + 1 and config.search.enabled and config.tilt_probe.recheck:
+        if index == rank + 1 and rechecks_tilt(config):
             total += tilt  # the tilt recheck (its refinement, when one runs, is not counted)
     return max(1, round(total))
+
+
+def rechecks_tilt(config: RegistrationConfig) -> bool:
+    """Whether the tilt grid runs again at the level after the ranking level: when enabled, and
+    only after a global search (a refinement from a close pose, as tracking's, keeps its tilt)."""
+    probe = config.tilt_probe
+    return probe.enabled and probe.recheck and config.search.enabled
 
 
 def bone_depth_mm(bone: RenderVolume, pose: torch.Tensor) -> float:
@@ -443,17 +450,11 @@ class _BoneRegistration:
                     if probed is None or probed[1] >= loss - 1e-4:
                         break
                     x, loss = self.refine(probed[0], index, scan=False)
-            if index == self.rank_level + 1 and self._rechecks_tilt():
+            if index == self.rank_level + 1 and rechecks_tilt(self.config):
                 probed = self.tilt_probe(x, "tilt recheck", index)
                 if probed[1] < loss - 1e-4:
                     x, loss = self.refine(probed[0], index, scan=False)
         return x
-
-    def _rechecks_tilt(self) -> bool:
-        """Whether the tilt grid runs again at the level after the ranking level: when enabled, and
-        only after a global search (a refinement from a close pose, as tracking's, keeps its tilt)."""
-        probe = self.config.tilt_probe
-        return probe.enabled and probe.recheck and self.config.search.enabled
 
 
 def _device_bone(bone: RenderVolume, config: RegistrationConfig) -> RenderVolume:

@@ -175,8 +175,8 @@ def _slab_windows(camera: Camera, camera_from_index: torch.Tensor, axis: int, sl
     corners = torch.cat([corners, torch.ones(*corners.shape[:2], 1, dtype=torch.float64)], -1)
     m = camera_from_index.detach().cpu()[:, :3]  # (B, 3, 4)
     cam = torch.einsum("brc,npc->bnpr", m, corners)  # (B, n, 8, 3)
-    u = camera.u0 + camera.fx * cam[..., 0] / cam[..., 2]  # (B, n, 8)
-    v = camera.v0 + camera.fy * cam[..., 1] / cam[..., 2]
+    uv = camera.project(cam)  # (B, n, 8, 2)
+    u, v = uv[..., 0], uv[..., 1]
     out = []
     for v0, v1, u0, u1 in zip(v.amin((0, 2)).floor().tolist(), (v.amax((0, 2)).ceil() + 1).tolist(),
                               u.amin((0, 2)).floor().tolist(), (u.amax((0, 2)).ceil() + 1).tolist()):

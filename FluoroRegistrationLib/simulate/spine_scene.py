@@ -20,7 +20,6 @@ import torch
 
 from ..errors import FluoroRegError
 from ..geometry import CentredParameterization, lateral_view, rotation_from_rotvec
-from ..volume import ImageVolume
 
 SEGMENT_SHARE = (0.17, 0.19, 0.22, 0.23, 0.19)  # of lumbar flexion: L1-L2, L2-L3, L3-L4, L4-L5, L5-S1
 SPINE_FLEXION_RANGE = (-15.0, 35.0)  # extension to flexion, degrees over the lumbar spine
@@ -57,13 +56,10 @@ def sample_spine_states(n: int, generator: torch.Generator, flexion_range=SPINE_
     return [SpineState(tuple(view[i].tolist()), float(flex[i])) for i in range(n)]
 
 
-def body_centres(labels: ImageVolume, names: dict[str, int]) -> dict[str, np.ndarray]:
-    """{vertebra: (3,) LPS centroid of its voxels}, from the head down, for those in the label map."""
-    out = {}
-    for v in vertebrae(names):
-        idx = np.argwhere(labels.array == names[v])
-        if len(idx):
-            out[v] = (labels.volume_from_index[:3, :3] @ idx[:, ::-1].mean(0) + labels.volume_from_index[:3, 3])
+def body_centres(bones: dict, names: dict[str, int]) -> dict[str, np.ndarray]:
+    """{vertebra: (3,) LPS centroid of its voxels}, from the head down, for the vertebrae among
+    ``bones`` ({name: RenderVolume}, as the simulator holds them: their centroids are the labels')."""
+    out = {v: bones[v].centroid.numpy() for v in vertebrae(names) if v in bones}
     if not out:
         raise FluoroRegError("the label map names no vertebra with voxels; a spine scene needs L1-L5 (or T/C) labels")
     return out
@@ -99,8 +95,8 @@ def _disc_below(centres: dict, names: list[str], k: int) -> np.ndarray:
 
 def spine_poses(centres: dict[str, np.ndarray], state: SpineState, depth_mm: float, bones) -> dict[str, torch.Tensor]:
     """``camera_from_volume`` of every part: the lateral view of the middle vertebra, perturbed,
-    composed with each vertebra's motion; the ribs (and other parts above the vertebrae) follow the
-    top vertebra, the pelvis (and the rest) the CT."""
+    composed with each vertebra's motion; the ribs follow the top vertebra, every other part that is
+    not a vertebra (the pelvis) the CT."""
     names = list(centres)
     centre = centres[names[len(names) // 2]]
     view = lateral_view(centre, depth_mm)

@@ -137,7 +137,7 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
     spine = is_spine(names)
     if spine and (clutter_model is not None or sequence or implants):
         raise FluoroRegError("clutter, sequences and implants are a knee's; simulate a spine without them")
-    centre = body_centres(labels, names) if spine else knee_centre(ct, labels, names)
+    centre = body_centres(sim.bones, names) if spine else knee_centre(ct, labels, names)
     generator = torch.Generator().manual_seed(seed)
     clutter_generator = torch.Generator().manual_seed(seed + 7919)
     # the nominal calibration knows the intensifier's distortion (as a grid calibration would)
@@ -177,9 +177,9 @@ def simulate_folder(out, ct_path=None, labels_path=None, label_names=None, frame
             levels.append(_write_frame(folder, key, sim.frame(view.camera, view_poses, g, clutter=view_scene), names))
             write_poses(folder / "poses" / f"{key}.json", _with_implants(view_poses, sim))
         all_poses[key] = {b: {"camera_from_volume": T.tolist()} for b, T in _with_implants(poses, sim).items()}
-        meta[key] = ({"flexion_deg": state.flexion_deg, "levels": levels[0]} if spine else
-                     {"flexion_deg": state.flexion_deg, "adduction_deg": state.adduction_deg,
-                      "rotation_deg": state.rotation_deg, "rollback_mm": state.rollback_mm, "levels": levels[0]})
+        meta[key] = {"flexion_deg": state.flexion_deg, **({} if spine else {
+            "adduction_deg": state.adduction_deg, "rotation_deg": state.rotation_deg,
+            "rollback_mm": state.rollback_mm}), "levels": levels[0]}
         if clutter_model is not None:
             meta[key]["clutter"] = scene.describe()
     (out / "poses.json").write_text(json.dumps(all_poses, indent=1) + "\n")
