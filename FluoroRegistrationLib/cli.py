@@ -265,6 +265,7 @@ def cmd_register(args) -> None:
         views = "".join(f", {v} {s:.4f}" for v, s in r.view_similarity.items())
         depth = f", depth sd {r.depth_sd_mm:.2f} mm" if r.depth_sd_mm is not None and r.depth_sd_mm < 1e3 else ""
         depth += f", tilt sd {r.tilt_sd_deg:.2f} deg" if r.tilt_sd_deg is not None and r.tilt_sd_deg < 1e3 else ""
+        depth += ", voxels drawn as boxes" if r.voxel_model == "box" else ""
         print(f"{b}: {r.status.flag}, similarity {r.similarity:.4f}{views}{depth}, {r.iterations} iterations, {r.seconds:.1f} s"
               + (f" ({r.status.reason})" if r.status.reasons else ""))
     print(f"wrote {args.out}")

@@ -10,7 +10,7 @@ import torch
 from FluoroRegistrationLib import FluoroRegError
 from FluoroRegistrationLib.cli import main
 from FluoroRegistrationLib.files import write_poses
-from FluoroRegistrationLib.geometry import Camera, CentredParameterization
+from FluoroRegistrationLib.geometry import Camera, CentredParameterization, pose_from_rotvec
 from FluoroRegistrationLib.register import (
     Cancelled, RegistrationConfig, adam_refine, pose_errors, register, simulated_annealing)
 from FluoroRegistrationLib.render import project_label, render
@@ -247,3 +247,55 @@ def test_registration_on_cuda_matches_the_cpu(scene):
                for d in ("cpu", "cuda")]
     errs = [pose_errors(r.camera_from_volume, truth, bones["femur"].centroid, bones["femur"].points) for r in results]
     assert errs[1]["in_plane_mm"] < 0.5 and abs(errs[1]["mtre_mm"] - errs[0]["mtre_mm"]) < 1.0
+
+
+def _thick_slice_bone():
+    """A bone on a 0.8 x 0.8 x 3 mm CT grid (a shaft with a cortex and a bulging, rounded end) as
+    registration draws it, a lateral camera and the true pose."""
+    from FluoroRegistrationLib.register import Registration
+    from FluoroRegistrationLib.volume import ImageVolume
+
+    k, j, i = np.meshgrid(np.arange(40), np.arange(64), np.arange(64), indexing="ij")
+    x, y, z = (i - 31.5) * 0.8, (j - 31.5) * 0.8, (k - 19.5) * 3.0
+    r = np.sqrt((x / 1.2) ** 2 + y ** 2)
+    radius = 9 + 8 * np.exp(-((z - 25) / 18) ** 2)
+    inside = (r < radius) & (np.abs(z) < 48) & ((z < 35) | (r ** 2 + ((z - 35) * 1.6) ** 2 < radius ** 2))
+    hu = np.where(inside, np.where(r > radius - 2.5, 1200, 300), 0).astype(np.float32)
+    grid = dict(spacing=(0.8, 0.8, 3.0), origin=(-25.2, -25.2, -58.5))
+    reg = Registration.from_ct(ImageVolume.from_spacing(hu, **grid),
+                               ImageVolume.from_spacing(inside.astype(np.int16), **grid), label_names={"bone": 1})
+    camera = Camera(1000.0, 160, 160, 0.6, 0.6)
+    truth = pose_from_rotvec(torch.tensor([0.15, math.pi / 2 + 0.1, math.pi / 2], dtype=F64),
+                             torch.tensor([2.0, -3.0, 700.0], dtype=F64))
+    return reg, camera, truth
+
+
+def test_the_voxel_model_that_drew_the_frame_is_chosen_and_holds_the_depth():
+    """Frames of a thick-slice CT drawn by the exact ray tracer with box voxels (Siddon) and with the
+    trilinear interpolant. Along the beam through the truth, the matching voxel model's similarity
+    peaks within 0.5 mm of it and the other's 1 mm or more away; registration's ``auto`` picks the
+    model that drew the frame (and ``linear`` / ``box`` are obeyed)."""
+    from FluoroRegistrationLib.register import Registration, similarity_objective
+
+    reg, camera, truth = _thick_slice_bone()
+    bone = reg.volumes["bone"]
+    par = CentredParameterization(bone.centroid, truth, depth_along_ray=True)
+    start = par.pose(torch.tensor([0.01, -0.01, 0.01, 0.5, -0.5, 1.0], dtype=F64))
+    shifts = torch.arange(-3.0, 3.01, 0.25, dtype=F64)
+    x = torch.zeros(len(shifts), 6, dtype=F64)
+    x[:, 5] = shifts
+    for drawn, matching in (("nearest", "box"), ("linear", "linear")):
+        frame = render(bone, camera, truth, "exact", interpolation=drawn)
+        peaks = {}
+        for model, volume in (("linear", bone), ("box", bone.boxed(1.5))):
+            with torch.no_grad():
+                loss = similarity_objective(volume, frame, camera, truth, pixel_mm=0.42)(x)
+            peaks[model] = float(shifts[int(loss.argmin())])
+        other = "linear" if matching == "box" else "box"
+        assert abs(peaks[matching]) <= 0.5 and abs(peaks[other]) >= 1.0, (drawn, peaks)
+        forced = (("linear", "linear"), ("box", "box")) if drawn == "nearest" else ()
+        for choice, expected in (("auto", matching),) + forced:
+            config = RegistrationConfig.from_dict({"search": {"enabled": False}, "voxel_model": {"choice": choice},
+                                                   "pyramid": {"pixel_mm": [0.85, 0.42], "iterations": [2, 2]}})
+            result = Registration(reg.volumes, config).register(frame, camera, {"bone": start}).bones["bone"]
+            assert result.voxel_model == expected and result.to_dict()["voxel_model"] == expected, (drawn, choice)

@@ -218,6 +218,30 @@ class MaskFocus:
 
 
 @dataclass(frozen=True)
+class VoxelModel:
+    """How the finest level draws a CT of thick slices (one axis at least ``min_ratio`` times its
+    finest spacing, e.g. 0.7 x 0.7 x 2.5 mm): ``linear``, trilinear between slice centres, as a
+    continuous anatomy seen through the CT; ``box``, each voxel a box (flat across a slice, a step at
+    its faces: :meth:`RenderVolume.boxed`), as a ray tracer that treats voxels as boxes (Siddon) draws
+    frames from that CT; ``auto``, before the finest level both are scored at the pose reached and
+    the box model is taken when it scores higher by more than ``margin``. The wrong model costs depth
+    along the beam: on box-drawn frames of a 1 x 1 x 3 mm CT the linear model's minimum lay 1.0-2.6 mm
+    behind the truth (the box model's 0.2-0.5 mm), on frames drawn trilinearly or from the anatomy
+    itself the box model's up to 4.6 mm; at the truth the matching model scored higher by 0.04-0.09
+    (box-drawn) and 0.01-0.05 (not), at 0.35 mm per pixel. Coarser levels always draw linearly."""
+
+    choice: str = "auto"  # auto | linear | box
+    min_ratio: float = 1.5
+    margin: float = 0.005
+
+    def __post_init__(self):
+        if self.choice not in ("auto", "linear", "box"):
+            raise FluoroRegError(f"VoxelModel.choice = {self.choice!r} is unknown; use auto, linear or box")
+        _number("VoxelModel", "min_ratio", self.min_ratio, 1, 100, low_open=True)
+        _number("VoxelModel", "margin", self.margin, -1, 1)
+
+
+@dataclass(frozen=True)
 class Checks:
     """When a result is flagged (:mod:`~FluoroRegistrationLib.register.status`): ``failed`` below
     ``fail_similarity`` or with the bone's centre out of ``depth_fraction`` of the source-to-detector
@@ -270,7 +294,8 @@ class Checks:
 
 
 _STAGES = {"search": GlobalSearch, "ranking": Ranking, "pyramid": Pyramid, "steps": Steps, "depth_scan": DepthScan,
-           "tilt_probe": TiltProbe, "axial_probe": AxialProbe, "masks": MaskFocus, "checks": Checks}
+           "tilt_probe": TiltProbe, "axial_probe": AxialProbe, "masks": MaskFocus, "voxel_model": VoxelModel,
+           "checks": Checks}
 DEVICES = ("cpu", "cuda")
 
 
@@ -287,6 +312,7 @@ class RegistrationConfig:
     tilt_probe: TiltProbe = field(default_factory=TiltProbe)
     axial_probe: AxialProbe = field(default_factory=AxialProbe)
     masks: MaskFocus = field(default_factory=MaskFocus)
+    voxel_model: VoxelModel = field(default_factory=VoxelModel)
     checks: Checks = field(default_factory=Checks)
     seed: int = 0
     device: str | None = None  # "cpu", "cuda" or "cuda:N"; None: where the bone volumes are

@@ -89,11 +89,13 @@ class BoneResult:
     depth_sd_mm: float | None = None  # standard deviation along the first view's beam (register/depth.py)
     tilt_sd_deg: float | None = None  # the largest standard deviation of a rotation across the first view's beam
     tilt_axis: tuple | None = None  # (3,) the axis of that rotation in the bone's own (volume) frame
+    voxel_model: str = "linear"  # how the finest level drew the CT's voxels (config.VoxelModel)
 
     def to_dict(self) -> dict:
         return {"camera_from_volume": self.camera_from_volume.tolist(), "status": self.status.flag,
                 "reason": self.status.reason, "similarity": self.similarity,
                 "iterations": self.iterations, "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason,
+                "voxel_model": self.voxel_model,
                 **({"view_similarity": self.view_similarity} if self.view_similarity else {}),
                 **({"depth_sd_mm": _finite(self.depth_sd_mm)} if self.depth_sd_mm is not None else {}),
                 **({"tilt_sd_deg": _finite(self.tilt_sd_deg), "tilt_axis": [round(a, 3) for a in self.tilt_axis]}
@@ -286,6 +288,7 @@ class _BoneRegistration:
         self.search_level = tuple(level_for(c, d, config.search.pixel_mm) for c, d in zip(cameras, depths))
         self.stages: list[StageLog] = []
         self._objectives: dict = {}
+        self.voxel_model = "linear"  # how the finest level draws a thick-slice CT (choose_voxel_model)
         deg = math.pi / 180
         st, s = config.steps, config.search
         # one view sees depth only through a change of size: it gets a larger step and the depth scans;
@@ -304,7 +307,7 @@ class _BoneRegistration:
         """The loss at ``levels`` (one :class:`Level` per view; fewer: the first views alone), the mask
         dilated as at the fine levels when ``fine`` (cached)."""
         dilation = self.config.masks.fine_dilation_mm if fine else self.config.masks.dilation_mm
-        key = (tuple(level.size for level in levels), dilation)
+        key = (id(self.bone), tuple(level.size for level in levels), dilation)
         if key not in self._objectives:
             self._objectives[key] = JointObjective([
                 _level_objective(self.bone, v.frame, v.camera, self.par, v.mask, v.field, level, dilation,
@@ -330,6 +333,32 @@ class _BoneRegistration:
         log.pose, log.level = self.par.pose(best.detach()), level
         self.stages.append(log)
         return x, loss
+
+    def choose_voxel_model(self, x, index: int) -> bool:
+        """Before the finest level ``index``: draw a thick-slice CT's voxels as boxes from here on
+        (``config.voxel_model``: always for ``box``; for ``auto`` when the box model scores better at
+        ``x`` by the margin). Returns True when the model changed."""
+        vm = self.config.voxel_model
+        if vm.choice == "linear" or getattr(self.bone, "appearance", None) is not None:
+            return False
+        linear, boxed = self.bone, self.bone.boxed(vm.min_ratio)
+        if boxed is linear:
+            return False
+        log = StageLog(f"voxel model {self.size(index)}")
+        t0 = log.start()
+        with torch.no_grad():
+            linear_loss = float(self.level_objective(index)(x[None])[0])
+            self.bone = boxed
+            box_loss = float(self.level_objective(index)(x[None])[0])
+        if vm.choice == "auto" and not box_loss < linear_loss - vm.margin:
+            self.bone = linear
+        self.voxel_model = "box" if self.bone is boxed else "linear"
+        log.losses, log.iterations = [min(linear_loss, box_loss) if self.bone is boxed else linear_loss], 2
+        log.stop_reason = (f"{self.voxel_model}: similarity {1 - box_loss:.3f} as boxes, {1 - linear_loss:.3f} "
+                           f"trilinear")
+        log.finish(t0)
+        self.log((x, log.losses[0], log), index)
+        return self.bone is boxed
 
     def search(self) -> list[torch.Tensor]:
         """The global search: the starts to refine (distinct minima, and the initial pose)."""
@@ -440,7 +469,8 @@ class _BoneRegistration:
         if len(starts) > 1 and self.rank_level > 0:
             x, first = self.rank(starts), self.rank_level
         for index in range(first, len(self.levels)):
-            x, loss = self.refine(x, index, scan=index > first or first == 0)
+            boxed = index == len(self.levels) - 1 and self.choose_voxel_model(x, index)
+            x, loss = self.refine(x, index, scan=index > first or first == 0 or boxed)
             if index == first == self.rank_level and index > 0:
                 # once the rest of the pose has settled, probe the out-of-plane rotations and the turn
                 # about the bone's long axis again, and refine from a better one, until none helps (at
@@ -535,7 +565,8 @@ def register_bone_views(bone: RenderVolume, views: list[ViewImage], initial: tor
     stages = job.stages
     return BoneResult(bone.name, pose, initial, similarity, sum(s.iterations for s in stages),
                       time.perf_counter() - t0, stages[-1].stop_reason if stages else "no stage",
-                      [v for s in stages for v in s.losses], stages, status, per_view, sd, tilt, tilt_axis)
+                      [v for s in stages for v in s.losses], stages, status, per_view, sd, tilt, tilt_axis,
+                      job.voxel_model)
 
 
 def register_bone(bone: RenderVolume, frame: torch.Tensor, camera: Camera, initial: torch.Tensor,
