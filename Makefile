@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fluororeg demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # the web face on the built-in phantom: open http://127.0.0.1:8080/
 gui: $(STAMP)

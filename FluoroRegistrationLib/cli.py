@@ -398,7 +398,7 @@ def cmd_zoo(args) -> None:
     import json
     from pathlib import Path
 
-    from .evaluate.zoo import GEOMETRIES, MEMBERS, ZooSettings, run_zoo, zoo_summary, zoo_table
+    from .evaluate.zoo import GEOMETRIES, MEMBERS, ZooSettings, run_zoo, zoo_overview, zoo_summary, zoo_table
 
     def names(text, known):
         return tuple(known) if text == "all" else tuple(t.strip() for t in text.split(",") if t.strip())
@@ -408,7 +408,7 @@ def cmd_zoo(args) -> None:
     options = _read_mapping(args.config, "--config") if args.config else None
     rows = run_zoo(settings, args.out, workers=args.workers, serial=args.serial, options=options)
     summary = zoo_summary(rows)
-    text = zoo_table(summary)
+    text = zoo_table(summary) + "\n\n" + zoo_overview(rows)
     out = Path(args.out)
     (out / "zoo.md").write_text(text + "\n")
     (out / "zoo.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from FluoroRegistrationLib import FluoroRegError
-from FluoroRegistrationLib.evaluate.zoo import (KNEE_Z_MM, ZooMember, ZooSettings, make_member, zoo_summary,
-                                                zoo_table)
+from FluoroRegistrationLib.evaluate.zoo import (KNEE_Z_MM, ZooMember, ZooSettings, make_member, zoo_overview,
+                                                zoo_summary, zoo_table)
 from FluoroRegistrationLib.volume import SOFT_TISSUE_HU, load_ct, load_labels, read_label_names
 
 
@@ -66,6 +66,21 @@ def test_zoo_table_counts_search_and_similarity_failures():
     assert "| m | g | femur | mask | 4 | 50 % |" in zoo_table([s]) and "2 (1 / 1)" in zoo_table([s])
     with pytest.raises(FluoroRegError, match="unknown zoo member"):
         ZooSettings(members=("nope",))
+
+
+def test_zoo_overview_pools_bones_then_members():
+    """Per member and geometry both bones pooled, per geometry every member pooled; medians from the
+    runs with true masks only."""
+    def row(member, geometry, condition, mtre, oop):
+        return {"member": member, "geometry": geometry, "bone": "femur", "condition": condition, "mtre_mm": mtre,
+                "in_plane_mm": 0.1, "out_of_plane_mm": oop, "rotation_deg": 0.2, "seconds": 3.0}
+    rows = [row("a", "g1", "mask", 0.5, 0.4), row("a", "g1", "mask", 3.0, 2.9), row("a", "g1", "no mask", 1.0, 5.0),
+            row("b", "g1", "mask", 0.7, 0.6), row("b", "g2", "no mask", 2.5, 2.4), row("b", "g2", "mask", 1.5, 1.0)]
+    text = zoo_overview(rows)
+    assert "| a | g1 | 50 % (2) | 100 % (1) | 0.10 | 1.65 | 0.20 | 3.00 |" in text
+    assert "| g1 | 67 % (3) | 100 % (1) | 0.10 | 0.60 |" in text
+    assert "| g2 | 100 % (1) | 0 % (1) | 0.10 | 1.00 |" in text
+    assert "| **all** | 75 % (4) | 50 % (2) |" in text
 
 
 def test_the_spine_member_is_the_spine_phantom_on_a_clinical_grid(tmp_path):

@@ -237,3 +237,26 @@ def zoo_table(summary: list[dict]) -> str:
                      f"{s['rotation_deg']:.2f} | {s['seconds']:.1f} | {s['failures']} "
                      f"({s['search_failures']} / {s['failures'] - s['search_failures']}) |")
     return "\n".join(lines)
+
+
+def zoo_overview(rows: list[dict]) -> str:
+    """Two short tables (Markdown): per member and geometry (both bones pooled) and per geometry
+    (every member pooled): runs, success (< 2 mm) with true masks and without, and the medians of
+    the runs with true masks."""
+    def line(label: str, sel: list[dict]) -> str:
+        masked = [r for r in sel if r["condition"] == "mask"]
+        bare = [r for r in sel if r["condition"] != "mask"]
+        rate = lambda rs: (f"{100 * np.mean([float(r['mtre_mm']) < 2.0 for r in rs]):.0f} % ({len(rs)})"  # noqa: E731
+                           if rs else "-")
+        med = lambda k: f"{np.median([float(r[k]) for r in masked]):.2f}" if masked else "-"  # noqa: E731
+        return (f"| {label} | {rate(masked)} | {rate(bare)} | {med('in_plane_mm')} | {med('out_of_plane_mm')} | "
+                f"{med('rotation_deg')} | {med('seconds')} |")
+
+    head = ("| {} | success <2 mm, true masks (runs) | without masks | in-plane mm | out-of-plane mm | rotation deg | "
+            "s per bone |\n|---|---|---|---|---|---|---|")
+    pairs = list(dict.fromkeys((r["member"], r["geometry"]) for r in rows))
+    geometries = list(dict.fromkeys(r["geometry"] for r in rows))
+    by_pair = [line(f"{m} | {g}", [r for r in rows if (r["member"], r["geometry"]) == (m, g)]) for m, g in pairs]
+    by_geometry = [line(g, [r for r in rows if r["geometry"] == g]) for g in geometries] + [line("**all**", rows)]
+    return "\n".join([head.format("member | geometry").replace("|---|", "|---|---|", 1), *by_pair, "",
+                      head.format("geometry (members pooled)"), *by_geometry])
