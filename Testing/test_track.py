@@ -174,6 +174,16 @@ def small_sequence(tmp_path_factory):
     return root, paths, truth, reg
 
 
+def _quick_track_config():
+    """Tracking with a short search and few iterations: for tests of the machinery (chunks, bad
+    frames), not of accuracy (test_track_a_small_sequence_and_resume keeps the defaults)."""
+    from FluoroRegistrationLib.track.tracker import TrackConfig
+
+    return TrackConfig.from_dict({"cold": {"search": {"steps": 4, "candidates": 8},
+                                           "pyramid": {"iterations": [10, 10, 10, 10]}},
+                                  "refine": {"pyramid": {"iterations": [6, 6, 6, 6]}}})
+
+
 def _track(root, paths, out, **kwargs):
     from FluoroRegistrationLib.track import track_sequence
 
@@ -225,7 +235,8 @@ def test_an_unreadable_frame_is_recorded_and_skipped(small_sequence, tmp_path):
     from FluoroRegistrationLib.track import track_sequence
 
     result = track_sequence(frames, paths["ct"], paths["labels"], root / "sim" / "calib_true.json", root / "init.json",
-                            tmp_path / "out", masks=root / "sim" / "masks", progress=False, animation=False)
+                            tmp_path / "out", masks=root / "sim" / "masks", progress=False, animation=False,
+                            config=_quick_track_config())
     bad = result.records[3]
     assert bad["flag"] == "failed" and "0003.png" in bad["error"] and bad["bones"] == {}
     assert all(r["bones"] for k, r in enumerate(result.records) if k != 3)
@@ -237,7 +248,6 @@ def test_dask_chunks_equal_a_serial_run(small_sequence, tmp_path):
     """Two keyframes (0 and 4, the second started from its truth): serial and two Dask workers give
     the same poses (one torch thread per task in both)."""
     from FluoroRegistrationLib.track.run import TrackJob, track
-    from FluoroRegistrationLib.track.tracker import TrackConfig
 
     root, paths, truth, reg = small_sequence
     init = json.loads((root / "init.json").read_text())
@@ -247,7 +257,7 @@ def test_dask_chunks_equal_a_serial_run(small_sequence, tmp_path):
     for mode, workers in (("serial", 0), ("dask", 2)):
         job = TrackJob(str(root / "sim" / "frames"), paths["ct"], paths["labels"], paths["labels_json"],
                        ("femur", "tibia"), str(root / "sim" / "calib_true.json"), str(tmp_path / mode),
-                       masks=str(root / "sim" / "masks"), config=TrackConfig(), threads=1)
+                       masks=str(root / "sim" / "masks"), config=_quick_track_config(), threads=1)
         results[mode] = track(job, starts, workers=workers, progress=False)
     for a, b in zip(results["serial"], results["dask"]):
         assert a["frame"] == b["frame"]
