@@ -232,7 +232,7 @@ class RenderVolume:
     surface: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
     _slices: dict = field(default_factory=dict, repr=False)
-    _coarse: dict = field(default_factory=dict, repr=False)
+    _grids: dict = field(default_factory=dict, repr=False)  # memo: coarsened (by factor) and boxed grids
 
     @property
     def device(self) -> torch.device:
@@ -261,7 +261,7 @@ class RenderVolume:
         """
         if factor <= 1:
             return self
-        if factor not in self._coarse:
+        if factor not in self._grids:
             f = int(factor)
             mu = self.mu if self.mu.dim() == 4 else self.mu[None]
             D, H, W = mu.shape[-3:]
@@ -278,10 +278,10 @@ class RenderVolume:
             old_from_new = torch.eye(4, dtype=torch.float64, device=self.volume_from_index.device)
             old_from_new[:3, :3] *= f
             old_from_new[:3, 3] = (f - 1) / 2 - f
-            self._coarse[f] = RenderVolume(
+            self._grids[f] = RenderVolume(
                 coarse if self.mu.dim() == 4 else coarse[0], self.volume_from_index @ old_from_new, self.name,
                 self.centroid, self.points, self.surface, None)
-        return self._coarse[factor]
+        return self._grids[factor]
 
     def thick_axes(self, min_ratio: float) -> tuple:
         """(fx, fy, fz): per grid axis (i, j, k), ``round(spacing / finest spacing)`` where that ratio
@@ -302,7 +302,7 @@ class RenderVolume:
         if factors == (1, 1, 1):
             return self
         key = ("box",) + factors
-        if key not in self._coarse:
+        if key not in self._grids:
             shape = list(self.mu.shape)
             for dim, f in zip((-1, -2, -3), factors):
                 shape[dim] *= f
@@ -317,9 +317,9 @@ class RenderVolume:
                     label = None if label is None else torch.repeat_interleave(label, f, dim=dim)
                     old_from_new[axis, axis] = 1.0 / f
                     old_from_new[axis, 3] = -(f - 1) / (2.0 * f)
-            self._coarse[key] = RenderVolume(mu, self.volume_from_index @ old_from_new, self.name, self.centroid,
+            self._grids[key] = RenderVolume(mu, self.volume_from_index @ old_from_new, self.name, self.centroid,
                                              self.points, self.surface, label)
-        return self._coarse[key]
+        return self._grids[key]
 
     def box_corners_index(self) -> torch.Tensor:
         """(8, 3) corners of the grid's extent (voxel faces) in index coordinates."""

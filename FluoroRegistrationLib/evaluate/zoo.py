@@ -252,11 +252,13 @@ def zoo_overview(rows: list[dict]) -> str:
         return (f"| {label} | {rate(masked)} | {rate(bare)} | {med('in_plane_mm')} | {med('out_of_plane_mm')} | "
                 f"{med('rotation_deg')} | {med('seconds')} |")
 
-    head = ("| {} | success <2 mm, true masks (runs) | without masks | in-plane mm | out-of-plane mm | rotation deg | "
-            "s per bone |\n|---|---|---|---|---|---|---|")
+    def head(*labels: str) -> str:
+        columns = [*labels, "success <2 mm, true masks (runs)", "without masks", "in-plane mm", "out-of-plane mm",
+                   "rotation deg", "s per bone"]
+        return "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
+
     pairs = list(dict.fromkeys((r["member"], r["geometry"]) for r in rows))
     geometries = list(dict.fromkeys(r["geometry"] for r in rows))
     by_pair = [line(f"{m} | {g}", [r for r in rows if (r["member"], r["geometry"]) == (m, g)]) for m, g in pairs]
     by_geometry = [line(g, [r for r in rows if r["geometry"] == g]) for g in geometries] + [line("**all**", rows)]
-    return "\n".join([head.format("member | geometry").replace("|---|", "|---|---|", 1), *by_pair, "",
-                      head.format("geometry (members pooled)"), *by_geometry])
+    return "\n".join([head("member", "geometry"), *by_pair, "", head("geometry (members pooled)"), *by_geometry])

@@ -353,7 +353,7 @@ class _BoneRegistration:
         if vm.choice == "auto" and not box_loss < linear_loss - vm.margin:
             self.bone = linear
         self.voxel_model = "box" if self.bone is boxed else "linear"
-        log.losses, log.iterations = [min(linear_loss, box_loss) if self.bone is boxed else linear_loss], 2
+        log.losses, log.iterations = [box_loss if self.bone is boxed else linear_loss], 2
         log.stop_reason = (f"{self.voxel_model}: similarity {1 - box_loss:.3f} as boxes, {1 - linear_loss:.3f} "
                            f"trilinear")
         log.finish(t0)
