@@ -13,7 +13,8 @@ from FluoroRegistrationLib.geometry import Camera, CentredParameterization
 from FluoroRegistrationLib.phantom import write_phantom
 from FluoroRegistrationLib.register import RegistrationConfig, register
 from FluoroRegistrationLib.register.config import Checks
-from FluoroRegistrationLib.register.status import Evidence, Status, evidence, in_field_fraction, judge, judge_tilt
+from FluoroRegistrationLib.register.status import (Evidence, Status, evidence, in_field_fraction, judge,
+                                                   judge_joint_similarity, judge_tilt)
 from FluoroRegistrationLib.render import render
 from FluoroRegistrationLib.volume import RenderVolume, whole_volume
 from FluoroRegistrationLib import FluoroRegError
@@ -43,6 +44,11 @@ def test_judge_flags_by_each_reason():
     # the thresholds belong to one similarity: another one's values are not judged by them
     assert judge(Evidence(0.05, 1.0, 0.7, similarity_name="gcc")).flag == "ok"
     assert judge(Evidence(0.05, 1.0, 0.7, similarity_name="gcc"), Checks(similarity_name="gcc")).flag == "failed"
+    # several views: their joint similarity against the check threshold
+    assert judge_joint_similarity(0.30, "patch-gncc") == Status("ok", ())
+    low = judge_joint_similarity(0.20, "patch-gncc")
+    assert low.flag == "check" and "joint similarity 0.200" in low.reason
+    assert judge_joint_similarity(0.20, "gcc").flag == "ok"  # thresholds measured for another similarity
 
 
 def test_an_unpinned_rotation_across_the_beam_raises_a_check_naming_its_axis():

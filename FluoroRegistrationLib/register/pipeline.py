@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -27,7 +27,7 @@ from ..errors import FluoroRegError
 from ..geometry import Camera, CentredParameterization, transform_points
 from ..volume import RenderVolume
 from .config import RegistrationConfig, Ranking
-from .status import Status, evidence, judge, judge_tilt, overall
+from .status import Status, evidence, judge, judge_joint_similarity, judge_tilt, overall
 from .depth import depth_profile, depth_sd_mm, tilt_grid, tilt_sd_deg, weighed_pixels
 from .objective import (_CROP_MARGIN, JointObjective, Level, _level_objective, _Objective, _pool, _weights,  # noqa: F401
                         level_for, level_volume, pixel_at_bone_mm)
@@ -511,22 +511,29 @@ def _bone_view(view: ViewImage, bone: str, first: bool) -> _BoneView:
 
 def _views_status(bone: RenderVolume, views: list[_BoneView], job: _BoneRegistration, x: torch.Tensor,
                   initial: torch.Tensor, config: RegistrationConfig) -> tuple[float, dict, Status]:
-    """The result's joint similarity, each view's ({name: similarity}) and status (each view judged
-    on its own; the worst flag, reasons named by view when there are several)."""
+    """The result's joint similarity, each view's ({name: similarity}) and status. One view: judged
+    as it is. Several: each view judged on its own for what it alone shows (the bone in its field,
+    its depth, its mask, the search box, no sign of the bone: a similarity under
+    ``fail_similarity``), and the views' joint similarity judged against ``check_similarity``: a view
+    that sees the bone obliquely scores lower at the right pose (a metal component 60 deg off a
+    lateral view: 0.13-0.25, under the bone-measured 0.25) while the joint pose fits; the worst
+    flag, reasons named by view."""
     objective = job.level_objective(len(job.levels) - 1)
     with torch.no_grad():
         losses = [float(loss[0]) for loss in objective.per_view(x[None])]
     joint = losses[0] if len(losses) == 1 else \
         sum(w * loss for w, loss in zip(objective.view_weights, losses)) / sum(objective.view_weights)
     pose = job.par.pose(x).detach()
+    checks = config.checks if len(views) == 1 else replace(config.checks, check_similarity=config.checks.fail_similarity)
     statuses = {v.name: judge(evidence(bone, v.camera, v.pose(pose), 1.0 - loss, v.field, x.detach(), job.box,
-                                       v.mask, config.similarity, v.pose(initial)), config.checks)
+                                       v.mask, config.similarity, v.pose(initial)), checks)
                 for v, loss in zip(views, losses)}
     if len(views) == 1:
         return 1.0 - joint, {}, next(iter(statuses.values()))
-    flag = overall(statuses.values())
     reasons = tuple(f"view {name}: {r}" for name, st in statuses.items() for r in st.reasons)
-    return 1.0 - joint, {v.name: 1.0 - loss for v, loss in zip(views, losses)}, Status(flag, reasons)
+    joint_status = judge_joint_similarity(1.0 - joint, config.similarity, config.checks)
+    flag = overall([*statuses.values(), joint_status])
+    return 1.0 - joint, {v.name: 1.0 - loss for v, loss in zip(views, losses)}, Status(flag, joint_status.reasons + reasons)
 
 
 def register_bone_views(bone: RenderVolume, views: list[ViewImage], initial: torch.Tensor,

@@ -144,6 +144,17 @@ def judge(ev: Evidence, checks: Checks | None = None) -> Status:
     return Status("check", tuple(check)) if check else Status("ok", ())
 
 
+def judge_joint_similarity(similarity: float, similarity_name: str, checks: Checks | None = None) -> Status:
+    """Several views' joint similarity (their weighted mean) judged against ``check_similarity``
+    (each view's own is judged only against ``fail_similarity``: :func:`judge` with the check
+    threshold lowered to it); ``ok`` for a similarity the thresholds were not measured for."""
+    checks = checks or Checks()
+    if similarity_name != checks.similarity_name or not similarity < checks.check_similarity:
+        return Status("ok", ())
+    return Status("check", (f"the views' joint similarity {similarity:.3f} is low (good fits score >= "
+                            f"{checks.check_similarity:g})",))
+
+
 UNPINNED = "the frame pins the turn about"  # how judge_tilt's finding begins (a frame's limit, not a search's)
 
 
