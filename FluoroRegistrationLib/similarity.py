@@ -359,11 +359,18 @@ class FrameLoss:
         _, b, self.w = _prepare(frame, frame, mask, stencil=stencil)
         self.size = tuple(frame.shape[-2:])
         self.terms = terms(b, self.w, self.options)
+        self.frame, self.mask = frame, mask
 
     def __call__(self, a: Tensor) -> Tensor:
         if tuple(a.shape[-2:]) != self.size or a.dim() != 4:
             raise FluoroRegError(f"render of shape {tuple(a.shape)} against a frame of {self.size}; render at the frame's size")
         return 1 - self._side(a, self.w, self.terms, self.options)
+
+    def reweighted(self, a: Tensor, keep: Tensor) -> Tensor:
+        """The loss with each render's weights multiplied by its own ``keep`` ((B, 1, H, W) in [0, 1]):
+        the frame's side computed again for each (as ``get_similarity(name)(a, frame, mask * keep)``)."""
+        mask = keep if self.mask is None else self.mask * keep
+        return 1 - _similarity(self.name, a, self.frame, mask, self.options)
 
 
 # ------------------------------------------------------------------------------------ losses

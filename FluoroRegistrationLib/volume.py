@@ -222,6 +222,10 @@ class RenderVolume:
         points: (N, 3) float64 tensor, a fixed sample of the bone's voxel centres (LPS mm).
         surface: (M, 3) float64 tensor, a fixed sample of the bone's surface voxel centres (LPS mm).
         label_mask: (D, H, W) bool tensor, the bone's voxels on this grid (for its 2D projection).
+        beyond: tuple of (2K, 3) float64 tensors, or None: where a bone the CT's field of view cuts
+            continues past the CT's edge (per face of the CT it touches, the corners of a prism over
+            its cross-section there, LPS mm; :func:`beyond_prisms`). A frame shows that part, the CT
+            does not.
     """
 
     mu: torch.Tensor
@@ -231,6 +235,7 @@ class RenderVolume:
     points: torch.Tensor | None = None
     surface: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
+    beyond: tuple | None = None
     _slices: dict = field(default_factory=dict, repr=False)
     _grids: dict = field(default_factory=dict, repr=False)  # memo: coarsened (by factor) and boxed grids
 
@@ -251,7 +256,8 @@ class RenderVolume:
     def to(self, device=None, dtype=None) -> "RenderVolume":
         move = (lambda t: None if t is None else t.to(device=device))
         return RenderVolume(self.mu.to(device=device, dtype=dtype), move(self.volume_from_index), self.name,
-                            move(self.centroid), move(self.points), move(self.surface), move(self.label_mask))
+                            move(self.centroid), move(self.points), move(self.surface), move(self.label_mask),
+                            self.beyond)
 
     def coarsened(self, factor: int) -> "RenderVolume":
         """The same object on a grid ``factor`` times coarser: each new voxel is the mean of a
@@ -280,7 +286,7 @@ class RenderVolume:
             old_from_new[:3, 3] = (f - 1) / 2 - f
             self._grids[f] = RenderVolume(
                 coarse if self.mu.dim() == 4 else coarse[0], self.volume_from_index @ old_from_new, self.name,
-                self.centroid, self.points, self.surface, None)
+                self.centroid, self.points, self.surface, None, self.beyond)
         return self._grids[factor]
 
     def thick_axes(self, min_ratio: float) -> tuple:
@@ -318,7 +324,7 @@ class RenderVolume:
                     old_from_new[axis, axis] = 1.0 / f
                     old_from_new[axis, 3] = -(f - 1) / (2.0 * f)
             self._grids[key] = RenderVolume(mu, self.volume_from_index @ old_from_new, self.name, self.centroid,
-                                             self.points, self.surface, label)
+                                             self.points, self.surface, label, self.beyond)
         return self._grids[key]
 
     def box_corners_index(self) -> torch.Tensor:
@@ -384,8 +390,44 @@ def bone_volume(ct: ImageVolume, labels: ImageVolume, label_id: int, name: str, 
         mu=torch.from_numpy(mu).to(dtype), volume_from_index=torch.from_numpy(affine), name=name,
         centroid=torch.from_numpy(points.mean(0)), points=torch.from_numpy(_sample_rows(points, n_points, label_id)),
         surface=torch.from_numpy(_sample_rows(surface, n_points, label_id + 1)),
-        label_mask=torch.from_numpy(inside),
+        label_mask=torch.from_numpy(inside), beyond=beyond_prisms(label, ct.volume_from_index),
     )
+
+
+BEYOND_MM = 250.0  # how far a cut bone is taken to continue past the CT's edge (more than a field of view)
+
+
+def beyond_prisms(label: np.ndarray, volume_from_index: np.ndarray) -> tuple | None:
+    """Where a bone cut by the CT's field of view continues: for each face of the grid the label
+    touches, a prism over the convex hull of the label's cross-section there, from the face to
+    ``BEYOND_MM`` past it, as its (2K, 3) float64 corners in LPS mm (the hull's K corners at the face,
+    then the same K at the far end); None when the label touches no face (the CT holds the whole
+    bone). The shaft beyond widens or narrows a little: its use (the registration's weights) grows
+    its projection.
+
+    Shapes: label (D, H, W) bool, ``[k, j, i]``; volume_from_index (4, 4) index (i, j, k) -> mm."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    affine = np.asarray(volume_from_index, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)  # per index axis (i, j, k)
+    prisms = []
+    for axis in range(3):  # array axes (k, j, i)
+        for side, sign in ((0, -1.0), (label.shape[axis] - 1, 1.0)):
+            face = np.take(label, side, axis=axis)
+            if not face.any():
+                continue
+            across = np.argwhere(face).astype(np.float64)  # (N, 2) in the other two array axes
+            corners = (across[:, None, :] + np.array([[-.5, -.5], [-.5, .5], [.5, -.5], [.5, .5]])).reshape(-1, 2)
+            try:
+                corners = corners[ConvexHull(corners).vertices]
+            except QhullError:  # a line of voxels: its corners are its hull
+                pass
+            ends = []
+            for past in (0.5, 0.5 + BEYOND_MM / spacing[2 - axis]):
+                kji = np.insert(corners, axis, side + sign * past, axis=1)
+                ends.append(np.concatenate([kji[:, ::-1], np.ones((len(kji), 1))], 1) @ affine.T)
+            prisms.append(torch.from_numpy(np.concatenate(ends)[:, :3]))
+    return tuple(prisms) if prisms else None
 
 
 def _surface_points(mask: np.ndarray, volume_from_index: np.ndarray) -> np.ndarray:

@@ -242,3 +242,82 @@ def test_box_voxels_drawn_trilinearly_approach_siddons_thick_slices():
     linear_error = (render(vol, camera, side, "fast")[0, 0] - truth).abs()[inside].mean()
     box_error = (render(vol.boxed(1.5), camera, side, "fast")[0, 0] - truth).abs()[inside].mean()
     assert inside.sum() > 1000 and box_error < 0.4 * linear_error, (float(box_error), float(linear_error))
+
+
+def _rod(length_slices: int, start: int = 20):
+    """A 16 mm rod along z (labels (Z, 40, 40), 1 mm) from slice ``start`` to the grid's last slice."""
+    z, y, x = np.mgrid[:length_slices, :40, :40]
+    label = ((y - 19.5) ** 2 + (x - 19.5) ** 2 <= 64) & (z >= start)
+    return ImageVolume.from_spacing(np.where(label, 1000.0, 0.0).astype(np.float32), (1.0, 1.0, 1.0)), \
+        ImageVolume.from_spacing(label.astype(np.uint8), (1.0, 1.0, 1.0))
+
+
+def test_a_bone_cut_by_the_cts_field_of_view_carries_where_it_continues_and_a_whole_one_does_not():
+    from FluoroRegistrationLib.geometry import Camera
+    from FluoroRegistrationLib.register.objective import beyond_pixels
+    from FluoroRegistrationLib.render import project_label
+    from FluoroRegistrationLib.volume import BEYOND_MM
+
+    ct, lab = _rod(100)  # the CT cuts the rod at its last slice (z = 99 mm)
+    cut = bone_volume(ct, lab, 1, "rod")
+    assert cut.beyond is not None and len(cut.beyond) == 1  # one face touched
+    corners = cut.beyond[0]
+    z = corners[:, 2]
+    assert torch.allclose(z[: len(z) // 2], torch.full_like(z[: len(z) // 2], 99.5))  # the face, half a voxel out
+    assert torch.allclose(z[len(z) // 2:], torch.full_like(z[: len(z) // 2], 99.5 + BEYOND_MM))
+    radius = (corners[:, :2] - 19.5).norm(dim=1)
+    assert 8.0 <= float(radius.max()) <= 8.0 + 0.5 * math.sqrt(2) + 1e-9  # the cross-section's hull (voxel corners)
+    whole_ct, whole_lab = _rod(100, start=20)
+    whole_lab.array[-1] = 0  # ends a slice before the grid's edge
+    assert bone_volume(whole_ct, whole_lab, 1, "rod").beyond is None
+
+    # seen from the side, the prism covers every pixel where the real continuation projects (a CT of
+    # the whole rod, its part past z = 99.5) and spares the CT's own part away from the cut
+    full_ct, full_lab = _rod(200)
+    past = full_lab.array.copy()
+    past[:100] = 0
+    continuation = bone_volume(full_ct, ImageVolume(past, full_lab.volume_from_index), 1, "rest")
+    camera = Camera(1000.0, 160, 160, 1.5, 1.5)
+    pose = torch.tensor([[0.0, 1, 0, -20], [0, 0, 1, -100], [1, 0, 0, 680], [0, 0, 0, 1]], dtype=torch.float64)
+    rows, cols = torch.meshgrid(torch.arange(160.0), torch.arange(160.0), indexing="ij")
+    pixels = torch.stack([cols.reshape(-1), rows.reshape(-1)], 1).double()
+    # (within a pixel: the renderer's label outline is trilinear, half a voxel soft)
+    hit = beyond_pixels(cut.beyond, camera, pose[None], pixels, 1.0)[0].view(160, 160)
+    shows = project_label(continuation, camera, pose[None].float())[0, 0] > 0.5
+    own = project_label(cut, camera, pose[None].float())[0, 0] > 0.5
+    assert shows.sum() > 1000 and bool(hit[shows].all())
+    cut_row = int(torch.nonzero(shows.any(1)).min())  # the first image row past the cut
+    assert own[: cut_row - 2].sum() > 1000 and not bool(hit[: cut_row - 2].any())
+    assert beyond_pixels(cut.beyond, camera, pose[None], pixels[:10], 0.0) is None  # a corner it misses
+
+
+def test_the_part_of_a_cut_bone_past_the_cts_edge_is_left_out_of_each_poses_similarity():
+    """A rod the CT cuts, a frame drawn from the whole rod, a mask of the whole rod: the loss leaves
+    out, pose by pose, where the rod continues past the CT's edge (the same value as the similarity
+    with those weights zeroed), so the truth is not charged for the shaft the CT lacks."""
+    from FluoroRegistrationLib.geometry import Camera
+    from FluoroRegistrationLib.register import similarity_objective
+    from FluoroRegistrationLib.render import project_label, render
+    from FluoroRegistrationLib.similarity import get_similarity
+
+    ct, lab = _rod(100)
+    full_ct, full_lab = _rod(200)
+    cut, whole = bone_volume(ct, lab, 1, "rod"), bone_volume(full_ct, full_lab, 1, "rod")
+    camera = Camera(1000.0, 96, 96, 2.5, 2.5)
+    truth = torch.tensor([[0.0, 1, 0, -20], [0, 0, 1, -100], [1, 0, 0, 680], [0, 0, 0, 1]], dtype=torch.float64)
+    frame = render(whole, camera, truth[None].float(), "fast")
+    mask = project_label(whole, camera, truth[None].float()) > 0.5
+    x = torch.tensor([[0.0] * 6, [0.02, -0.01, 0.03, 1.0, -2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 6.0, 0.0]], dtype=torch.float64)
+    objective = similarity_objective(cut, frame, camera, truth, mask=mask, pixel_mm=1.75)
+    keep = objective.kept(objective.par.pose(x).float())
+    assert keep is not None and 0 < float(keep.mean()) < 1 and not torch.equal(keep[0], keep[2])  # it moves with the pose
+    with torch.no_grad():
+        losses = objective(x)
+        one_by_one = torch.cat([objective(x[i:i + 1]) for i in range(3)])
+        drr = render(cut, objective.camera, objective.par.pose(x).float(), "fast", region=objective.region)
+        direct = get_similarity("patch-gncc")(drr, objective.frame, objective.weights * keep)  # 1 - similarity
+        objective.beyond = None
+        charged = objective(x[:1])
+    assert torch.allclose(losses.double(), direct.double(), atol=1e-5)  # get_similarity gives the loss
+    assert torch.allclose(one_by_one.double(), losses.double(), atol=1e-5)
+    assert float(losses[0]) < float(charged[0]) - 0.02, (losses, charged)  # the missing shaft no longer counts

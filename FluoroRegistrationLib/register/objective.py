@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..errors import FluoroRegError
 from ..geometry import Camera
 from ..render import render
+from ..similarity import _shrink
 from ..volume import RenderVolume
 from . import timing
 
@@ -47,6 +48,7 @@ def level_for(camera: Camera, depth_mm: float, pixel_mm: float, iterations: int 
     return Level(size, native * max(camera.rows / size[0], camera.cols / size[1]), iterations)
 
 
+_KEPT_ROWS = 8  # batches up to this size (a refinement's starts) keep each row's reweighted frame side
 _CROP_MARGIN = 14  # >= the widest patch's half-width (23 // 2) + Sobel reach (1) + 1
 
 
@@ -61,7 +63,8 @@ class _Objective:
     (:class:`~FluoroRegistrationLib.similarity.FrameLoss`).
     """
 
-    def __init__(self, bone, camera, par, frame, weights, similarity: str, view_from_reference=None):
+    def __init__(self, bone, camera, par, frame, weights, similarity: str, view_from_reference=None,
+                 beyond_px: int = 0):
         from ..similarity import FrameLoss
 
         self.bone, self.camera, self.par = bone, camera, par
@@ -77,6 +80,12 @@ class _Objective:
         self.weights = weights[..., r0:r1, c0:c1].to(device)
         self.loss = FrameLoss(similarity, self.frame, self.weights)
         self.appearance = getattr(bone, "appearance", None)
+        # a bone the CT's field of view cuts: where it continues past the CT's edge (LPS mm), left out
+        # of each pose's weights, grown by beyond_px pixels
+        self.beyond = getattr(bone, "beyond", None)
+        self.beyond_px = beyond_px
+        self._support = None  # (flat index, (u, v)) of the pixels with weight, made when first needed
+        self._kept = {}  # batch row -> (keep, FrameLoss) when that row's keep last changed (_loss_for)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         device = self.bone.device
@@ -89,7 +98,91 @@ class _Objective:
             if self.appearance is not None:  # what the frame shows of it (an implant's metal: its opacity)
                 drr = self.appearance(drr)
         with timing.part("similarity", device):
-            return self.loss(drr).cpu()
+            keep = None if self.beyond is None else self.kept(poses)
+            if keep is None:
+                return self.loss(drr).cpu()
+            if len(keep) <= _KEPT_ROWS:  # a refinement's pose, or its batch of starts: row by row
+                return torch.cat([self._loss_for(k, keep[k:k + 1])(drr[k:k + 1]) for k in range(len(keep))]).cpu()
+            return self.loss.reweighted(drr, keep.to(device=device, dtype=drr.dtype)).cpu()
+
+    def _loss_for(self, row: int, keep: torch.Tensor):
+        """The frame's side for batch row ``row``'s ``keep`` ((1, 1, h, w)), kept while that row's
+        next poses differ from it in under 1 % of the weighted pixels (a refinement moves a fraction
+        of a pixel per step): the frame's statistics are computed again only when the left-out part
+        has moved."""
+        from ..similarity import FrameLoss
+
+        weights = self.weights.cpu()
+        if row in self._kept:
+            kept, loss = self._kept[row]
+            if float((weights * (kept != keep)).sum()) < 0.01 * float(weights.sum()):
+                return loss
+        loss = FrameLoss(self.loss.name, self.frame, (weights * keep).to(self.frame.device, self.frame.dtype))
+        self._kept[row] = (keep, loss)
+        return loss
+
+    def kept(self, poses: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, h, w) float over the rendered region, per pose ((B, 4, 4) camera_from_volume): 0
+        where the bone continues past the CT's edge (:func:`beyond_pixels`, on the pixels that have
+        weight), else 1; None when that misses them at every pose. A pose whose weights it would all
+        but empty (under 5 % of what a gradient similarity counts) keeps them all."""
+        if self._support is None:
+            r0, _, c0, _ = self.region
+            rows, cols = torch.nonzero(self.weights[0, 0].cpu() > 0, as_tuple=True)
+            self._support = (rows * self.weights.shape[-1] + cols,
+                             torch.stack([cols + c0, rows + r0], 1).to(torch.float64))  # flat index, (u, v)
+        index, pixels = self._support
+        hit = beyond_pixels(self.beyond, self.camera, poses, pixels, self.beyond_px)
+        if hit is None:
+            return None
+        keep = torch.ones(len(hit), self.weights[0, 0].numel())
+        keep[:, index] = 1.0 - hit.float()
+        keep = keep.view(len(hit), 1, *self.weights.shape[-2:])
+        weights = self.weights.cpu().to(keep.dtype)
+        emptied = _shrink(weights * keep).sum(dim=(1, 2, 3)) < max(0.05 * float(_shrink(weights).sum()), 9.0)
+        keep[emptied] = 1.0
+        return keep
+
+
+def beyond_pixels(prisms, camera: Camera, poses: torch.Tensor, pixels: torch.Tensor, pad_px: float) -> torch.Tensor | None:
+    """(B, N) bool: which of ``pixels`` ((N, 2) as (u, v) of ``camera``) any of ``prisms``
+    (:attr:`RenderVolume.beyond`, LPS mm) covers at each pose ((B, 4, 4) camera_from_volume), grown
+    by ``pad_px`` (the convex hull of its projected corners, each edge moved out by the pad); None
+    when it covers none at any pose."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    T = poses.detach().to(device="cpu", dtype=torch.float64)
+    lo_px, hi_px = pixels.amin(0), pixels.amax(0)
+    hit = None
+    for corners in prisms:
+        p = torch.einsum("bij,pj->bpi", T[:, :3, :3], corners.to(torch.float64).cpu()) + T[:, None, :3, 3]
+        front = (p[..., 2] > 1e-6).all(1)  # a prism reaching behind the source is left alone
+        uv = camera.project(p)  # (B, 2K, 2)
+        lo, hi = uv.amin(1) - pad_px, uv.amax(1) + pad_px
+        near = front & (lo <= hi_px).all(1) & (hi >= lo_px).all(1)
+        for b in torch.nonzero(near).flatten().tolist():
+            try:
+                ring = uv[b, torch.from_numpy(ConvexHull(uv[b].numpy()).vertices)]  # counter-clockwise
+            except QhullError:  # a degenerate (edge-on) outline: nothing to leave out
+                continue
+            edge = torch.roll(ring, -1, 0) - ring
+            normal = torch.stack([edge[:, 1], -edge[:, 0]], 1) / edge.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            # each pixel's largest signed distance past an edge: inside the grown hull when <= the pad
+            inside = (pixels @ normal.T - (ring * normal).sum(1)).amax(1) <= pad_px
+            if bool(inside.any()):
+                hit = torch.zeros(len(T), len(pixels), dtype=torch.bool) if hit is None else hit
+                hit[b] |= inside
+    return hit
+
+
+def _dilated(m: torch.Tensor, px: int) -> torch.Tensor:
+    """(B, 1, H, W) 0/1 grown by ``px`` pixels: a square's dilation as a row's then a column's
+    maximum (2k, not k^2, per pixel)."""
+    if px <= 0:
+        return m
+    k = 2 * px + 1
+    m = F.max_pool2d(m, (1, k), stride=1, padding=(0, px))
+    return F.max_pool2d(m, (k, 1), stride=1, padding=(px, 0))
 
 
 def _weights(mask, field, size, dilation_px: int):
@@ -97,12 +190,7 @@ def _weights(mask, field, size, dilation_px: int):
     collimated field."""
     w = torch.ones(1, 1, *size) if field is None else (_pool(field.float(), size) > 0.999).float()
     if mask is not None:
-        m = (_pool(mask.float(), size) > 0.25).float()
-        if dilation_px > 0:  # a square's dilation is a row's then a column's (separable: 2k, not k^2, per pixel)
-            k = 2 * dilation_px + 1
-            m = F.max_pool2d(m, (1, k), stride=1, padding=(0, dilation_px))
-            m = F.max_pool2d(m, (k, 1), stride=1, padding=(dilation_px, 0))
-        w = w * m
+        w = w * _dilated((_pool(mask.float(), size) > 0.25).float(), dilation_px)
     if w.sum() == 0:
         raise FluoroRegError("the mask is empty inside the collimated field at this level; check the mask image")
     return w
@@ -122,7 +210,13 @@ def _level_objective(bone, frame, camera, par, mask, field, level: Level, dilati
     drawn = level_volume(bone, level) if coarsen else bone
     dilation_px = round(dilation_mm / level.pixel_mm)
     return _Objective(drawn, level_camera, par, _pool(frame, level.size),
-                      _weights(mask, field, level.size, dilation_px), similarity, view_from_reference)
+                      _weights(mask, field, level.size, dilation_px), similarity, view_from_reference,
+                      beyond_px=dilation_px + round(BEYOND_MARGIN_MM / level.pixel_mm))
+
+
+# a cut bone's continuation past the CT's edge is left out grown by the mask's dilation and this much
+# more: the prism of its cut cross-section only approximates the shaft
+BEYOND_MARGIN_MM = 2.0
 
 
 class JointObjective:
