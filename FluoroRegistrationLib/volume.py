@@ -406,7 +406,7 @@ def beyond_prisms(label: np.ndarray, volume_from_index: np.ndarray) -> tuple | N
     its projection.
 
     Shapes: label (D, H, W) bool, ``[k, j, i]``; volume_from_index (4, 4) index (i, j, k) -> mm."""
-    from scipy.spatial import ConvexHull, QhullError
+    from scipy.spatial import ConvexHull
 
     affine = np.asarray(volume_from_index, dtype=np.float64)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)  # per index axis (i, j, k)
@@ -417,11 +417,9 @@ def beyond_prisms(label: np.ndarray, volume_from_index: np.ndarray) -> tuple | N
             if not face.any():
                 continue
             across = np.argwhere(face).astype(np.float64)  # (N, 2) in the other two array axes
+            # the voxels' corners (never collinear: even one voxel gives a square) and their hull
             corners = (across[:, None, :] + np.array([[-.5, -.5], [-.5, .5], [.5, -.5], [.5, .5]])).reshape(-1, 2)
-            try:
-                corners = corners[ConvexHull(corners).vertices]
-            except QhullError:  # a line of voxels: its corners are its hull
-                pass
+            corners = corners[ConvexHull(corners).vertices]
             ends = []
             for past in (0.5, 0.5 + BEYOND_MM / spacing[2 - axis]):
                 kji = np.insert(corners, axis, side + sign * past, axis=1)

@@ -86,6 +86,7 @@ class _Objective:
         self.beyond_px = beyond_px
         self._support = None  # (flat index, (u, v)) of the pixels with weight, made when first needed
         self._kept = {}  # batch row -> (keep, FrameLoss) when that row's keep last changed (_loss_for)
+        self._weights_cpu = self.weights.detach().cpu().float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         device = self.bone.device
@@ -105,14 +106,22 @@ class _Objective:
                 return torch.cat([self._loss_for(k, keep[k:k + 1])(drr[k:k + 1]) for k in range(len(keep))]).cpu()
             return self.loss.reweighted(drr, keep.to(device=device, dtype=drr.dtype)).cpu()
 
+    def exactly(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x)`` with every row's frame side computed for its own pose (no row reused within
+        the 1 % of :meth:`_loss_for`): for a result's similarity and status, which must not depend
+        on the poses evaluated before."""
+        self._kept.clear()
+        return self(x)
+
     def _loss_for(self, row: int, keep: torch.Tensor):
         """The frame's side for batch row ``row``'s ``keep`` ((1, 1, h, w)), kept while that row's
         next poses differ from it in under 1 % of the weighted pixels (a refinement moves a fraction
         of a pixel per step): the frame's statistics are computed again only when the left-out part
-        has moved."""
+        has moved. An approximation within that 1 % (a restart can inherit a row's weights from
+        another start as close): :meth:`exactly` has none."""
         from ..similarity import FrameLoss
 
-        weights = self.weights.cpu()
+        weights = self._weights_cpu
         if row in self._kept:
             kept, loss = self._kept[row]
             if float((weights * (kept != keep)).sum()) < 0.01 * float(weights.sum()):
@@ -138,7 +147,7 @@ class _Objective:
         keep = torch.ones(len(hit), self.weights[0, 0].numel())
         keep[:, index] = 1.0 - hit.float()
         keep = keep.view(len(hit), 1, *self.weights.shape[-2:])
-        weights = self.weights.cpu().to(keep.dtype)
+        weights = self._weights_cpu
         emptied = _shrink(weights * keep).sum(dim=(1, 2, 3)) < max(0.05 * float(_shrink(weights).sum()), 9.0)
         keep[emptied] = 1.0
         return keep
@@ -235,6 +244,6 @@ class JointObjective:
         return total / sum(self.view_weights)
 
     def per_view(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each view's loss, [(B,)] in view order."""
-        return [objective(x) for objective in self.objectives]
+        """Each view's loss, [(B,)] in view order, each computed exactly (:meth:`_Objective.exactly`)."""
+        return [objective.exactly(x) for objective in self.objectives]
 
