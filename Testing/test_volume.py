@@ -319,10 +319,13 @@ def test_the_part_of_a_cut_bone_past_the_cts_edge_is_left_out_of_each_poses_simi
         nine = objective(x.repeat(3, 1))  # a search's batch: each pose its own frame side
         objective(x[:1])
         exact = objective.exactly(x[1:2])  # never a row's frame side left from another pose
+        weighed = objective.weighed(x[0])
         objective.beyond = None
         charged = objective(x[:1])
     assert torch.allclose(losses.double(), direct.double(), atol=1e-5)  # get_similarity gives the loss
     assert torch.allclose(one_by_one.double(), losses.double(), atol=1e-5)
     assert torch.allclose(nine.double(), direct.double().repeat(3), atol=1e-5)
     assert torch.allclose(exact.double(), direct[1:2].double(), atol=1e-6)
+    # what the depth's and tilt's spreads count at a pose: the weighted pixels the exclusion leaves
+    assert weighed == int((objective.weights * keep[0:1] > 0).sum()) < int((objective.weights > 0).sum())
     assert float(losses[0]) < float(charged[0]) - 0.02, (losses, charged)  # the missing shaft no longer counts

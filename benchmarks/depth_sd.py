@@ -45,7 +45,8 @@ def sd_at(row: dict, exp, folder: Path) -> float:
     config = RegistrationConfig.from_dict(exp.options).merged(condition.options)
     job = _BoneRegistration(bone, prepared, pose, config, None)
     objective = job.level_objective(len(job.levels) - 1)
-    return depth_sd_mm(*depth_profile(objective, torch.zeros(6, dtype=torch.float64)), weighed_pixels(objective))
+    at = torch.zeros(6, dtype=torch.float64)
+    return depth_sd_mm(*depth_profile(objective, at), weighed_pixels(objective, at))
 
 
 def main(argv=None):

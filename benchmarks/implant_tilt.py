@@ -42,7 +42,8 @@ def finest_objective(folder: str, frame: str, comp: str, material: str):
 
 def curve(objective, degrees: torch.Tensor):
     """(tilt sd deg, similarities (K,)) along the weakest axis across the beam, at ``degrees`` from the truth."""
-    sd, direction = tilt_sd_deg(*tilt_grid(objective, torch.zeros(6, dtype=torch.float64)), weighed_pixels(objective))
+    at = torch.zeros(6, dtype=torch.float64)
+    sd, direction = tilt_sd_deg(*tilt_grid(objective, at), weighed_pixels(objective, at))
     xs = torch.zeros(len(degrees), 6, dtype=torch.float64)
     xs[:, :2] = torch.deg2rad(degrees)[:, None] * direction[None]
     with torch.no_grad():

@@ -113,6 +113,7 @@ def tilt_sd_deg(offsets: torch.Tensor, losses: torch.Tensor, pixels: float) -> t
     return laplace_sd(float(losses.min()), weakest, pixels), vectors[:, 0]
 
 
-def weighed_pixels(objective) -> float:
-    """How many pixels the similarity weighs in ``objective`` (a JointObjective: over its views)."""
-    return float(sum(float((o.weights > 0).sum()) for o in objective.objectives))
+def weighed_pixels(objective, x: torch.Tensor) -> float:
+    """How many pixels the similarity weighs in ``objective`` (a JointObjective: over its views) at
+    the pose ``x`` (6,) (a cut bone's continuation left out there)."""
+    return float(sum(o.weighed(x) for o in objective.objectives))

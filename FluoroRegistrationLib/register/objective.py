@@ -106,6 +106,17 @@ class _Objective:
                 return torch.cat([self._loss_for(k, keep[k:k + 1])(drr[k:k + 1]) for k in range(len(keep))]).cpu()
             return self.loss.reweighted(drr, keep.to(device=device, dtype=drr.dtype)).cpu()
 
+    def weighed(self, x: torch.Tensor) -> int:
+        """How many pixels the similarity weighs at the pose ``x`` ((6,) or (1, 6)): those with
+        weight, less what a cut bone's continuation covers there (:meth:`kept`)."""
+        if self.beyond is None:
+            return int((self._weights_cpu > 0).sum())
+        poses = self.par.pose(x.reshape(1, 6))
+        if self.view_from_reference is not None:
+            poses = self.view_from_reference @ poses
+        keep = self.kept(poses)
+        return int((self._weights_cpu * (1.0 if keep is None else keep) > 0).sum())
+
     def exactly(self, x: torch.Tensor) -> torch.Tensor:
         """``self(x)`` with every row's frame side computed for its own pose (no row reused within
         the 1 % of :meth:`_loss_for`): for a result's similarity and status, which must not depend

@@ -563,9 +563,9 @@ def register_bone_views(bone: RenderVolume, views: list[ViewImage], initial: tor
     x = job.run()
     similarity, per_view, status = _views_status(bone, prepared, job, x, initial, config)
     finest = job.level_objective(len(job.levels) - 1)
-    sd = depth_sd_mm(*depth_profile(finest, x), weighed_pixels(finest))
+    sd = depth_sd_mm(*depth_profile(finest, x), weighed_pixels(finest, x))
     pose = job.par.pose(x).detach()
-    tilt, direction = tilt_sd_deg(*tilt_grid(finest, x), weighed_pixels(finest))
+    tilt, direction = tilt_sd_deg(*tilt_grid(finest, x), weighed_pixels(finest, x))
     tilt_axis = pose[:3, :3].T @ torch.cat([direction, direction.new_zeros(1)])  # camera axes -> the bone's
     tilt_axis = tuple(tilt_axis.tolist())
     status = judge_tilt(status, tilt, tilt_axis, config.checks)
