@@ -24,15 +24,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
+from mask_depth import depth_of_minimum  # noqa: E402
 
 from FluoroRegistrationLib.geometry import Camera  # noqa: E402
 from FluoroRegistrationLib.register import Registration, prepare_frame, similarity_objective  # noqa: E402
+from FluoroRegistrationLib.simulate.detector import apply_blur  # noqa: E402
 from FluoroRegistrationLib.simulate.frames import PRESETS, FrameSimulator  # noqa: E402
 from FluoroRegistrationLib.simulate.writer import _write_frame  # noqa: E402
 from FluoroRegistrationLib.volume import load_ct, load_labels, read_label_names  # noqa: E402
@@ -42,32 +44,6 @@ OFF = {"medium": {}, "nonoise": dict(photons_per_pixel=None, electronic_noise=0.
        "noscatter": dict(scatter_to_primary=0.0), "noheel": dict(heel=0.0, vignetting=0.0)}
 OFF["clean"] = {k: v for d in OFF.values() for k, v in d.items()}
 SHIFTS = torch.arange(-6, 6.5, 1.0, dtype=torch.float64)
-
-
-def gaussian_blur(sigma: float):
-    """(B, 1, H, W) -> the same, blurred by a separable Gaussian of ``sigma`` pixels (edges replicated)."""
-    r = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-
-    def blur(img):
-        x = F.pad(img, (r, r, r, r), mode="replicate")
-        x = F.conv2d(x.reshape(-1, 1, *x.shape[-2:]), k.view(1, 1, 1, -1).to(img.dtype))
-        return F.conv2d(x, k.view(1, 1, -1, 1).to(img.dtype)).reshape(img.shape)
-    return blur
-
-
-def minimum_depth(objective) -> float:
-    x = torch.zeros(len(SHIFTS), 6, dtype=torch.float64)
-    x[:, 5] = SHIFTS
-    with torch.no_grad():
-        loss = objective(x)
-    i = int(loss.argmin())
-    if 0 < i < len(loss) - 1:
-        a, b, c = loss[i - 1].item(), loss[i].item(), loss[i + 1].item()
-        return SHIFTS[i].item() + 0.5 * (a - c) / (a - 2 * b + c)
-    return SHIFTS[i].item()
 
 
 def variant_frames(folder: Path, poses: dict, camera: Camera, variants: list[str], out: Path) -> dict:
@@ -124,8 +100,9 @@ def main(argv=None) -> None:
                     for s in sigmas:
                         objective = similarity_objective(reg.volumes[bone], frame.image, cam, truth,
                                                          mask=mask[None, None], field=frame.field)
-                        objective.appearance = gaussian_blur(s) if s > 0 else None
-                        depths.append(minimum_depth(objective))
+                        # the DRR blurred as the simulator blurs a frame (detector.apply_blur)
+                        objective.appearance = (lambda drr, s=s: apply_blur(drr, s)) if s > 0 else None
+                        depths.append(depth_of_minimum(objective, SHIFTS))
                     print(f"| {variant} | {key} | {bone} | " + " | ".join(f"{d:+.2f}" for d in depths) + " |", flush=True)
 
 

@@ -91,10 +91,7 @@ class _Objective:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         device = self.bone.device
         with timing.part("render", device):
-            poses = self.par.pose(x)
-            if self.view_from_reference is not None:
-                poses = self.view_from_reference @ poses
-            poses = poses.to(device=device, dtype=self.bone.dtype)
+            poses = self.view_poses(x).to(device=device, dtype=self.bone.dtype)
             drr = render(self.bone, self.camera, poses, "fast", region=self.region)
             if self.appearance is not None:  # what the frame shows of it (an implant's metal: its opacity)
                 drr = self.appearance(drr)
@@ -106,15 +103,17 @@ class _Objective:
                 return torch.cat([self._loss_for(k, keep[k:k + 1])(drr[k:k + 1]) for k in range(len(keep))]).cpu()
             return self.loss.reweighted(drr, keep.to(device=device, dtype=drr.dtype)).cpu()
 
+    def view_poses(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 4, 4) camera_from_volume in this view's camera frame for parameters ``x`` (B, 6)."""
+        poses = self.par.pose(x)
+        return poses if self.view_from_reference is None else self.view_from_reference @ poses
+
     def weighed(self, x: torch.Tensor) -> int:
         """How many pixels the similarity weighs at the pose ``x`` ((6,) or (1, 6)): those with
         weight, less what a cut bone's continuation covers there (:meth:`kept`)."""
         if self.beyond is None:
             return int((self._weights_cpu > 0).sum())
-        poses = self.par.pose(x.reshape(1, 6))
-        if self.view_from_reference is not None:
-            poses = self.view_from_reference @ poses
-        keep = self.kept(poses)
+        keep = self.kept(self.view_poses(x.reshape(1, 6)))
         return int((self._weights_cpu * (1.0 if keep is None else keep) > 0).sum())
 
     def exactly(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +134,7 @@ class _Objective:
         weights = self._weights_cpu
         if row in self._kept:
             kept, loss = self._kept[row]
-            if float((weights * (kept != keep)).sum()) < 0.01 * float(weights.sum()):
+            if float((weights * (kept != keep)).sum()) < 0.01 * self._weight_sum:
                 return loss
         loss = FrameLoss(self.loss.name, self.frame, (weights * keep).to(self.frame.device, self.frame.dtype))
         self._kept[row] = (keep, loss)
@@ -148,9 +147,13 @@ class _Objective:
         but empty (under 5 % of what a gradient similarity counts) keeps them all."""
         if self._support is None:
             r0, _, c0, _ = self.region
-            rows, cols = torch.nonzero(self.weights[0, 0].cpu() > 0, as_tuple=True)
+            rows, cols = torch.nonzero(self._weights_cpu[0, 0] > 0, as_tuple=True)
             self._support = (rows * self.weights.shape[-1] + cols,
                              torch.stack([cols + c0, rows + r0], 1).to(torch.float64))  # flat index, (u, v)
+            self._weight_sum = float(self._weights_cpu.sum())
+            # what a pose's weights must keep after the exclusion (else it keeps them all): 5 % of what
+            # a gradient similarity counts (its Sobel stencil inside), at least 9 pixels
+            self._fewest_kept = max(0.05 * float(_shrink(self._weights_cpu).sum()), 9.0)
         index, pixels = self._support
         hit = beyond_pixels(self.beyond, self.camera, poses, pixels, self.beyond_px)
         if hit is None:
@@ -159,7 +162,7 @@ class _Objective:
         keep[:, index] = 1.0 - hit.float()
         keep = keep.view(len(hit), 1, *self.weights.shape[-2:])
         weights = self._weights_cpu
-        emptied = _shrink(weights * keep).sum(dim=(1, 2, 3)) < max(0.05 * float(_shrink(weights).sum()), 9.0)
+        emptied = _shrink(weights * keep).sum(dim=(1, 2, 3)) < self._fewest_kept
         keep[emptied] = 1.0
         return keep
 
