@@ -153,6 +153,7 @@ def test_rerun_after_a_crash_resumes(serial_run, tmp_path):
         assert sum(1 for _ in csv.DictReader(f)) >= 10
 
 
+@pytest.mark.slow  # ~40 s: starts a local Dask cluster; the serial runner is what every other test drives
 def test_a_local_dask_cluster_gives_the_serial_results(serial_run, tmp_path):
     pytest.importorskip("dask.distributed")
     exp, out, rows = serial_run

@@ -274,6 +274,7 @@ def test_tracking_results_in_the_page(browser, simulated_case, tmp_path):
         server.stop()
 
 
+@pytest.mark.slow  # ~2 min: a biplane case registered in the page (test_web_session registers one in the child)
 def test_a_biplane_case_shows_each_view(browser, tmp_path):
     """A `fluororeg simulate --view-angle` folder: the page says both views register together, and
     the view buttons switch the picture to view B's frame (with the DRR as B sees the bones)."""

@@ -24,6 +24,7 @@ def small_run(tmp_path_factory):
                                   conditions=("mask",))
 
 
+@pytest.mark.slow  # ~1.5 min: the benchmark script end to end (the one path it calls is tested everywhere)
 def test_small_benchmark_recovers_the_femur(small_run):
     rows, summary = small_run
     assert len(rows) == 2 and all(r["initial_mtre_mm"] > 2.0 for r in rows)  # the starts were off

@@ -244,6 +244,7 @@ def test_an_unreadable_frame_is_recorded_and_skipped(small_sequence, tmp_path):
     assert "failed" in (tmp_path / "out" / "kinematics.csv").read_text().splitlines()[4]
 
 
+@pytest.mark.slow  # ~1.5 min: two keyframe chunks on two Dask workers against a serial run
 def test_dask_chunks_equal_a_serial_run(small_sequence, tmp_path):
     """Two keyframes (0 and 4, the second started from its truth): serial and two Dask workers give
     the same poses (one torch thread per task in both)."""
