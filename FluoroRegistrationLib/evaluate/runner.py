@@ -38,10 +38,10 @@ class Task:
 
 
 @lru_cache(maxsize=4)
-def _scene(folder: str, bones: tuple, calibration: str):
-    """What every task on a worker shares, loaded once per process: bones' volumes and the rig (a
-    one-view rig for a single-plane folder; ``rig_true.json`` or ``rig.json`` for a folder of several
-    views)."""
+def _scene(folder: str, bones: tuple, calibration: str, context_mm: float | None = None):
+    """What every task on a worker shares, loaded once per process: bones' volumes (``context_mm``: as
+    the config's ``context`` draws them) and the rig (a one-view rig for a single-plane folder;
+    ``rig_true.json`` or ``rig.json`` for a folder of several views)."""
     from ..geometry import Rig
     from ..volume import load_ct, load_labels, read_label_names, registration_volumes
 
@@ -52,7 +52,8 @@ def _scene(folder: str, bones: tuple, calibration: str):
     if wanted:
         ct = load_ct(root / "phantom" / "ct.nii.gz")
         labels = load_labels(root / "phantom" / "labels.nii.gz", ct)
-        volumes.update(registration_volumes(ct, labels, read_label_names(root / "phantom" / "labels.json"), wanted))
+        volumes.update(registration_volumes(ct, labels, read_label_names(root / "phantom" / "labels.json"), wanted,
+                                            context_mm=context_mm))
     suffix = "_true" if calibration == "true" else ""
     if (root / f"rig{suffix}.json").is_file():
         return volumes, Rig.from_json(root / f"rig{suffix}.json")
@@ -154,13 +155,13 @@ def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: d
     from ..register import Registration, RegistrationConfig, pose_errors
 
     torch.set_num_threads(threads)
-    volumes, folder_rig = _scene(folder, bones, calibration)
+    config = RegistrationConfig.from_dict(options).merged(task.condition.options)
+    volumes, folder_rig = _scene(folder, bones, calibration, config.context_mm)
     rig = task_rig(task, folder_rig)
     seen = [_frame(folder, task.frame, calibration, bones, k) for k in range(len(rig))]
     truth = seen[0][1]
     vol, T_gt = volumes[task.bone], truth[task.bone]
     start = CentredParameterization(vol.centroid, T_gt).pose(torch.tensor(task.start["x"], dtype=torch.float64))
-    config = RegistrationConfig.from_dict(options).merged(task.condition.options)
     masks = [_mask(task, folder, bones, m, k, rig.names[k]) for k, (_, _, m) in enumerate(seen)]
     camera = rig.cameras[0]
     before = pose_errors(start, T_gt, vol.centroid, vol.points, camera)

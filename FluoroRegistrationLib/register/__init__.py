@@ -7,14 +7,14 @@ face calls; :class:`RegistrationConfig` holds its settings, one checked dataclas
 
 from ..geometry import as_camera
 from .api import Registration, binary_mask, prepare_frame, register_frame
-from .config import (AxialProbe, DepthScan, GlobalSearch, MaskFocus, Pyramid, Ranking, RegistrationConfig, Steps,
+from .config import (AxialProbe, Context, DepthScan, GlobalSearch, MaskFocus, Pyramid, Ranking, RegistrationConfig, Steps,
                      TiltProbe, VoxelModel)
 from .metrics import calibration_floor, pose_errors
 from .optimize import Cancelled, StageLog, adam_refine, distinct_minima, grid_search, line_search, rotation_scan, simulated_annealing
 from .pipeline import (BoneResult, Level, RegistrationResult, ViewImage, expected_reports, pyramid_levels, register,
                        register_bone, register_bone_views, register_views, similarity_objective)
 
-__all__ = ["expected_reports", "AxialProbe", "BoneResult", "Cancelled", "DepthScan", "GlobalSearch", "Level", "MaskFocus", "Pyramid",
+__all__ = ["expected_reports", "AxialProbe", "BoneResult", "Cancelled", "Context", "DepthScan", "GlobalSearch", "Level", "MaskFocus", "Pyramid",
            "Ranking", "Registration", "RegistrationConfig", "RegistrationResult", "StageLog", "Steps", "TiltProbe", "VoxelModel",
            "adam_refine", "as_camera", "binary_mask", "calibration_floor", "distinct_minima", "grid_search",
            "line_search", "pose_errors", "prepare_frame", "pyramid_levels", "register", "register_bone",

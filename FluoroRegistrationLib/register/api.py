@@ -140,7 +140,8 @@ class Registration:
             bones = [b.strip() for b in bones.split(",") if b.strip()]
         if bones is not None and not (isinstance(bones, (list, tuple)) and all(isinstance(b, str) for b in bones)):
             raise FluoroRegError(f"bones must be bone names, e.g. ['femur', 'tibia'] or 'femur,tibia', got {bones!r}")
-        volumes = registration_volumes(ct_volume, label_volume, names, bones)
+        config = as_config(config)
+        volumes = registration_volumes(ct_volume, label_volume, names, bones, context_mm=config.context_mm)
         return cls(volumes, config, {b: names[b] for b in volumes})
 
     def masks(self, masks, frame: Frame, camera: Camera, model=None) -> dict[str, torch.Tensor]:

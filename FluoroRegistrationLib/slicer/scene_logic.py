@@ -128,20 +128,21 @@ class FluoroRegistrationLogic:
                                  f"(labels present: {', '.join(names) or 'none'}); pick one of those or fix the labels")
         return {b: names[b] for b in bones}
 
-    def boneVolumes(self, ctNode, labelNode, bones) -> dict[str, RenderVolume]:
-        """The bones as registration draws them (``registration_volumes``), each cached until the
-        nodes change (a subset of the bones, e.g. the live preview's, reuses the others' work)."""
+    def boneVolumes(self, ctNode, labelNode, bones, context_mm: float | None = None) -> dict[str, RenderVolume]:
+        """The bones as registration draws them (``registration_volumes``; ``context_mm``: with the CT
+        around them, the config's ``context``), each cached until the nodes change (a subset of the
+        bones, e.g. the live preview's, reuses the others' work)."""
         ids = self.boneIds(labelNode, bones)
         nodes = (_volume_key(ctNode), _volume_key(labelNode))
         if self._bone_cache.get("nodes") != nodes:
             self._bone_cache = {"nodes": nodes}
-        missing = {b: i for b, i in ids.items() if (b, i) not in self._bone_cache}
+        missing = {b: i for b, i in ids.items() if (b, i, context_mm) not in self._bone_cache}
         if missing:
             ct, labels = self.ctAndLabels(ctNode, labelNode)
             ct.array = ct.array.astype(np.float32)
-            for bone, volume in registration_volumes(ct, labels, missing, list(missing)).items():
-                self._bone_cache[(bone, missing[bone])] = volume
-        return {b: self._bone_cache[(b, i)] for b, i in ids.items()}
+            for bone, volume in registration_volumes(ct, labels, missing, list(missing), context_mm=context_mm).items():
+                self._bone_cache[(bone, missing[bone], context_mm)] = volume
+        return {b: self._bone_cache[(b, i, context_mm)] for b, i in ids.items()}
 
     @staticmethod
     def ctAndLabels(ctNode, labelNode):
@@ -280,6 +281,7 @@ class FluoroRegistrationLogic:
         components registered beside the bones (``bones`` may then be empty and the CT and label
         nodes None)."""
         from ..register import Registration, prepare_frame
+        from ..register.api import as_config
         from ..register.pipeline import followed
         from .implants import implant_bodies
 
@@ -288,7 +290,9 @@ class FluoroRegistrationLogic:
         maskNodes = [None] * len(rig) if maskNode is None else rig.per_view(maskNode, "mask node")
         frames = [prepare_frame(self.frameImage(n, v.camera), v.camera, polarity) for n, v in zip(frameNodes, rig.views)]
         with_bones = bool(bones) or not implants  # neither: boneIds says what to pass
-        volumes = {**(self.boneVolumes(ctNode, labelNode, bones) if with_bones else {}), **implant_bodies(implants)}
+        config = as_config(config)
+        volumes = {**(self.boneVolumes(ctNode, labelNode, bones, config.context_mm) if with_bones else {}),
+                   **implant_bodies(implants)}
         registration = Registration(volumes, config, self.boneIds(labelNode, bones) if with_bones else {})
         follower_of = followed(volumes)  # followers take their leaders' poses: no start of their own
         initial = self.poses([b for b in volumes if b not in follower_of], initialPoseNodes)
