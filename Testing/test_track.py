@@ -366,3 +366,15 @@ def test_an_unpinned_turn_alone_sends_no_frame_to_recovery():
     assert _worth_recovering({"flag": "check", "reasons": [unpinned, "similarity 0.210 fell below its recent 0.550"]})
     assert _worth_recovering({"flag": "failed", "reasons": ["similarity 0.020: no sign of the bone in the frame"]})
     assert not _worth_recovering({"flag": "ok", "reasons": []})
+
+
+def test_tracking_refuses_a_context_only_one_of_its_configs_has():
+    """The bones are drawn once for a sequence (from the cold config): a refine config asking for a
+    different context would be silently ignored, so it is refused in one line."""
+    from FluoroRegistrationLib import FluoroRegError
+    from FluoroRegistrationLib.track.tracker import TrackConfig
+
+    with pytest.raises(FluoroRegError, match="context"):
+        TrackConfig.from_dict({"refine": {"context": {"enabled": True}}})
+    both = {"enabled": True, "margin_mm": 40}
+    assert TrackConfig.from_dict({"cold": {"context": both}, "refine": {"context": both}}).refine.context_mm == 40

@@ -52,6 +52,11 @@ class TrackConfig:
     checks: TrackChecks = field(default_factory=TrackChecks)
     recover: bool = True
 
+    def __post_init__(self):
+        if self.cold.context != self.refine.context:  # the bones' volumes are built once, from the cold config
+            raise FluoroRegError(f"tracking draws every frame's bones one way: cold context {self.cold.context} "
+                                 f"differs from refine context {self.refine.context}; give the same context to both")
+
     @classmethod
     def from_dict(cls, d: dict | None, where: str = "tracking config") -> "TrackConfig":
         """From nested dicts (a YAML file): ``cold`` and ``refine`` as registration configs merged over
