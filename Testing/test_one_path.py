@@ -191,7 +191,20 @@ def test_the_slicer_registration_process_gives_the_same_pose_and_streams_progres
     output = inputs["scene"].AddNewNodeByClass("vtkMRMLLinearTransformNode", "femur (process)")
     result = logic.finishRegistrationProcess(process, [output])
     pose = torch.tensor(result["femur"]["camera_from_volume"], dtype=F64)
-    torch.testing.assert_close(pose, _api_pose(inputs), atol=1e-6, rtol=0)
+    # the child runs with torch's default thread count; an earlier test may have left this process with
+    # another, and a different reduction order moves the optimiser's path by rounding (4.6e-6 mm seen)
+    import subprocess
+    import sys
+
+    child_threads = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                       capture_output=True, text=True, check=True).stdout)
+    before = torch.get_num_threads()
+    torch.set_num_threads(child_threads)
+    try:
+        api = _api_pose(inputs)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(pose, api, atol=1e-6, rtol=0)
     assert len(events) == result["femur"]["iterations"] and events[0]["stage"].startswith("femur: ")
     assert np.asarray(events[-1]["pose"]).shape == (4, 4)
     assert output.GetAttribute("FluoroRegistration.status") == result["femur"]["status"]
