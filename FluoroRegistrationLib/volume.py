@@ -493,9 +493,9 @@ def context_volume(ct: ImageVolume, labels: ImageVolume, bone: RenderVolume, lab
     check_allocation(hi - lo + 2, f"the context of {bone.name} ({margin_mm:g} mm around it)",
                      "lower context.margin_mm", 12)
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    mu = np.pad(hu_to_mu(ct.array[sl], mu_water), 1).astype(np.float32)
-    shift = np.eye(4)
-    shift[:3, 3] = lo[::-1] - 1  # crop corner, less the padding
-    return RenderVolume(torch.from_numpy(mu).to(bone.mu.dtype), torch.from_numpy(ct.volume_from_index @ shift),
+    corner = np.eye(4)
+    corner[:3, 3] = lo[::-1]
+    crop = whole_volume(ImageVolume(ct.array[sl], ct.volume_from_index @ corner), mu_water, bone.mu.dtype)
+    return RenderVolume(crop.mu, crop.volume_from_index,
                         bone.name, centroid=bone.centroid, points=bone.points, surface=bone.surface,
                         label_mask=torch.from_numpy(np.pad(label[sl], 1)), beyond=bone.beyond)

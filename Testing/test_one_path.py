@@ -196,14 +196,12 @@ def test_the_slicer_registration_process_gives_the_same_pose_and_streams_progres
     import subprocess
     import sys
 
+    from FluoroRegistrationLib.slicer.scene_logic import _torch_threads
+
     child_threads = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                                        capture_output=True, text=True, check=True).stdout)
-    before = torch.get_num_threads()
-    torch.set_num_threads(child_threads)
-    try:
+    with _torch_threads(child_threads):
         api = _api_pose(inputs)
-    finally:
-        torch.set_num_threads(before)
     torch.testing.assert_close(pose, api, atol=1e-6, rtol=0)
     assert len(events) == result["femur"]["iterations"] and events[0]["stage"].startswith("femur: ")
     assert np.asarray(events[-1]["pose"]).shape == (4, 4)

@@ -178,11 +178,9 @@ def main(argv=None) -> int:
     from FluoroRegistrationLib.evaluate.runner import run_experiment
     from FluoroRegistrationLib.evaluate.zoo import zoo_summary, zoo_table
 
-    options = {}
-    if args.config:
-        import yaml
+    from FluoroRegistrationLib.files import read_yaml
 
-        options = yaml.safe_load(Path(args.config).read_text()) or {}
+    options = (read_yaml(args.config, "--config") or {}) if args.config else {}
     exp = experiment_from_dict({
         "name": "real CT, DiffDRR frames", "seed": args.seed, "frames": {"folder": str(folder)},
         "bones": bones, "calibration": "true",

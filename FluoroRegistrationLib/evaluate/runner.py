@@ -40,9 +40,7 @@ class Task:
 @lru_cache(maxsize=4)
 def _scene(folder: str, bones: tuple, calibration: str, context_mm: float | None = None):
     """What every task on a worker shares, loaded once per process: bones' volumes (``context_mm``: as
-    the config's ``context`` draws them) and the rig (a one-view rig for a single-plane folder;
-    ``rig_true.json`` or ``rig.json`` for a folder of several views)."""
-    from ..geometry import Rig
+    the config's ``context`` draws them) and the rig (:func:`_folder_rig`)."""
     from ..volume import load_ct, load_labels, read_label_names, registration_volumes
 
     root = Path(folder)
@@ -54,10 +52,20 @@ def _scene(folder: str, bones: tuple, calibration: str, context_mm: float | None
         labels = load_labels(root / "phantom" / "labels.nii.gz", ct)
         volumes.update(registration_volumes(ct, labels, read_label_names(root / "phantom" / "labels.json"), wanted,
                                             context_mm=context_mm))
+    return volumes, _folder_rig(folder, calibration)
+
+
+@lru_cache(maxsize=4)
+def _folder_rig(folder: str, calibration: str):
+    """The folder's rig: a one-view rig for a single-plane folder; ``rig_true.json`` or ``rig.json``
+    for a folder of several views (``calibration`` "true": the C-arm that took the frames)."""
+    from ..geometry import Rig
+
+    root = Path(folder)
     suffix = "_true" if calibration == "true" else ""
     if (root / f"rig{suffix}.json").is_file():
-        return volumes, Rig.from_json(root / f"rig{suffix}.json")
-    return volumes, Rig.from_json(root / f"calib{suffix}.json")
+        return Rig.from_json(root / f"rig{suffix}.json")
+    return Rig.from_json(root / f"calib{suffix}.json")
 
 
 def _components(phantom: Path, names) -> dict:
@@ -85,7 +93,7 @@ def _frame(folder: str, key: str, calibration: str, bones: tuple, view: int = 0)
     from ..register import prepare_frame
     from ..simulate.writer import read_truth_mask
 
-    _, rig = _scene(folder, bones, calibration)
+    rig = _folder_rig(folder, calibration)
     where = _view_folder(folder, view, rig.names[view])
     frame = prepare_frame(where / "frames" / f"{key}.png", rig.cameras[view])
     truth = read_poses(Path(folder) / "poses" / f"{key}.json")
