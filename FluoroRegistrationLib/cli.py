@@ -159,6 +159,8 @@ def _registration_config(args):
         overrides["search"] = {"range_mm": rng, "range_deg": deg}
     if args.no_global_search:
         overrides.setdefault("search", {})["enabled"] = False
+    if getattr(args, "context", None):
+        overrides["context"] = {"choice": args.context}
     if args.mask_dilation:
         coarse, fine = _floats(args.mask_dilation, 2, "--mask-dilation")
         overrides["masks"] = {"dilation_mm": coarse, "fine_dilation_mm": fine}
@@ -266,6 +268,7 @@ def cmd_register(args) -> None:
         depth = f", depth sd {r.depth_sd_mm:.2f} mm" if r.depth_sd_mm is not None and r.depth_sd_mm < 1e3 else ""
         depth += f", tilt sd {r.tilt_sd_deg:.2f} deg" if r.tilt_sd_deg is not None and r.tilt_sd_deg < 1e3 else ""
         depth += ", voxels drawn as boxes" if r.voxel_model == "box" else ""
+        depth += ", drawn with the CT around it" if r.context else ""
         print(f"{b}: {r.status.flag}, similarity {r.similarity:.4f}{views}{depth}, {r.iterations} iterations, {r.seconds:.1f} s"
               + (f" ({r.status.reason})" if r.status.reasons else ""))
     print(f"wrote {args.out}")
@@ -593,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity", help="patch-gncc (default), gcc, ncc, patch-ncc, multiscale-ncc")
     p.add_argument("--range", help="global search half-widths: mm,deg (default 30,25)")
     p.add_argument("--no-global-search", action="store_true", help="refine from the initial pose only")
+    p.add_argument("--context", choices=["auto", "on", "off"],
+                   help="draw each bone with the CT around it (on), alone (off), or whichever fits the frame "
+                        "better after the global search (auto, the default)")
     p.add_argument("--mask-dilation",
                    help="masks grow by these millimetres at the bone: search and coarse levels, finer levels "
                         "(default 3.6,10.8)")

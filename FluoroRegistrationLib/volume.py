@@ -226,6 +226,8 @@ class RenderVolume:
             continues past the CT's edge (per face of the CT it touches, the corners of a prism over
             its cross-section there, LPS mm; :func:`beyond_prisms`). A frame shows that part, the CT
             does not.
+        context: RenderVolume or None: the same bone drawn with the CT around it
+            (:func:`context_volume`), for registration's ``Context`` choice.
     """
 
     mu: torch.Tensor
@@ -236,6 +238,7 @@ class RenderVolume:
     surface: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
     beyond: tuple | None = None
+    context: "RenderVolume | None" = None
     _slices: dict = field(default_factory=dict, repr=False)
     _grids: dict = field(default_factory=dict, repr=False)  # memo: coarsened (by factor) and boxed grids
 
@@ -257,7 +260,7 @@ class RenderVolume:
         move = (lambda t: None if t is None else t.to(device=device))
         return RenderVolume(self.mu.to(device=device, dtype=dtype), move(self.volume_from_index), self.name,
                             move(self.centroid), move(self.points), move(self.surface), move(self.label_mask),
-                            self.beyond)
+                            self.beyond, None if self.context is None else self.context.to(device, dtype))
 
     def coarsened(self, factor: int) -> "RenderVolume":
         """The same object on a grid ``factor`` times coarser: each new voxel is the mean of a
@@ -469,13 +472,14 @@ def registration_volumes(ct: ImageVolume, labels: ImageVolume, names: dict[str, 
                          context_mm: float | None = None, **kwargs) -> dict[str, RenderVolume]:
     """The bones as registration draws them: each label grown by one voxel (its partial-volume rim)
     and drawn in excess of the surrounding soft tissue (``SOFT_TISSUE_HU``); see :func:`bone_volume`.
-    ``context_mm``: each bone drawn with the CT around it instead (:func:`context_volume`; the
-    registration config's ``context``)."""
+    ``context_mm``: each bone also holds itself drawn with the CT around it (``.context``,
+    :func:`context_volume`), which registration draws as its config's ``context`` chooses."""
     kwargs = {"dilate": 1, "background_hu": SOFT_TISSUE_HU, **kwargs}
     volumes = bone_volumes(ct, labels, names, bones, **kwargs)
-    if context_mm is None:
-        return volumes
-    return {b: context_volume(ct, labels, v, names[b], context_mm) for b, v in volumes.items()}
+    if context_mm is not None:
+        for b, v in volumes.items():
+            v.context = context_volume(ct, labels, v, names[b], context_mm)
+    return volumes
 
 
 def context_volume(ct: ImageVolume, labels: ImageVolume, bone: RenderVolume, label_id: int, margin_mm: float,

@@ -299,3 +299,72 @@ def test_the_voxel_model_that_drew_the_frame_is_chosen_and_holds_the_depth():
                                                    "pyramid": {"pixel_mm": [0.85, 0.42], "iterations": [2, 2]}})
             result = Registration(reg.volumes, config).register(frame, camera, {"bone": start}).bones["bone"]
             assert result.voxel_model == expected and result.to_dict()["voxel_model"] == expected, (drawn, choice)
+
+
+def _bone_among_neighbours(neighbour_shift_mm: float = 0.0):
+    """A 1 mm CT of soft tissue (a 56 mm cylinder) holding a bone (label 1) and, 14 mm beside it, an
+    unlabelled dense rod that keeps its place around the bone (a rib); ``neighbour_shift_mm`` moves
+    the rod along y (across the lateral beam). Returns the CT and labels."""
+    from FluoroRegistrationLib.volume import ImageVolume
+
+    k, j, i = np.meshgrid(np.arange(72), np.arange(64), np.arange(64), indexing="ij")
+    x, y, z = i - 31.5, j - 31.5, k - 35.5
+    bone = ((x / 1.3) ** 2 + y ** 2 < 64) & (np.abs(z) < 22)
+    rod = ((x - 14) ** 2 + (y - 3 - neighbour_shift_mm) ** 2 < 16) & (np.abs(z - 6) < 20)
+    hu = np.where(x ** 2 + y ** 2 < 28 ** 2, 40.0, -1000.0)
+    hu = np.where(bone, np.where((x / 1.3) ** 2 + y ** 2 > 36, 1300.0, 350.0), hu)
+    hu = np.where(rod, 2500.0, hu).astype(np.float32)
+    grid = dict(spacing=(1.0, 1.0, 1.0), origin=(-31.5, -31.5, -35.5))
+    return ImageVolume.from_spacing(hu, **grid), ImageVolume.from_spacing(bone.astype(np.int16), **grid)
+
+
+def test_the_bone_is_drawn_with_its_context_when_that_fits_the_frame_better():
+    """``Context``: a frame drawn from the whole CT (the rod beside the bone where the CT has it) is
+    registered with the bone drawn with its context (``auto`` picks it: it scores higher); a frame
+    whose rod moved 12 mm (across the beam) keeps the bone alone; without a mask ``auto`` keeps it alone
+    (the crop's edges would show); ``on`` and ``off`` are obeyed, and ``on`` for a bone built without
+    its context is refused in one line."""
+    from FluoroRegistrationLib.register import Registration
+    from FluoroRegistrationLib.volume import registration_volumes
+
+    camera = Camera(1000.0, 128, 128, 0.5, 0.5)
+    truth = pose_from_rotvec(torch.tensor([0.1, math.pi / 2 + 0.05, 0.0], dtype=F64),
+                             torch.tensor([1.0, -2.0, 700.0], dtype=F64))
+    ct, labels = _bone_among_neighbours()
+    reg = Registration.from_ct(ct, labels, label_names={"bone": 1})
+    assert reg.volumes["bone"].context is not None  # auto by default: the context is held beside the bone
+    bone = reg.volumes["bone"]
+    start = CentredParameterization(bone.centroid, truth, depth_along_ray=True).pose(
+        torch.tensor([0.01, -0.01, 0.01, 0.4, -0.4, 1.0], dtype=F64))
+    mask = project_label(bone, camera, truth.float())[0, 0] > 0.5
+    level = {"search": {"enabled": False}, "pyramid": {"pixel_mm": [2.0, 1.0], "iterations": [2, 2]}}
+    for shift, auto in ((0.0, True), (12.0, False)):
+        moved_ct, _ = _bone_among_neighbours(shift)
+        frame = render(whole_volume(moved_ct), camera, truth, "exact")
+        for choice, expected in (("auto", auto), ("on", True), ("off", False)):
+            config = RegistrationConfig.from_dict({**level, "context": {"choice": choice}})
+            result = Registration(reg.volumes, config).register(frame, camera, {"bone": start},
+                                                                masks={"bone": mask}).bones["bone"]
+            assert result.context == expected and result.to_dict()["context"] == expected, (shift, choice)
+            if choice == "auto":
+                chosen = [s for s in result.stages if s.name.startswith("context")]
+                assert len(chosen) == 1 and ("with its context" in chosen[0].stop_reason) == expected
+    # with the global search on, auto chooses after it: each drawing searched, the better best fit kept
+    searched = {"search": {"steps": 4, "candidates": 8, "pixel_mm": 2.0}, "ranking": {"starts": 1},
+                "pyramid": {"pixel_mm": [2.0, 1.0], "iterations": [2, 2]}}
+    for shift, auto in ((0.0, True), (12.0, False)):
+        frame = render(whole_volume(_bone_among_neighbours(shift)[0]), camera, truth, "exact")
+        result = Registration(reg.volumes, RegistrationConfig.from_dict(searched)).register(
+            frame, camera, {"bone": start}, masks={"bone": mask}).bones["bone"]
+        searches = [s for s in result.stages if s.name.startswith("global search")]
+        assert result.context == auto and len(searches) == 2, (shift, [s.name for s in result.stages])
+        assert "drawn " + ("with it" if auto else "alone") in searches[-1].stop_reason
+        assert not any(s.name.startswith("context") for s in result.stages)  # chosen once
+        if auto:  # without a mask auto keeps the bone alone
+            unmasked = Registration(reg.volumes, RegistrationConfig.from_dict(searched)).register(
+                frame, camera, {"bone": start}).bones["bone"]
+            assert not unmasked.context and len([s for s in unmasked.stages if "search" in s.name]) == 1
+    alone = registration_volumes(ct, labels, {"bone": 1})
+    with pytest.raises(FluoroRegError, match="built without the CT around it"):
+        register(alone, frame, camera, {"bone": start},
+                 config=RegistrationConfig.from_dict({**level, "context": {"choice": "on"}}))

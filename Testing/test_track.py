@@ -375,6 +375,11 @@ def test_tracking_refuses_a_context_only_one_of_its_configs_has():
     from FluoroRegistrationLib.track.tracker import TrackConfig
 
     with pytest.raises(FluoroRegError, match="context"):
-        TrackConfig.from_dict({"refine": {"context": {"enabled": True}}})
-    both = {"enabled": True, "margin_mm": 40}
+        TrackConfig.from_dict({"cold": {"context": {"choice": "off"}}, "refine": {"context": {"choice": "on"}}})
+    with pytest.raises(FluoroRegError, match="margin_mm"):
+        TrackConfig.from_dict({"refine": {"context": {"margin_mm": 40}}})
+    both = {"choice": "on", "margin_mm": 40}
     assert TrackConfig.from_dict({"cold": {"context": both}, "refine": {"context": both}}).refine.context_mm == 40
+    # a refine that never draws the context needs none built
+    assert TrackConfig.from_dict({"cold": {"context": {"choice": "off"}},
+                                  "refine": {"context": {"choice": "off"}}}).cold.context_mm is None

@@ -347,7 +347,9 @@ def test_a_bone_drawn_with_its_context_holds_the_ct_around_it():
     ct = ImageVolume.from_spacing(hu, (1.0, 1.0, 1.0), origin=(-49.5, -49.5, -49.5))
     lab = ImageVolume.from_spacing(labels, (1.0, 1.0, 1.0), origin=(-49.5, -49.5, -49.5))
     plain = registration_volumes(ct, lab, {"bone": 1, "other": 2}, ["bone"])["bone"]
-    with_context = registration_volumes(ct, lab, {"bone": 1, "other": 2}, ["bone"], context_mm=20.0)["bone"]
+    held = registration_volumes(ct, lab, {"bone": 1, "other": 2}, ["bone"], context_mm=20.0)["bone"]
+    assert torch.equal(held.mu, plain.mu)  # the bone alone, holding its context beside it
+    with_context = held.context
     assert torch.equal(with_context.centroid, plain.centroid) and torch.equal(with_context.points, plain.points)
     # the crop: the label's 10 voxels + 20 on each side (and one voxel of zero padding); the other bone,
     # 25 mm past the label's box, is outside it
@@ -366,10 +368,12 @@ def test_a_bone_drawn_with_its_context_holds_the_ct_around_it():
     expected = 10 * float(hu_to_mu(np.float32(1000.0)) - hu_to_mu(np.float32(50.0)))
     assert float(alone[centre].mean()) == pytest.approx(expected, rel=0.02)
     # a margin reaching past the CT is clipped to it; a margin out of range is refused in one line
-    assert tuple(registration_volumes(ct, lab, {"bone": 1}, ["bone"], context_mm=80.0)["bone"].mu.shape) == (102,) * 3
+    assert tuple(registration_volumes(ct, lab, {"bone": 1}, ["bone"], context_mm=80.0)["bone"].context.mu.shape) == (102,) * 3
     from FluoroRegistrationLib.register import RegistrationConfig
 
     with pytest.raises(FluoroRegError, match="Context.margin_mm"):
-        RegistrationConfig.from_dict({"context": {"enabled": True, "margin_mm": 0}})
-    assert RegistrationConfig.from_dict({"context": {"enabled": True}}).context_mm == 60.0
-    assert RegistrationConfig().context_mm is None
+        RegistrationConfig.from_dict({"context": {"choice": "on", "margin_mm": 0}})
+    with pytest.raises(FluoroRegError, match="Context.choice"):
+        RegistrationConfig.from_dict({"context": {"choice": "sometimes"}})
+    assert RegistrationConfig.from_dict({"context": {"choice": "on"}}).context_mm == 60.0
+    assert RegistrationConfig.from_dict({"context": {"choice": "off"}}).context_mm is None

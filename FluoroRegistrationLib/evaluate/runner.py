@@ -22,10 +22,10 @@ FIELDS = ["task_id", "frame", "bone", "condition", "kind", "bin_lo", "bin_hi", "
           "initial_mtre_mm", "initial_rotation_deg", "initial_translation_mm",
           "rotation_deg", "translation_mm", "in_plane_mm", "out_of_plane_mm", "mtre_mm", "mpd_mm",
           "success_2mm", "success_1mm", "similarity", "truth_similarity", "iterations", "seconds", "stop_reason", "status", "status_reason",
-          "voxel_model", "camera_from_volume", "complete"]  # last: 1 on every whole line, so a line a crash cut short is recognised
-ADDED = {"status": "", "status_reason": "", "voxel_model": ""}  # columns newer than some runs files: blank in their old rows
+          "voxel_model", "context", "camera_from_volume", "complete"]  # last: 1 on every whole line, so a line a crash cut short is recognised
+ADDED = {"status": "", "status_reason": "", "voxel_model": "", "context": ""}  # columns newer than some runs files: blank in their old rows
 TEXT = {"task_id", "frame", "bone", "condition", "kind", "axis", "stop_reason", "status", "status_reason",
-        "voxel_model", "camera_from_volume", "complete"}
+        "voxel_model", "context", "camera_from_volume", "complete"}
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,10 @@ def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: d
     spec = [None if m is None else {task.bone: m} for m in masks]
     res = reg.register([f for f, _, _ in seen], rig, {task.bone: start},
                        masks=spec if len(rig) > 1 else spec[0]).bones[task.bone]
-    # the truth is scored as the result was: with the voxel model its finest level chose
-    drawn = vol.boxed(config.voxel_model.min_ratio) if res.voxel_model == "box" else vol
+    # the truth is scored as the result was: with or without the CT around the bone, with the voxel
+    # model its finest level chose
+    drawn = vol.context if res.context else vol
+    drawn = drawn.boxed(config.voxel_model.min_ratio) if res.voxel_model == "box" else drawn
     truth_similarity = _similarity_at(drawn, [f for f, _, _ in seen], rig, T_gt, masks, config, start)
     err = pose_errors(res.camera_from_volume, T_gt, vol.centroid, vol.points, camera)
     return {"task_id": task.task_id, "frame": task.frame, "bone": task.bone, "condition": task.condition.name,
@@ -190,7 +192,8 @@ def run_task(task: Task, folder: str, bones: tuple, calibration: str, options: d
             "success_2mm": int(err["mtre_mm"] < 2.0), "success_1mm": int(err["mtre_mm"] < 1.0),
             "similarity": res.similarity, "truth_similarity": truth_similarity, "iterations": res.iterations,
             "seconds": res.seconds, "stop_reason": res.stop_reason, "status": res.status.flag,
-            "status_reason": res.status.reason, "voxel_model": res.voxel_model, "camera_from_volume": json.dumps(res.camera_from_volume.flatten().tolist()), "complete": 1}
+            "status_reason": res.status.reason, "voxel_model": res.voxel_model,
+            "context": "on" if res.context else "off", "camera_from_volume": json.dumps(res.camera_from_volume.flatten().tolist()), "complete": 1}
 
 
 def _similarity_at(vol, frames, rig, pose, masks, config, start) -> float:

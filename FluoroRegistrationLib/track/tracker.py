@@ -53,9 +53,13 @@ class TrackConfig:
     recover: bool = True
 
     def __post_init__(self):
-        if self.cold.context != self.refine.context:  # the bones' volumes are built once, from the cold config
-            raise FluoroRegError(f"tracking draws every frame's bones one way: cold context {self.cold.context} "
-                                 f"differs from refine context {self.refine.context}; give the same context to both")
+        # the bones' volumes (and their contexts) are built once per sequence, from the cold config
+        if self.refine.context_mm is not None and self.refine.context_mm != self.cold.context_mm:
+            raise FluoroRegError(f"tracking builds every frame's bones once, from the cold config: refine context "
+                                 f"{self.refine.context} needs the CT {self.refine.context_mm:g} mm around each bone, "
+                                 f"cold context {self.cold.context} holds "
+                                 + ("none" if self.cold.context_mm is None else f"{self.cold.context_mm:g} mm")
+                                 + "; give both the same context margin_mm (or refine choice off)")
 
     @classmethod
     def from_dict(cls, d: dict | None, where: str = "tracking config") -> "TrackConfig":
