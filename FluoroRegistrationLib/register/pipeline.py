@@ -386,7 +386,7 @@ class _BoneRegistration:
         self.context = context_loss < alone_loss - ctx.margin
         if not self.context:
             self.bone = alone
-        log.losses, log.iterations = [context_loss if self.context else alone_loss], 2
+        log.losses, log.iterations = [context_loss if self.context else alone_loss], 0  # a comparison, no iterations
         log.stop_reason = (f"{'with its context' if self.context else 'alone'}: similarity {1 - context_loss:.3f} "
                            f"with the CT {ctx.margin_mm:g} mm around it, {1 - alone_loss:.3f} alone")
         log.finish(t0)
