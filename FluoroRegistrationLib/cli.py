@@ -159,7 +159,7 @@ def _registration_config(args):
         overrides["search"] = {"range_mm": rng, "range_deg": deg}
     if args.no_global_search:
         overrides.setdefault("search", {})["enabled"] = False
-    if getattr(args, "context", None):
+    if args.context:
         overrides["context"] = {"choice": args.context}
     if args.mask_dilation:
         coarse, fine = _floats(args.mask_dilation, 2, "--mask-dilation")

@@ -342,6 +342,16 @@ class _BoneRegistration:
         self.stages.append(log)
         return x, loss
 
+    def losses_drawn(self, x, index: int, *drawings) -> list[float]:
+        """The loss at ``x`` at pyramid level ``index`` with the bone drawn each way in turn (no
+        gradients), [float] per drawing; leaves the last drawing as the bone."""
+        losses = []
+        with torch.no_grad():
+            for drawing in drawings:
+                self.bone = drawing
+                losses.append(float(self.level_objective(index)(x[None])[0]))
+        return losses
+
     def choose_voxel_model(self, x, index: int) -> bool:
         """Before the finest level ``index``: draw a thick-slice CT's voxels as boxes from here on
         (``config.voxel_model``: always for ``box``; for ``auto`` when the box model scores better at
@@ -354,10 +364,7 @@ class _BoneRegistration:
             return False
         log = StageLog(f"voxel model {self.size(index)}")
         t0 = log.start()
-        with torch.no_grad():
-            linear_loss = float(self.level_objective(index)(x[None])[0])
-            self.bone = boxed
-            box_loss = float(self.level_objective(index)(x[None])[0])
+        linear_loss, box_loss = self.losses_drawn(x, index, linear, boxed)
         if vm.choice == "auto" and not box_loss < linear_loss - vm.margin:
             self.bone = linear
         self.voxel_model = "box" if self.bone is boxed else "linear"
@@ -372,17 +379,13 @@ class _BoneRegistration:
         """At pyramid level ``index`` (the ranking level): draw the bone with the CT around it from here
         on when ``config.context`` is ``auto`` and that scores better at ``x`` by its margin. Returns
         True when the drawing changed."""
-        ctx = self.config.context
-        alone = self.bone
         if not self.context_open():
             return False
+        ctx, alone = self.config.context, self.bone
         self.context_chosen = True
         log = StageLog(f"context {self.size(index)}")
         t0 = log.start()
-        with torch.no_grad():
-            alone_loss = float(self.level_objective(index)(x[None])[0])
-            self.bone = alone.context
-            context_loss = float(self.level_objective(index)(x[None])[0])
+        alone_loss, context_loss = self.losses_drawn(x, index, alone, alone.context)
         self.context = context_loss < alone_loss - ctx.margin
         if not self.context:
             self.bone = alone
